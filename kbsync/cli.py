@@ -1,0 +1,335 @@
+"""The `kbsync` command line: a thin shell over the engine (design.md §4).
+
+Exit codes: 0 ok; 1 a source, check or lookup failed; 2 invalid settings.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kbsync import __version__
+from kbsync.errors import ConfigError, KbsyncError, UnknownProject
+
+app = typer.Typer(
+    name="kbsync",
+    help="Keep per-tenant Chroma collections in sync with help-center articles and external docs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+@dataclass
+class _Context:
+    config: Path
+    settings: Any  # kbsync.settings.Settings, loaded lazily so `--help` never reads the file
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _settings(ctx: typer.Context) -> Any:
+    state: _Context = ctx.obj
+    if state.settings is None:
+        from kbsync.logging import configure_logging
+        from kbsync.settings import load_settings
+
+        try:
+            state.settings = load_settings(state.config)
+        except ConfigError as exc:
+            _fail(str(exc), EXIT_CONFIG)
+        configure_logging(state.settings.log_format, state.settings.log_level)
+    return state.settings
+
+
+@contextmanager
+def _engine(ctx: typer.Context) -> Iterator[Any]:
+    from kbsync.engine import open_engine
+
+    settings = _settings(ctx)
+    try:
+        with open_engine(settings) as engine:
+            yield engine
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    except UnknownProject as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except KbsyncError as exc:
+        _fail(str(exc), EXIT_FAILED)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kbsync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Settings file (default: $KBSYNC_CONFIG, else ./settings.toml)."),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    from kbsync.settings import config_path
+
+    ctx.obj = _Context(config=config_path(config), settings=None)
+
+
+class _RichProgress:
+    """The engine's Progress drawn as one bar per project on stderr."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[Any, Any] = {}
+
+    def listed(self, key: Any, source_id: str, total: int) -> None:
+        task = self._tasks.get(key)
+        if task is None:
+            self._tasks[key] = self._progress.add_task(str(key), total=total)
+        else:
+            self._progress.update(task, total=(self._progress.tasks[task].total or 0) + total)
+
+    def advanced(self, key: Any, done: int) -> None:
+        if key in self._tasks:
+            self._progress.advance(self._tasks[key], done)
+
+
+@app.command()
+def resync(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Re-embed every chunk, changed or not.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """Full reconcile of every project (or the ones named): list, sync changes, delete what is gone.
+
+    Exit 0 when every source synced, 1 when some source failed (the others were still synced), 2 bad config.
+    """
+    with _engine(ctx) as engine:
+        try:
+            keys = engine.projects(tenant, project)
+        except UnknownProject as exc:
+            _fail(str(exc), EXIT_FAILED)
+        console = Console(stderr=True)
+        reports = []
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=as_json or not console.is_terminal,
+            transient=False,
+        ) as bar:
+            progress = _RichProgress(bar)
+            for key in keys:
+                reports.append(engine.reconcile(key, rebuild=rebuild, progress=progress))
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        _print_reports(reports)
+    raise typer.Exit(EXIT_OK if all(r.outcome == "ok" for r in reports) else EXIT_FAILED)
+
+
+def _print_reports(reports: list[Any]) -> None:
+    table = Table(title="kbsync resync")
+    for column in ("project", "seen", "added", "updated", "unchanged", "deleted", "embedded", "chunks", "errors", "s"):
+        table.add_column(column, justify="left" if column == "project" else "right")
+    for r in reports:
+        table.add_row(
+            f"{r.tenant}/{r.project}",
+            *(str(v) for v in (r.docs_seen, r.docs_added, r.docs_updated, r.docs_unchanged, r.docs_deleted)),
+            str(r.chunks_embedded),
+            str(r.chunks_total),
+            str(len(r.errors)),
+            f"{r.seconds:.1f}",
+        )
+    console = Console()
+    console.print(table)
+    for r in reports:
+        for error in r.errors:
+            console.print(f"[red]{r.tenant}/{r.project}:[/] {error}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def query(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Argument(help="Tenant id.")],
+    project: Annotated[str, typer.Argument(help="Project id.")],
+    text: Annotated[str, typer.Argument(help="The question.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many chunks.")] = 5,
+    locale: Annotated[str | None, typer.Option(help="Only chunks of this locale.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Top-k chunks of a project for a question: score, title, heading, url. Exit 1 for an unknown project."""
+    from kbsync.engine import ProjectKey
+
+    started = time.perf_counter()
+    with _engine(ctx) as engine:
+        try:
+            hits = engine.query(ProjectKey(tenant, project), text, k=k, locale=locale)
+        except UnknownProject as exc:
+            _fail(str(exc), EXIT_FAILED)
+    results = [_result(hit) for hit in hits]
+    if as_json:
+        took_ms = round((time.perf_counter() - started) * 1000, 1)
+        typer.echo(json.dumps({"results": results, "took_ms": took_ms}, indent=2, ensure_ascii=False))
+        return
+    console = Console()
+    if not results:
+        console.print("no results (has the project been synced? run `kbsync resync`)")
+    for rank, result in enumerate(results, 1):
+        heading = f" > {result['heading']}" if result["heading"] else ""
+        console.print(f"[bold]{rank}. {result['score']:.3f}  {result['title']}{heading}[/]", highlight=False)
+        if result["url"]:
+            console.print(f"   {result['url']}", highlight=False)
+        snippet = " ".join(result["text"].split("\n\n", 1)[-1].split())
+        console.print(f"   {snippet[:240]}{'…' if len(snippet) > 240 else ''}", highlight=False)
+
+
+def _result(hit: Any) -> dict[str, Any]:
+    """The result shape of design.md §5 (`/v1/query`), shared by the CLI's --json."""
+    meta = hit.metadata
+    return {
+        "id": hit.id,
+        "score": round(hit.score, 6),
+        "text": hit.text,
+        "title": meta.get("title", ""),
+        "heading": meta.get("heading", ""),
+        "url": meta.get("url", ""),
+        "locale": meta.get("locale", ""),
+        "doc_id": meta.get("doc_id", ""),
+        "source": meta.get("source", ""),
+        "updated_at": meta.get("doc_updated_at", 0),
+    }
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Per project: last reconcile (time, result, counts), documents and chunks indexed, last error."""
+    from kbsync.engine import ProjectKey
+    from kbsync.state import State
+    from kbsync.store import Store
+
+    settings = _settings(ctx)
+    keys = [ProjectKey(t.id, p.id) for t in settings.tenants for p in t.projects]
+    store_note = ""
+    counts: dict[Any, dict[str, int]] = {}
+    orphans: list[str] = []
+    try:
+        state = State.open_sqlite(settings.state_dir)
+    except KbsyncError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    try:
+        store = Store.open_embedded(settings.state_dir)
+    except KbsyncError as exc:
+        store, store_note = None, str(exc)
+    try:
+        if store is not None:
+            for key in keys:
+                index = store.index(key.collection)
+                counts[key] = {"docs": len(index.docs), "chunks": index.chunk_count}
+            names = {k.collection for k in keys}
+            orphans = [c for c in store.collections() if c not in names]
+        projects = []
+        for key in keys:
+            runs = state.last_runs(key.tenant, key.project)
+            last_error = state.last_error(key.tenant, key.project)
+            projects.append(
+                {
+                    "tenant": key.tenant,
+                    "project": key.project,
+                    "collection": key.collection,
+                    "docs": counts.get(key, {}).get("docs"),
+                    "chunks": counts.get(key, {}).get("chunks"),
+                    "last_runs": {kind: run.as_dict() for kind, run in runs.items()},
+                    "last_error": last_error.error if last_error else None,
+                    "last_error_at": last_error.finished_at if last_error else None,
+                }
+            )
+    except KbsyncError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    finally:
+        if store is not None:
+            store.close()
+        state.close()
+    payload = {"projects": projects, "orphaned_collections": orphans, "store": store_note or "ok"}
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    _print_status(payload)
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def _print_status(payload: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(title="kbsync status")
+    for column in ("project", "docs", "chunks", "last reconcile", "result", "last error"):
+        table.add_column(column)
+    for p in payload["projects"]:
+        run = p["last_runs"].get("reconcile")
+        table.add_row(
+            f"{p['tenant']}/{p['project']}",
+            "-" if p["docs"] is None else str(p["docs"]),
+            "-" if p["chunks"] is None else str(p["chunks"]),
+            _when(run["finished_at"]) if run else "never",
+            (run["outcome"] or "running") if run else "-",
+            (p["last_error"] or "")[:80],
+        )
+    console.print(table)
+    if payload["orphaned_collections"]:
+        console.print(f"orphaned collections (no project in settings): {', '.join(payload['orphaned_collections'])}")
+    if payload["store"] != "ok":
+        console.print(f"[yellow]store not read:[/] {payload['store']}", highlight=False)
+
+
+@app.command()
+def check(ctx: typer.Context) -> None:
+    """Validate settings, secret variables, the model, the store and every source. Exit 1 if a check failed."""
+    from kbsync.checks import run_checks
+
+    settings = _settings(ctx)
+    console = Console()
+    ok = True
+    for result in run_checks(settings):
+        mark = "[green]ok[/]  " if result.ok else "[red]FAIL[/]"
+        console.print(f"{mark} {result.name}: {result.detail}", highlight=False, soft_wrap=True)
+        ok = ok and result.ok
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="kbsync")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

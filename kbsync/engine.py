@@ -1,0 +1,428 @@
+"""The engine: the one place that orders the pipeline.
+
+source -> Document -> chunk -> embed (only new chunk texts) -> write -> delete stale -> record the run.
+
+Diffs are made on id sets read back from the collection (the index is its own record), never on clocks:
+- a document whose hash is unchanged costs no chunking and no embedding (a changed `updated_at` alone only
+  refreshes metadata);
+- a changed document embeds only the chunks whose text is new (chunk ids come from their text);
+- new chunks are written first, stale ones deleted after the write returned (a document never disappears
+  while it is updated);
+- a document leaves the index only when a complete listing lacks it and the source confirms it is gone;
+- an older version never overwrites a newer one (`doc_updated_at`).
+The CLI, the daemon and the HTTP API are shells over `Engine`; it never prints or exits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from kbsync.chunking import Chunk, Chunker
+from kbsync.embedding import Embedder, TokenCounter, default_model_dir, missing_model_files
+from kbsync.errors import KbsyncError, SourceError, UnknownProject
+from kbsync.settings import FilesSourceSettings, ProjectSettings, Settings, TenantSettings
+from kbsync.sources import Document, Listing, Source
+from kbsync.state import State
+from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, QueryHit, Store, collection_name
+
+__all__ = ["Engine", "ProjectKey", "Progress", "RunReport", "open_engine"]
+
+log = structlog.get_logger(__name__)
+
+# Fresh chunks gathered across documents before one embedding call: large, length-sorted batches are the
+# embedder's best case, and a group this size is still written within seconds.
+_EMBED_GROUP = 256
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ProjectKey:
+    tenant: str
+    project: str
+
+    @property
+    def collection(self) -> str:
+        return collection_name(self.tenant, self.project)
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/{self.project}"
+
+
+@dataclass(slots=True)
+class RunReport:
+    """What one run did; the counters are what `resync` prints and `status` shows."""
+
+    tenant: str
+    project: str
+    kind: str
+    docs_seen: int = 0
+    docs_added: int = 0
+    docs_updated: int = 0
+    docs_unchanged: int = 0
+    docs_deleted: int = 0
+    chunks_embedded: int = 0
+    chunks_deleted: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    failed_sources: int = 0
+    sources: int = 0
+
+    @property
+    def outcome(self) -> str:
+        if not self.errors:
+            return "ok"
+        return "failed" if self.failed_sources >= self.sources > 0 or self.sources == 0 else "partial"
+
+    def counts(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("tenant", "project", "kind", "errors", "failed_sources", "sources"):
+            data.pop(key)
+        return data
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "outcome": self.outcome}
+
+
+class Progress(Protocol):
+    """Told how far a run is; the CLI draws a progress bar with it."""
+
+    def listed(self, key: ProjectKey, source_id: str, total: int) -> None: ...
+
+    def advanced(self, key: ProjectKey, done: int) -> None: ...
+
+
+SourceFactory = Callable[[TenantSettings, ProjectSettings], list[Source]]
+
+
+def build_sources(tenant: TenantSettings, project: ProjectSettings) -> list[Source]:
+    """The configured sources of a project."""
+    from kbsync.sources.files import FilesSource
+
+    sources: list[Source] = []
+    for settings in project.sources:
+        if isinstance(settings, FilesSourceSettings):
+            sources.append(FilesSource(settings))
+        else:
+            sources.append(_Unsupported(settings.kind, settings.source_id))
+    return sources
+
+
+class _Unsupported:
+    """A source kind this build cannot read yet: it fails its run and deletes nothing."""
+
+    def __init__(self, kind: str, source_id: str) -> None:
+        self.kind = kind
+        self.source_id = source_id
+
+    def list(self) -> Listing:
+        from kbsync.errors import SourceRejected
+
+        raise SourceRejected(f"sources of kind {self.kind!r} are not supported yet", source=self.source_id)
+
+    def confirm_gone(self, doc_ids: Any) -> set[str]:
+        return set()
+
+
+@dataclass(slots=True)
+class _Pending:
+    doc: Document
+    doc_hash: str
+    chunks: list[Chunk]
+    held: IndexedDoc | None
+    fresh: list[Chunk]
+
+
+class Engine:
+    """Reconciles projects and answers queries over one store; one project's work runs one at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        embedder: Embedder,
+        chunker: Chunker,
+        state: State,
+        source_factory: SourceFactory = build_sources,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.chunker = chunker
+        self.state = state
+        self._source_factory = source_factory
+        self._locks = {key: threading.Lock() for key in self.projects()}
+        self._locales: dict[ProjectKey, set[str]] = {}
+
+    # -- projects ----------------------------------------------------------------------------------------
+
+    def projects(self, tenant: str | None = None, project: str | None = None) -> list[ProjectKey]:
+        """Configured projects, optionally narrowed; UnknownProject when a given id matches nothing."""
+        keys = [
+            ProjectKey(t.id, p.id)
+            for t in self.settings.tenants
+            if tenant is None or t.id == tenant
+            for p in t.projects
+            if project is None or p.id == project
+        ]
+        if not keys and (tenant is not None or project is not None):
+            raise UnknownProject(f"no project {tenant or '*'}/{project or '*'} in the settings")
+        return keys
+
+    def _project_settings(self, key: ProjectKey) -> tuple[TenantSettings, ProjectSettings]:
+        tenant = self.settings.tenant(key.tenant)
+        project = tenant.project(key.project) if tenant else None
+        if tenant is None or project is None:
+            raise UnknownProject(f"no project {key} in the settings")
+        return tenant, project
+
+    # -- reconcile ---------------------------------------------------------------------------------------
+
+    def reconcile(self, key: ProjectKey, *, rebuild: bool = False, progress: Progress | None = None) -> RunReport:
+        """Full reconcile of one project: every source listed, changed documents synced, vanished ones deleted.
+
+        A source that fails is reported and skipped (the others still run); it deletes nothing.
+        `rebuild` re-embeds every chunk.
+        """
+        tenant, project = self._project_settings(key)
+        report = RunReport(key.tenant, key.project, "reconcile")
+        started = time.monotonic()
+        with self._locks[key], structlog.contextvars.bound_contextvars(
+            tenant=key.tenant, project=key.project, trigger="reconcile"
+        ):
+            run_id = self.state.start_run(key.tenant, key.project, "reconcile")
+            try:
+                index = self.store.index(key.collection)
+                sources = self._source_factory(tenant, project)
+                report.sources = len(sources)
+                for source in sources:
+                    self._reconcile_source(key, source, index, report, rebuild=rebuild, progress=progress)
+                report.chunks_total = index.chunk_count
+                self._locales[key] = {str(m.get("locale", "")) for d in index.docs.values() for m in d.chunks.values()}
+            except KbsyncError as exc:
+                report.errors.append(str(exc))
+                report.failed_sources = report.sources
+                log.error("run.failed", error=str(exc))
+            finally:
+                report.seconds = round(time.monotonic() - started, 3)
+                self.state.finish_run(
+                    run_id, report.outcome, report.counts(), "; ".join(report.errors) if report.errors else None
+                )
+            log.info("run.finished", outcome=report.outcome, **report.counts())
+        return report
+
+    def _reconcile_source(
+        self,
+        key: ProjectKey,
+        source: Source,
+        index: ProjectIndex,
+        report: RunReport,
+        *,
+        rebuild: bool,
+        progress: Progress | None,
+    ) -> None:
+        with structlog.contextvars.bound_contextvars(source=source.source_id):
+            try:
+                listing = source.list()
+            except SourceError as exc:
+                report.errors.append(str(exc))
+                report.failed_sources += 1
+                log.warning("source.failed", error=str(exc))
+                return
+            if progress is not None:
+                progress.listed(key, source.source_id, len(listing.documents))
+            for error in listing.errors:
+                report.errors.append(error.message)
+            self.sync_documents(key, listing.documents, index, report, rebuild=rebuild, progress=progress)
+            if not listing.complete:
+                log.warning("source.incomplete_listing", errors=len(listing.errors))
+                return
+            candidates = set(index.of_source(source.source_id)) - listing.doc_ids
+            if candidates:
+                gone = source.confirm_gone(candidates)
+                self._delete_documents(key, gone, index, report)
+
+    def sync_documents(
+        self,
+        key: ProjectKey,
+        documents: Sequence[Document],
+        index: ProjectIndex,
+        report: RunReport,
+        *,
+        rebuild: bool = False,
+        progress: Progress | None = None,
+    ) -> None:
+        """Bring each document's chunks in `key`'s collection up to date; `index` is updated to match."""
+        pending: list[_Pending] = []
+        fresh_count = 0
+        for doc in _newest_per_id(documents):
+            report.docs_seen += 1
+            item = self._plan(key, doc, index.docs.get(doc.doc_id), report, rebuild=rebuild)
+            if item is None:
+                if progress is not None:
+                    progress.advanced(key, 1)
+                continue
+            pending.append(item)
+            fresh_count += len(item.fresh)
+            if fresh_count >= _EMBED_GROUP:
+                self._apply(key, pending, index, report, progress)
+                pending, fresh_count = [], 0
+        if pending:
+            self._apply(key, pending, index, report, progress)
+
+    def _plan(
+        self, key: ProjectKey, doc: Document, held: IndexedDoc | None, report: RunReport, *, rebuild: bool
+    ) -> _Pending | None:
+        doc_hash = doc.content_hash(self.chunker.fingerprint)
+        if held is not None and not rebuild:
+            if held.updated_at > doc.updated_at:
+                report.docs_unchanged += 1  # newer wins: this version is older than the indexed one
+                log.debug("doc.older_than_indexed", doc_id=doc.doc_id)
+                return None
+            if held.doc_hash == doc_hash:
+                if held.updated_at != doc.updated_at:
+                    self._refresh_metadata(key, doc, doc_hash, held)
+                report.docs_unchanged += 1
+                return None
+        chunks = self.chunker.split(doc.doc_id, doc.title, doc.text)
+        held_ids = set(held.chunks) if held is not None and not rebuild else set()
+        return _Pending(doc, doc_hash, chunks, held, [c for c in chunks if c.id not in held_ids])
+
+    def _apply(
+        self, key: ProjectKey, pending: list[_Pending], index: ProjectIndex, report: RunReport, progress: Progress | None
+    ) -> None:
+        texts = [c.text for item in pending for c in item.fresh]
+        vectors = iter(self.embedder.embed(texts)) if texts else iter(())
+        report.chunks_embedded += len(texts)
+        now = int(time.time())
+        for item in pending:
+            fresh_ids = {c.id for c in item.fresh}
+            records = []
+            for chunk in item.chunks:
+                metadata = _chunk_metadata(key, item.doc, chunk, len(item.chunks), item.doc_hash, now)
+                if chunk.id in fresh_ids:
+                    records.append(ChunkRecord(chunk.id, chunk.text, metadata, next(vectors)))
+                    continue
+                held_meta = item.held.chunks[chunk.id] if item.held is not None else {}
+                metadata["indexed_at"] = int(held_meta.get("indexed_at", now))
+                if held_meta != metadata:
+                    records.append(ChunkRecord(chunk.id, chunk.text, metadata, None))
+            self.store.write(key.collection, records)
+            stale = set(item.held.chunks) - {c.id for c in item.chunks} if item.held is not None else set()
+            self.store.delete(key.collection, sorted(stale))
+            report.chunks_deleted += len(stale)
+            if item.held is None:
+                report.docs_added += 1
+            else:
+                report.docs_updated += 1
+                del index.docs[item.doc.doc_id]
+            for chunk in item.chunks:
+                index.add(chunk.id, _chunk_metadata(key, item.doc, chunk, len(item.chunks), item.doc_hash, now))
+            if progress is not None:
+                progress.advanced(key, 1)
+
+    def _refresh_metadata(self, key: ProjectKey, doc: Document, doc_hash: str, held: IndexedDoc) -> None:
+        """Same content, newer `updated_at`: metadata only, no embedding."""
+        records = []
+        for chunk_id, metadata in held.chunks.items():
+            updated = {**metadata, "doc_updated_at": doc.updated_at}
+            records.append(ChunkRecord(chunk_id, "", updated, None))
+            held.chunks[chunk_id] = updated
+        self.store.write(key.collection, records)
+        held.updated_at = doc.updated_at
+
+    def _delete_documents(self, key: ProjectKey, doc_ids: set[str], index: ProjectIndex, report: RunReport) -> None:
+        for doc_id in sorted(doc_ids):
+            held = index.docs.pop(doc_id, None)
+            if held is None:
+                continue
+            self.store.delete(key.collection, sorted(held.chunks))
+            report.docs_deleted += 1
+            report.chunks_deleted += len(held.chunks)
+            log.info("doc.deleted", doc_id=doc_id, chunks=len(held.chunks))
+
+    # -- query -------------------------------------------------------------------------------------------
+
+    def query(self, key: ProjectKey, text: str, *, k: int = 5, locale: str | None = None) -> list[QueryHit]:
+        """Top-k chunks of a project for `text`. A locale filter is skipped when the project holds one locale
+        (a filter matching most of a collection makes Chroma's search slow)."""
+        self._project_settings(key)
+        vector = self.embedder.embed([text])[0]
+        where = None
+        if locale:
+            locales = self._locales.get(key)
+            if locales is None:
+                index = self.store.index(key.collection)
+                locales = self._locales[key] = {
+                    str(m.get("locale", "")) for d in index.docs.values() for m in d.chunks.values()
+                }
+            if locales != {locale}:
+                where = {"locale": locale}
+        return self.store.query(key.collection, vector, k=k, where=where)
+
+
+def _newest_per_id(documents: Sequence[Document]) -> list[Document]:
+    """A listing read while it shifts can return a document twice: keep its newest version."""
+    newest: dict[str, Document] = {}
+    for doc in documents:
+        if doc.doc_id not in newest or doc.updated_at > newest[doc.doc_id].updated_at:
+            newest[doc.doc_id] = doc
+    return list(newest.values())
+
+
+def _chunk_metadata(
+    key: ProjectKey, doc: Document, chunk: Chunk, count: int, doc_hash: str, indexed_at: int
+) -> dict[str, str | int]:
+    """design.md §6: every key always present (Chroma's upsert merges metadata; None would delete a key)."""
+    return {
+        "tenant": key.tenant,
+        "project": key.project,
+        "source": doc.source,
+        "source_kind": doc.kind,
+        "doc_id": doc.doc_id,
+        "title": doc.title,
+        "url": doc.url,
+        "locale": doc.locale,
+        "category": doc.category,
+        "heading": chunk.heading,
+        "chunk_index": chunk.index,
+        "chunk_count": count,
+        "doc_hash": doc_hash,
+        "doc_updated_at": int(doc.updated_at),
+        "indexed_at": indexed_at,
+    }
+
+
+def resolve_model_dir(settings: Settings) -> Any:
+    """`embedding.model_dir`, else Chroma's cache, downloaded by Chroma when missing (needs the internet)."""
+    if settings.embedding.model_dir is not None:
+        return settings.embedding.model_dir
+    model_dir = default_model_dir()
+    if missing_model_files(model_dir):
+        from kbsync.store import download_default_model
+
+        download_default_model()
+    return model_dir
+
+
+@contextmanager
+def open_engine(settings: Settings, *, source_factory: SourceFactory = build_sources) -> Iterator[Engine]:
+    """Open state, store and model in order, close them in reverse (also on error)."""
+    with ExitStack() as stack:
+        state = State.open_sqlite(settings.state_dir)
+        stack.callback(state.close)
+        store = Store.open_embedded(settings.state_dir)
+        stack.callback(store.close)
+        model_dir = resolve_model_dir(settings)
+        embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
+        chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
+        yield Engine(
+            settings, store=store, embedder=embedder, chunker=chunker, state=state, source_factory=source_factory
+        )

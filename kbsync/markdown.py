@@ -1,0 +1,149 @@
+"""Markdown normalisation: Chatwoot article markdown (and HTML converted to markdown) into clean blocks.
+
+What a reader of the public page sees is what gets embedded (chatwoot-helpcenter-api.md §7): raw HTML is not
+rendered there, `<!--cw-colwidths-->` comments are layout, image widths are CSS, a bare embed URL on its own line is
+a video player. Link and image URLs are dropped from the text (they cost word pieces and carry no meaning for the
+model); the document's own URL travels in the chunk metadata.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from markdown_it import MarkdownIt
+
+__all__ = ["Block", "parse_blocks", "clean_inline", "html_to_markdown"]
+
+BlockKind = Literal["heading", "paragraph", "list", "table", "code", "quote", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One top-level markdown block; `level` is set for headings (1-6)."""
+
+    kind: BlockKind
+    text: str
+    level: int = 0
+
+
+# Only block structure is needed: inline parsing (the costly half) is switched off.
+_PARSER = MarkdownIt("commonmark").enable("table").disable("inline")
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\((?:[^()\s]|\([^()]*\))*(?:\s+\"[^\"]*\")?\)")
+_LINK = re.compile(r"(?<!!)\[([^\]]+)\]\((?:[^()\s]|\([^()]*\))*(?:\s+\"[^\"]*\")?\)")
+_REF_LINK = re.compile(r"(?<!!)\[([^\]]+)\]\[[^\]]*\]")
+_AUTOLINK = re.compile(r"<(https?://[^>\s]+)>")
+_HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
+_SUPERSCRIPT = re.compile(r"\^([^\s^][^^]*?)\^")
+_EMBED_HOSTS = re.compile(
+    r"^(https?://)?(www\.)?(youtube\.com/watch|youtu\.be/|(www\.)?loom\.com/share|vimeo\.com/|player\.vimeo\.com/"
+    r"|app\.arcade\.software/|demo\.arcade\.software/|[\w.-]*wistia\.(com|net)/|iframe\.mediadelivery\.net/"
+    r"|video\.bunnycdn\.com/|codepen\.io/|app\.guidejar\.com/|gist\.github\.com/)",
+    re.IGNORECASE,
+)
+_BARE_URL_LINE = re.compile(r"^\s*<?(https?://\S+?)>?\s*$")
+
+
+def _embed_marker(url: str) -> str | None:
+    if _EMBED_HOSTS.match(url) or url.lower().split("?")[0].endswith(".mp4"):
+        return f"[video: {url}]"
+    return None
+
+
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
+
+
+def clean_inline(text: str) -> str:
+    """Normalise the inline markup of a non-code block: images to alt text, links to their text, no HTML.
+
+    Inline code spans are kept as written (`<body>` in backticks is text, not a tag).
+    """
+    parts = _CODE_SPAN.split(text)
+    # re.split with two groups yields [text, ticks, code, text, ticks, code, ..., text].
+    out: list[str] = []
+    for index in range(0, len(parts), 3):
+        out.append(_clean_markup(parts[index]))
+        if index + 2 < len(parts):
+            out.append(f"{parts[index + 1]}{parts[index + 2]}{parts[index + 1]}")
+    # Images that were alone on a line leave empty lines or empty list items behind.
+    lines = [line.rstrip() for line in "".join(out).splitlines()]
+    return "\n".join(line for line in lines if line.strip() not in ("", "-", "*", "+")).strip()
+
+
+def _clean_markup(text: str) -> str:
+    text = _HTML_COMMENT.sub("", text)
+    text = _IMAGE.sub(lambda m: m.group(1).strip(), text)
+    text = _LINK.sub(r"\1", text)
+    text = _REF_LINK.sub(r"\1", text)
+    text = _AUTOLINK.sub(r"\1", text)
+    text = _HTML_TAG.sub("", text)
+    return _SUPERSCRIPT.sub(r"\1", text)
+
+
+def _block_kind(token_type: str) -> BlockKind:
+    return {
+        "paragraph_open": "paragraph",
+        "bullet_list_open": "list",
+        "ordered_list_open": "list",
+        "table_open": "table",
+        "fence": "code",
+        "code_block": "code",
+        "blockquote_open": "quote",
+    }.get(token_type, "other")  # type: ignore[return-value]
+
+
+def parse_blocks(markdown: str) -> list[Block]:
+    """Split markdown into normalised top-level blocks; raw HTML blocks and empty blocks are dropped."""
+    markdown = markdown.replace("\r\n", "\n").replace("\r", "\n")
+    lines = markdown.split("\n")
+    tokens = _PARSER.parse(markdown)
+    blocks: list[Block] = []
+    for index, token in enumerate(tokens):
+        if token.level != 0 or token.nesting == -1 or token.map is None:
+            continue
+        if token.type == "html_block":
+            continue  # not rendered on Chatwoot's public page
+        if token.type == "hr":
+            continue
+        source = "\n".join(lines[token.map[0] : token.map[1]]).strip("\n")
+        if token.type == "heading_open":
+            inline = tokens[index + 1].content if index + 1 < len(tokens) else ""
+            text = clean_inline(inline)
+            if text:
+                blocks.append(Block("heading", text, int(token.tag[1])))
+            continue
+        kind = _block_kind(token.type)
+        if kind == "code":
+            blocks.append(Block("code", source))
+            continue
+        if kind == "paragraph":
+            bare = _BARE_URL_LINE.match(source)
+            marker = _embed_marker(bare.group(1)) if bare else None
+            if marker:
+                blocks.append(Block("paragraph", marker))
+                continue
+        text = clean_inline(source)
+        if text:
+            blocks.append(Block(kind, text))
+    return blocks
+
+
+def html_to_markdown(html: str) -> tuple[str, str]:
+    """Main content of an HTML page as markdown, and its title ("" when none), using trafilatura."""
+    import trafilatura
+
+    markdown = trafilatura.extract(
+        html,
+        output_format="markdown",
+        include_tables=True,
+        include_links=False,
+        include_images=False,
+        include_formatting=True,
+        favor_recall=True,
+    )
+    metadata = trafilatura.extract_metadata(html)
+    title = (metadata.title if metadata and metadata.title else "") or ""
+    return markdown or "", title

@@ -1,0 +1,448 @@
+"""Settings: `settings.toml` plus `KBSYNC_<SECTION>__<KEY>` environment overrides (design.md §3).
+
+`load_settings` is the only reader of the settings file and of the environment. Secrets never live in the file:
+the file names the environment variable that holds each secret, and `load_settings` resolves those variables once
+into `SecretStr` values that leave this module only in the call that sends them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from kbsync.errors import ConfigError
+
+__all__ = [
+    "ChatwootSourceSettings",
+    "ChromaSettings",
+    "ChunkingSettings",
+    "EmbeddingSettings",
+    "FilesSourceSettings",
+    "ProjectSettings",
+    "ScheduleSettings",
+    "ServerSettings",
+    "Settings",
+    "SourceSettings",
+    "StateSettings",
+    "TenantChromaSettings",
+    "TenantSettings",
+    "WebSourceSettings",
+    "config_path",
+    "load_settings",
+]
+
+ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+Id = Annotated[str, Field(pattern=ID_PATTERN, max_length=40)]
+# An environment variable name (or "" where the secret is optional).
+EnvName = Annotated[str, Field(pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")]
+
+
+class _Section(BaseModel):
+    """Every table of the file: unknown keys are errors, values never change after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChromaSettings(_Section):
+    mode: Literal["embedded", "http"] = "embedded"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    ssl: bool = False
+    auth_token_env: EnvName = ""
+    database: str = "default_database"
+
+
+class TenantChromaSettings(_Section):
+    """A tenant's own Chroma server; keys not given are taken from `[chroma]`."""
+
+    mode: Literal["http"] = "http"
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    ssl: bool | None = None
+    auth_token_env: EnvName | None = None
+    database: str | None = None
+
+
+class StateSettings(_Section):
+    url: str = ""
+    password_env: EnvName = ""
+    lease_seconds: int = Field(default=30, ge=5, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_or_empty(cls, value: str) -> str:
+        if value and not re.match(r"^postgresql(\+psycopg)?://", value):
+            raise ValueError('must be "" (SQLite under state_dir) or a postgresql:// URL')
+        if value and re.match(r"^postgresql(\+psycopg)?://[^/@]*:[^/@]*@", value):
+            raise ValueError("must not carry a password: name its variable in state.password_env")
+        return value
+
+
+class EmbeddingSettings(_Section):
+    model_dir: Path | None = None
+    batch_size: int = Field(default=32, ge=1, le=1024)
+
+    @field_validator("model_dir", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
+class ChunkingSettings(_Section):
+    # 256 is the model's limit (special tokens included); the default is chosen by bench/retrieval.py.
+    max_tokens: int = Field(default=192, ge=32, le=256)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=1, le=65535)
+    admin_token_env: EnvName = "KBSYNC_ADMIN_TOKEN"
+
+
+class ScheduleSettings(_Section):
+    poll_interval_seconds: int = Field(default=60, ge=5)
+    reconcile_interval_minutes: int = Field(default=360, ge=1)
+    jitter_seconds: int = Field(default=30, ge=0)
+
+
+class ChatwootSourceSettings(_Section):
+    kind: Literal["chatwoot"]
+    portal: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    locales: list[str] | None = None
+    public_url: str = ""
+
+    @property
+    def source_id(self) -> str:
+        """The value of the `source` metadata key on this source's chunks."""
+        return f"chatwoot:{self.portal}"
+
+
+class WebSourceSettings(_Section):
+    kind: Literal["web"]
+    sitemap: str = ""
+    urls: list[str] = []
+    include: list[str] = []
+    max_pages: int = Field(default=2000, ge=1, le=1_000_000)
+    allow_private_hosts: bool = False
+
+    @field_validator("include")
+    @classmethod
+    def _valid_regexes(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+        return patterns
+
+    @field_validator("sitemap")
+    @classmethod
+    def _http_sitemap(cls, value: str) -> str:
+        if value and not re.match(r"^https?://", value):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.match(r"^https?://", value):
+                raise ValueError(f"{value!r} is not an http(s) URL")
+        return values
+
+    @model_validator(mode="after")
+    def _something_to_crawl(self) -> WebSourceSettings:
+        if not self.sitemap and not self.urls:
+            raise ValueError("a web source needs `sitemap` or `urls`")
+        return self
+
+    @property
+    def source_id(self) -> str:
+        return f"web:{self.sitemap or self.urls[0]}"
+
+
+class FilesSourceSettings(_Section):
+    kind: Literal["files"]
+    path: Path
+    url_base: str = ""
+
+    @property
+    def source_id(self) -> str:
+        return f"files:{self.path.name}"
+
+
+SourceSettings = Annotated[
+    ChatwootSourceSettings | WebSourceSettings | FilesSourceSettings, Field(discriminator="kind")
+]
+
+
+class ProjectSettings(_Section):
+    id: Id
+    sources: list[SourceSettings] = []
+
+    @model_validator(mode="after")
+    def _unique_source_ids(self) -> ProjectSettings:
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.source_id in seen:
+                raise ValueError(f"two sources of project {self.id!r} are both {source.source_id!r}")
+            seen.add(source.source_id)
+        return self
+
+
+class _TenantSecrets(BaseModel):
+    api_token: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    query_token: SecretStr | None = None
+    chroma_token: SecretStr | None = None
+
+
+class TenantSettings(_Section):
+    id: Id
+    chatwoot_url: str = ""
+    account_id: int | None = Field(default=None, ge=1)
+    api_token_env: EnvName = ""
+    webhook_secret_env: EnvName = ""
+    query_token_env: EnvName = ""
+    chroma: TenantChromaSettings | None = None
+    projects: list[ProjectSettings] = []
+
+    _secrets: _TenantSecrets = PrivateAttr(default_factory=_TenantSecrets)
+
+    @field_validator("chatwoot_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL such as https://support.acme.example")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _chatwoot_needs_account(self) -> TenantSettings:
+        ids = [p.id for p in self.projects]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"project id {duplicates[0]!r} appears twice in tenant {self.id!r}")
+        if self.has_chatwoot_source:
+            missing = [k for k in ("chatwoot_url", "account_id", "api_token_env") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"tenant {self.id!r} has a chatwoot source but no {', '.join(missing)}")
+        return self
+
+    @property
+    def has_chatwoot_source(self) -> bool:
+        return any(s.kind == "chatwoot" for p in self.projects for s in p.sources)
+
+    @property
+    def api_token(self) -> SecretStr | None:
+        """The Chatwoot `api_access_token`, from the variable named by `api_token_env`."""
+        return self._secrets.api_token
+
+    @property
+    def webhook_secret(self) -> SecretStr | None:
+        return self._secrets.webhook_secret
+
+    @property
+    def query_token(self) -> SecretStr | None:
+        return self._secrets.query_token
+
+    @property
+    def chroma_token(self) -> SecretStr | None:
+        return self._secrets.chroma_token
+
+    def project(self, project_id: str) -> ProjectSettings | None:
+        return next((p for p in self.projects if p.id == project_id), None)
+
+
+class Settings(BaseSettings):
+    """The whole configuration, loaded once by `load_settings` and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KBSYNC_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    state_dir: Path = Path("var")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    chroma: ChromaSettings = ChromaSettings()
+    state: StateSettings = StateSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    server: ServerSettings = ServerSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    tenants: list[TenantSettings] = []
+
+    _admin_token: SecretStr | None = PrivateAttr(default=None)
+    _chroma_token: SecretStr | None = PrivateAttr(default=None)
+    _state_password: SecretStr | None = PrivateAttr(default=None)
+    _source_file: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it (first source wins).
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _unique_tenants(self) -> Settings:
+        ids = [t.id for t in self.tenants]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"tenant id {duplicates[0]!r} appears twice")
+        return self
+
+    @property
+    def admin_token(self) -> SecretStr | None:
+        """Bearer token for /v1/status and /v1/resync (None: those routes answer 403)."""
+        return self._admin_token
+
+    @property
+    def chroma_token(self) -> SecretStr | None:
+        return self._chroma_token
+
+    @property
+    def state_password(self) -> SecretStr | None:
+        return self._state_password
+
+    @property
+    def source_file(self) -> Path | None:
+        """The settings file these settings were loaded from."""
+        return self._source_file
+
+    def tenant(self, tenant_id: str) -> TenantSettings | None:
+        return next((t for t in self.tenants if t.id == tenant_id), None)
+
+
+def config_path(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path:
+    """`--config PATH`, else `$KBSYNC_CONFIG`, else `./settings.toml`."""
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        return explicit
+    if env.get("KBSYNC_CONFIG"):
+        return Path(env["KBSYNC_CONFIG"])
+    return Path("settings.toml")
+
+
+def load_settings(path: Path) -> Settings:
+    """Read `path`, apply `KBSYNC_*` overrides, resolve relative paths and secret variables.
+
+    Raises ConfigError naming the offending key for anything invalid, including a secret variable that a
+    configured feature needs (a tenant with a chatwoot source needs its `api_token_env` set).
+    """
+    env = dict(os.environ)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"settings file {path} not found (use --config or $KBSYNC_CONFIG)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+    try:
+        settings = Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, raw), key=_error_key(exc)) from None
+    settings = _resolve_paths(settings, path.resolve().parent)
+    _resolve_secrets(settings, env)
+    settings._source_file = path.resolve()
+    return settings
+
+
+def _error_key(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return _loc_to_key(first["loc"])
+
+
+def _loc_to_key(loc: tuple[Any, ...]) -> str:
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif part in ("chatwoot", "web", "files") and key.endswith("]"):
+            continue  # the discriminator tag pydantic adds to union locations
+        else:
+            key += f".{part}" if key else str(part)
+    return key or "settings"
+
+
+def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
+    messages = []
+    for error in exc.errors():
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        messages.append(f"{message}" if not messages else f"{_loc_to_key(error['loc'])}: {message}")
+    more = f" (and {len(messages) - 1} more: {'; '.join(messages[1:])})" if len(messages) > 1 else ""
+    return messages[0] + more
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
+    tenants = [
+        tenant.model_copy(
+            update={
+                "projects": [
+                    project.model_copy(
+                        update={
+                            "sources": [
+                                s.model_copy(update={"path": resolve(s.path)}) if isinstance(s, FilesSourceSettings) else s
+                                for s in project.sources
+                            ]
+                        }
+                    )
+                    for project in tenant.projects
+                ]
+            }
+        )
+        for tenant in settings.tenants
+    ]
+    embedding = settings.embedding
+    if embedding.model_dir is not None:
+        embedding = embedding.model_copy(update={"model_dir": resolve(embedding.model_dir)})
+    return settings.model_copy(
+        update={"state_dir": resolve(settings.state_dir), "tenants": tenants, "embedding": embedding}
+    )
+
+
+def _secret(env: Mapping[str, str], name: str | None) -> SecretStr | None:
+    value = env.get(name) if name else None
+    return SecretStr(value) if value else None
+
+
+def _resolve_secrets(settings: Settings, env: Mapping[str, str]) -> None:
+    settings._admin_token = _secret(env, settings.server.admin_token_env)
+    settings._chroma_token = _secret(env, settings.chroma.auth_token_env)
+    settings._state_password = _secret(env, settings.state.password_env)
+    for index, tenant in enumerate(settings.tenants):
+        chroma_env = tenant.chroma.auth_token_env if tenant.chroma and tenant.chroma.auth_token_env is not None else None
+        tenant._secrets = _TenantSecrets(
+            api_token=_secret(env, tenant.api_token_env),
+            webhook_secret=_secret(env, tenant.webhook_secret_env),
+            query_token=_secret(env, tenant.query_token_env),
+            chroma_token=_secret(env, chroma_env) if chroma_env else settings._chroma_token,
+        )
+        if tenant.has_chatwoot_source and tenant.api_token is None:
+            raise ConfigError(
+                f"environment variable {tenant.api_token_env} is not set (tenant {tenant.id!r} has a chatwoot source)",
+                key=f"tenants[{index}].api_token_env",
+            )

@@ -1,0 +1,84 @@
+"""Sources turn a configured origin into Documents: Chatwoot portals, web pages, files on disk.
+
+Every source lists its documents (`Listing.complete` says whether the listing may justify deletes) and confirms,
+with a second look, that documents missing from a complete listing are really gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["DocError", "Document", "Listing", "Source", "make_doc_id"]
+
+_MAX_DOC_ID_BYTES = 96
+
+
+def make_doc_id(kind: str, key: str) -> str:
+    """`<kind>:<key>`, or `<kind>:sha256:<32 hex>` when that exceeds 96 bytes (chunk ids stay under 128)."""
+    doc_id = f"{kind}:{key}"
+    if len(doc_id.encode("utf-8")) <= _MAX_DOC_ID_BYTES:
+        return doc_id
+    return f"{kind}:sha256:{hashlib.sha256(doc_id.encode('utf-8')).hexdigest()[:32]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One source document, normalised to markdown. `updated_at` is the source's epoch seconds."""
+
+    doc_id: str
+    source: str
+    kind: str
+    title: str
+    text: str
+    url: str = ""
+    locale: str = ""
+    category: str = ""
+    updated_at: int = 0
+
+    def content_hash(self, chunker_fingerprint: str) -> str:
+        """Hash of everything that shapes the stored chunks and their metadata (not `updated_at`)."""
+        payload = json.dumps(
+            [chunker_fingerprint, self.title, self.text, self.url, self.locale, self.category, self.source],
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class DocError:
+    """A document that could not be read; it keeps whatever the index already holds of it."""
+
+    doc_id: str
+    message: str
+
+
+@dataclass(slots=True)
+class Listing:
+    """What a source holds now. Only a `complete` listing may remove documents from the index."""
+
+    documents: list[Document]
+    complete: bool
+    errors: list[DocError] = field(default_factory=list)
+
+    @property
+    def doc_ids(self) -> set[str]:
+        return {d.doc_id for d in self.documents} | {e.doc_id for e in self.errors}
+
+
+class Source(Protocol):
+    """What the engine needs of a source."""
+
+    source_id: str
+    kind: str
+
+    def list(self) -> Listing:
+        """Every current document. Raises SourceError when nothing trustworthy could be listed."""
+        ...
+
+    def confirm_gone(self, doc_ids: Collection[str]) -> set[str]:
+        """The second look: of `doc_ids` (missing from a complete listing), those that are really gone."""
+        ...

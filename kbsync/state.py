@@ -1,0 +1,158 @@
+"""Run records and other durable state, in SQLite under `state_dir` (SQLAlchemy Core: one schema for every dialect).
+
+All SQL of the state lives here (the webhook queue lives in `queue.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from kbsync.errors import StateError
+
+__all__ = ["RunRecord", "State", "metadata"]
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "kbsync_schema",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("project", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # reconcile | poll | refresh
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("outcome", sa.String(16)),  # ok | partial | failed; NULL while running
+    sa.Column("counts", sa.Text),  # JSON of the RunReport counters
+    sa.Column("error", sa.Text),
+    sa.Index("runs_project_kind", "tenant", "project", "kind", "id"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: int
+    tenant: str
+    project: str
+    kind: str
+    started_at: float
+    finished_at: float | None
+    outcome: str | None
+    counts: dict[str, Any]
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class State:
+    """The state database. Open once per process; `close()` is idempotent."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        try:
+            metadata.create_all(engine)
+            with engine.begin() as tx:
+                if tx.execute(sa.select(schema_info.c.version)).first() is None:
+                    tx.execute(sa.insert(schema_info).values(version=SCHEMA_VERSION))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot open the state database {engine.url.render_as_string()}: {exc}") from exc
+
+    @classmethod
+    def open_sqlite(cls, state_dir: Path) -> State:
+        """SQLite at `<state_dir>/state.db` (WAL: readers never block the writer)."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(f"sqlite:///{state_dir / 'state.db'}")
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def start_run(self, tenant: str, project: str, kind: str) -> int:
+        """Record that a run began; returns its id."""
+        try:
+            with self.engine.begin() as tx:
+                result = tx.execute(
+                    sa.insert(runs).values(tenant=tenant, project=project, kind=kind, started_at=time.time())
+                )
+                return int(result.inserted_primary_key[0])  # type: ignore[index]
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot record a run start: {exc}") from exc
+
+    def finish_run(self, run_id: int, outcome: str, counts: dict[str, Any], error: str | None) -> None:
+        try:
+            with self.engine.begin() as tx:
+                tx.execute(
+                    sa.update(runs)
+                    .where(runs.c.id == run_id)
+                    .values(finished_at=time.time(), outcome=outcome, counts=json.dumps(counts), error=error)
+                )
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot record a run end: {exc}") from exc
+
+    def last_runs(self, tenant: str, project: str) -> dict[str, RunRecord]:
+        """The newest run of each kind for one project."""
+        latest = (
+            sa.select(sa.func.max(runs.c.id))
+            .where(runs.c.tenant == tenant, runs.c.project == project)
+            .group_by(runs.c.kind)
+        )
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.select(runs).where(runs.c.id.in_(latest))).mappings().all()
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot read runs: {exc}") from exc
+        return {row["kind"]: _record(row) for row in rows}
+
+    def last_error(self, tenant: str, project: str) -> RunRecord | None:
+        """The newest run of a project that ended with an error."""
+        query = (
+            sa.select(runs)
+            .where(runs.c.tenant == tenant, runs.c.project == project, runs.c.error.is_not(None))
+            .order_by(runs.c.id.desc())
+            .limit(1)
+        )
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(query).mappings().first()
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot read runs: {exc}") from exc
+        return _record(row) if row else None
+
+
+def _record(row: Any) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        tenant=row["tenant"],
+        project=row["project"],
+        kind=row["kind"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        outcome=row["outcome"],
+        counts=json.loads(row["counts"]) if row["counts"] else {},
+        error=row["error"],
+    )

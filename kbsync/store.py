@@ -1,0 +1,317 @@
+"""The Chroma store: collection names, what a collection holds, writes, deletes and queries.
+
+The only module that imports chromadb. Chroma errors are translated into `StoreError` here.
+
+Embedded mode opens a PersistentClient at `<state_dir>/chroma` under an exclusive lock (`StoreLocked` for a second
+process): Chroma is not process-safe, and two processes on one path silently lose vectors (chroma-notes.md §4).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kbsync.embedding import MODEL_NAME
+from kbsync.errors import ModelMismatch, StoreError, StoreLocked
+
+__all__ = [
+    "MAX_RECORDS_PER_WRITE",
+    "ChunkRecord",
+    "IndexedDoc",
+    "ProjectIndex",
+    "QueryHit",
+    "Store",
+    "collection_name",
+]
+
+# Chroma Cloud's quota; also keeps every write far below the local 5461 batch limit.
+MAX_RECORDS_PER_WRITE = 300
+_READ_PAGE = 5000
+_MODEL_KEY = "kbsync_model"
+
+
+def collection_name(tenant: str, project: str) -> str:
+    """`{tenant}__{project}`: both ids match ^[a-z0-9]+(-[a-z0-9]+)*$, so the name passes Chroma's validator."""
+    return f"{tenant}__{project}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """One chunk to write. `embedding` is None for a chunk already stored whose text (and so id) is unchanged."""
+
+    id: str
+    text: str
+    metadata: Mapping[str, str | int]
+    embedding: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class IndexedDoc:
+    """What a collection holds of one document, read back from the chunks' own metadata."""
+
+    doc_id: str
+    source: str
+    doc_hash: str
+    updated_at: int
+    chunks: dict[str, dict[str, Any]] = field(default_factory=dict)  # chunk id -> metadata
+
+
+@dataclass(slots=True)
+class ProjectIndex:
+    """Every document of a collection: the index is its own record of what was written."""
+
+    docs: dict[str, IndexedDoc] = field(default_factory=dict)
+
+    @property
+    def chunk_count(self) -> int:
+        return sum(len(d.chunks) for d in self.docs.values())
+
+    def of_source(self, source: str) -> dict[str, IndexedDoc]:
+        return {doc_id: doc for doc_id, doc in self.docs.items() if doc.source == source}
+
+    def add(self, chunk_id: str, metadata: Mapping[str, Any]) -> None:
+        doc_id = str(metadata.get("doc_id", ""))
+        doc = self.docs.get(doc_id)
+        if doc is None:
+            doc = self.docs[doc_id] = IndexedDoc(
+                doc_id=doc_id,
+                source=str(metadata.get("source", "")),
+                doc_hash=str(metadata.get("doc_hash", "")),
+                updated_at=int(metadata.get("doc_updated_at", 0) or 0),
+            )
+        doc.chunks[chunk_id] = dict(metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryHit:
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+
+
+@contextmanager
+def _chroma_errors(action: str, collection: str) -> Iterator[None]:
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:  # chromadb raises many unrelated types (ValueError, InternalError, Rust errors)
+        raise StoreError(f"Chroma failed to {action} in collection {collection!r}: {exc}") from exc
+
+
+class _StoreLock:
+    """An exclusive, non-blocking flock on `<state_dir>/chroma.lock`; released when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLocked(
+                f"the embedded store at {self.path.parent / 'chroma'} is open in another kbsync process "
+                f"(pid {holder}); Chroma is not process-safe. Stop that process, or let the running daemon do the work"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class Store:
+    """Chroma collections of every project, in one client (embedded) or on one server (http)."""
+
+    def __init__(self, client: Any, *, description: str, lock: _StoreLock | None = None) -> None:
+        self._client = client
+        self._lock = lock
+        self._collections: dict[str, Any] = {}
+        self.description = description
+        self._closed = False
+
+    @classmethod
+    def open_embedded(cls, state_dir: Path) -> Store:
+        """Lock `<state_dir>/chroma.lock`, then open the PersistentClient at `<state_dir>/chroma`."""
+        lock = _StoreLock(state_dir / "chroma.lock")
+        lock.acquire()
+        try:
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+
+            path = state_dir / "chroma"
+            client = chromadb.PersistentClient(path=str(path), settings=ChromaSettings(anonymized_telemetry=False))
+        except Exception as exc:
+            lock.release()
+            raise StoreError(f"cannot open the embedded Chroma store at {state_dir / 'chroma'}: {exc}") from exc
+        return cls(client, description=f"embedded:{path}", lock=lock)
+
+    def close(self) -> None:
+        """Release the store; idempotent. The embedded client is dropped from Chroma's per-path cache."""
+        if self._closed:
+            return
+        self._closed = True
+        self._collections.clear()
+        try:
+            from chromadb.api.shared_system_client import SharedSystemClient
+
+            SharedSystemClient.clear_system_cache()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _collection(self, name: str, *, create: bool = True) -> Any:
+        if self._closed:
+            raise StoreError("the store is closed")
+        if name in self._collections:
+            return self._collections[name]
+        from chromadb.errors import NotFoundError
+        from chromadb.utils.embedding_functions import DefaultEmbeddingFunction
+
+        # The default embedding function is recorded in the collection's configuration, so a bot with plain
+        # chromadb can query_texts against our vectors (same model, identical vectors).
+        try:
+            if create:
+                collection = self._client.get_or_create_collection(
+                    name,
+                    embedding_function=DefaultEmbeddingFunction(),
+                    configuration={"hnsw": {"space": "cosine"}},
+                    metadata={_MODEL_KEY: MODEL_NAME},
+                )
+            else:
+                collection = self._client.get_collection(name, embedding_function=DefaultEmbeddingFunction())
+        except NotFoundError:
+            return None
+        except ValueError as exc:
+            if "conflict" in str(exc).lower():
+                raise ModelMismatch(
+                    f"collection {name!r} was created with another embedding function ({exc}); kbsync writes "
+                    f"{MODEL_NAME} vectors. Delete the collection or point kbsync at another Chroma database"
+                ) from exc
+            raise StoreError(f"cannot open collection {name!r}: {exc}") from exc
+        except Exception as exc:
+            raise StoreError(f"cannot open collection {name!r}: {exc}") from exc
+        model = (collection.metadata or {}).get(_MODEL_KEY, MODEL_NAME)
+        if model != MODEL_NAME:
+            raise ModelMismatch(f"collection {name!r} holds {model} vectors, kbsync embeds with {MODEL_NAME}")
+        self._collections[name] = collection
+        return collection
+
+    def exists(self, name: str) -> bool:
+        return self._collection(name, create=False) is not None
+
+    def collections(self) -> list[str]:
+        """Names of every collection in the store (kbsync's and any other)."""
+        with _chroma_errors("list collections", "*"):
+            return sorted(c.name for c in self._client.list_collections())
+
+    def index(self, name: str, *, doc_id: str | None = None) -> ProjectIndex:
+        """Read back what a collection holds (one document's chunks when `doc_id` is given)."""
+        index = ProjectIndex()
+        collection = self._collection(name, create=False)
+        if collection is None:
+            return index
+        where = {"doc_id": doc_id} if doc_id is not None else None
+        with _chroma_errors("read the index", name):
+            offset = 0
+            while True:
+                page = collection.get(where=where, include=["metadatas"], limit=_READ_PAGE, offset=offset)
+                for chunk_id, metadata in zip(page["ids"], page["metadatas"] or []):
+                    index.add(chunk_id, metadata or {})
+                if len(page["ids"]) < _READ_PAGE:
+                    return index
+                offset += _READ_PAGE
+
+    def write(self, name: str, records: Sequence[ChunkRecord]) -> None:
+        """Upsert new chunks (with embeddings) and refresh the metadata of kept ones, at most 300 per call.
+
+        Every metadata key is always sent: Chroma's upsert merges metadata, so an omitted key would survive.
+        Raises StoreError on any failure; the caller deletes stale chunks only after this returned.
+        """
+        collection = self._collection(name)
+        new = [r for r in records if r.embedding is not None]
+        kept = [r for r in records if r.embedding is None]
+        with _chroma_errors("write chunks", name):
+            for start in range(0, len(new), MAX_RECORDS_PER_WRITE):
+                batch = new[start : start + MAX_RECORDS_PER_WRITE]
+                collection.upsert(
+                    ids=[r.id for r in batch],
+                    embeddings=np.stack([r.embedding for r in batch]),  # type: ignore[misc]
+                    documents=[r.text for r in batch],
+                    metadatas=[dict(r.metadata) for r in batch],
+                )
+            for start in range(0, len(kept), MAX_RECORDS_PER_WRITE):
+                batch = kept[start : start + MAX_RECORDS_PER_WRITE]
+                collection.update(ids=[r.id for r in batch], metadatas=[dict(r.metadata) for r in batch])
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        """Delete chunks by id, at most 300 per call."""
+        if not ids:
+            return
+        collection = self._collection(name)
+        ids = list(ids)
+        with _chroma_errors("delete chunks", name):
+            for start in range(0, len(ids), MAX_RECORDS_PER_WRITE):
+                collection.delete(ids=ids[start : start + MAX_RECORDS_PER_WRITE])
+
+    def count(self, name: str) -> int:
+        collection = self._collection(name, create=False)
+        if collection is None:
+            return 0
+        with _chroma_errors("count chunks", name):
+            return int(collection.count())
+
+    def query(
+        self, name: str, embedding: np.ndarray, *, k: int, where: Mapping[str, Any] | None = None
+    ) -> list[QueryHit]:
+        """Nearest chunks by cosine distance; `score` = 1 - distance."""
+        collection = self._collection(name, create=False)
+        if collection is None:
+            return []
+        with _chroma_errors("query", name):
+            result = collection.query(
+                query_embeddings=[embedding],
+                n_results=k,
+                where=dict(where) if where else None,
+                include=["documents", "metadatas", "distances"],
+            )
+        return [
+            QueryHit(id=chunk_id, score=1.0 - float(distance), text=text or "", metadata=dict(metadata or {}))
+            for chunk_id, distance, text, metadata in zip(
+                result["ids"][0], result["distances"][0], result["documents"][0], result["metadatas"][0]
+            )
+        ]
+
+
+def download_default_model() -> None:
+    """Let Chroma fetch its default model into its cache (`~/.cache/chroma/onnx_models/...`), as it does itself
+    on first use. Needs the internet; raises EmbeddingError with what to do when offline."""
+    from kbsync.errors import EmbeddingError
+
+    try:
+        from chromadb.utils.embedding_functions.onnx_mini_lm_l6_v2 import ONNXMiniLM_L6_V2
+
+        ONNXMiniLM_L6_V2(preferred_providers=["CPUExecutionProvider"])._download_model_if_not_exists()
+    except Exception as exc:  # network errors of every kind
+        raise EmbeddingError(
+            f"Chroma could not download its default model ({exc}). Offline: copy the six files of "
+            f"all-MiniLM-L6-v2/onnx into ~/.cache/chroma/onnx_models/all-MiniLM-L6-v2/onnx, or set "
+            f"embedding.model_dir (KBSYNC_EMBEDDING__MODEL_DIR) to a folder holding them"
+        ) from exc
