@@ -154,9 +154,10 @@ def resync(
 
 
 def _print_reports(reports: list[Any]) -> None:
-    table = Table(title="kbsync resync")
-    for column in ("project", "seen", "added", "updated", "unchanged", "deleted", "embedded", "chunks", "errors", "s"):
-        table.add_column(column, justify="left" if column == "project" else "right")
+    table = Table(title="kbsync resync", caption="docs: seen, new, changed, same, gone; chunks: embedded, held")
+    table.add_column("project", no_wrap=True)
+    for column in ("seen", "new", "changed", "same", "gone", "embedded", "held", "errors", "secs"):
+        table.add_column(column, justify="right")
     for r in reports:
         table.add_row(
             f"{r.tenant}/{r.project}",

@@ -300,13 +300,14 @@ class Settings(BaseSettings):
         # The TOML file arrives as init kwargs; the environment overrides it (first source wins).
         return env_settings, init_settings
 
-    @model_validator(mode="after")
-    def _unique_tenants(self) -> Settings:
-        ids = [t.id for t in self.tenants]
+    @field_validator("tenants")
+    @classmethod
+    def _unique_tenants(cls, tenants: list[TenantSettings]) -> list[TenantSettings]:
+        ids = [t.id for t in tenants]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"tenant id {duplicates[0]!r} appears twice")
-        return self
+        return tenants
 
     @property
     def admin_token(self) -> SecretStr | None:

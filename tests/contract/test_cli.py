@@ -1,0 +1,114 @@
+"""The CLI contract (design.md §4): commands, exit codes, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kbsync.cli import app
+
+runner = CliRunner()
+
+
+def invoke(config: Path, *args: str):
+    return runner.invoke(app, ["--config", str(config), *args], catch_exceptions=False)
+
+
+def test_help_lists_the_commands_of_the_contract() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("resync", "query", "status", "check"):
+        assert command in result.stdout
+
+
+def test_help_works_without_any_settings_file(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kbsync", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "resync" in result.stdout
+
+
+def test_bad_config_exits_2_naming_the_key(write_settings) -> None:
+    config = write_settings("[chunking]\nmax_tokens = 9000\n")
+    for command in (["resync"], ["status"], ["check"], ["query", "a", "b", "c"]):
+        result = invoke(config, *command)
+        assert result.exit_code == 2, command
+        assert "chunking.max_tokens" in result.stderr
+
+
+def test_missing_config_exits_2(tmp_path: Path) -> None:
+    result = invoke(tmp_path / "absent.toml", "resync")
+    assert result.exit_code == 2 and "not found" in result.stderr
+
+
+def test_resync_json_then_query_and_status(files_settings: Path, docs_dir: Path) -> None:
+    (docs_dir / "refunds.md").write_text("# Refunds\n\nRefunds are paid back within five business days.\n")
+    result = invoke(files_settings, "resync", "--json")
+    assert result.exit_code == 0, result.stderr
+    (report,) = json.loads(result.stdout)
+    assert report["tenant"] == "acme" and report["project"] == "alpha" and report["outcome"] == "ok"
+    assert report["docs_added"] == 1 and report["chunks_embedded"] == 1 and report["errors"] == []
+
+    result = invoke(files_settings, "query", "acme", "alpha", "when do I get my money back", "-k", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    (hit,) = payload["results"]
+    assert set(hit) == {"id", "score", "text", "title", "heading", "url", "locale", "doc_id", "source", "updated_at"}
+    assert hit["doc_id"] == "files:refunds.md" and hit["title"] == "Refunds" and "took_ms" in payload
+
+    result = invoke(files_settings, "status", "--json")
+    assert result.exit_code == 0, result.stderr
+    (project,) = json.loads(result.stdout)["projects"]
+    assert project["docs"] == 1 and project["chunks"] == 1
+    assert project["last_runs"]["reconcile"]["outcome"] == "ok"
+
+
+def test_resync_exits_1_when_a_source_fails(files_settings: Path, docs_dir: Path) -> None:
+    docs_dir.rmdir()
+    result = invoke(files_settings, "resync", "--json")
+    assert result.exit_code == 1
+    (report,) = json.loads(result.stdout)
+    assert report["outcome"] == "failed" and "does not exist" in report["errors"][0]
+
+
+def test_resync_and_query_of_an_unknown_project_exit_1(files_settings: Path) -> None:
+    assert invoke(files_settings, "resync", "--tenant", "nobody").exit_code == 1
+    result = invoke(files_settings, "query", "acme", "nope", "hello")
+    assert result.exit_code == 1 and "acme/nope" in result.stderr
+
+
+def test_resync_table_output(files_settings: Path, docs_dir: Path) -> None:
+    (docs_dir / "a.md").write_text("# A\n\nAlpha.\n")
+    result = invoke(files_settings, "resync")
+    assert result.exit_code == 0
+    assert "acme/alpha" in result.stdout
+
+
+def test_check_reports_each_item(files_settings: Path, monkeypatch) -> None:
+    result = invoke(files_settings, "check")
+    assert "store" in result.stdout and "model" in result.stdout and "files:docs" in result.stdout
+    # The admin token variable is named by default but not set: reported, exit 1.
+    assert result.exit_code == 1 and "KBSYNC_ADMIN_TOKEN is not set" in result.stdout
+    monkeypatch.setenv("KBSYNC_ADMIN_TOKEN", "t")
+    assert invoke(files_settings, "check").exit_code == 0
+
+
+@pytest.mark.parametrize("command", [["status"], ["resync"]])
+def test_commands_fail_cleanly_while_another_process_owns_the_store(files_settings: Path, command) -> None:
+    from kbsync.settings import load_settings
+    from kbsync.store import Store
+
+    store = Store.open_embedded(load_settings(files_settings).state_dir)
+    try:
+        result = invoke(files_settings, *command)
+    finally:
+        store.close()
+    if command == ["resync"]:
+        assert result.exit_code == 1 and "another kbsync process" in result.stderr
+    else:
+        assert result.exit_code == 0 and "another kbsync process" in result.stdout
