@@ -240,6 +240,8 @@ class Engine:
                 progress.listed(key, source.source_id, len(listing.documents))
             for error in listing.errors:
                 report.errors.append(error.message)
+            report.docs_seen += len(listing.unchanged)
+            report.docs_unchanged += len(listing.unchanged)
             self.sync_documents(key, listing.documents, index, report, rebuild=rebuild, progress=progress)
             if not listing.complete:
                 log.warning("source.incomplete_listing", errors=len(listing.errors))

@@ -63,10 +63,13 @@ class Listing:
     documents: list[Document]
     complete: bool
     errors: list[DocError] = field(default_factory=list)
+    # Documents the source knows are present and unchanged without reading them again (an HTTP 304):
+    # they cost nothing and are never deleted by this listing.
+    unchanged: set[str] = field(default_factory=set)
 
     @property
     def doc_ids(self) -> set[str]:
-        return {d.doc_id for d in self.documents} | {e.doc_id for e in self.errors}
+        return {d.doc_id for d in self.documents} | {e.doc_id for e in self.errors} | self.unchanged
 
 
 class Source(Protocol):
