@@ -233,53 +233,28 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """Per project: last reconcile (time, result, counts), documents and chunks indexed, last error."""
-    from kbsync.engine import ProjectKey
     from kbsync.state import State
+    from kbsync.status import status_payload
     from kbsync.store import Store
 
     settings = _settings(ctx)
-    keys = [ProjectKey(t.id, p.id) for t in settings.tenants for p in t.projects]
-    store_note = ""
-    counts: dict[Any, dict[str, int]] = {}
-    orphans: list[str] = []
     try:
         state = State.open_sqlite(settings.state_dir)
     except KbsyncError as exc:
         _fail(str(exc), EXIT_FAILED)
+    store, store_note = None, "ok"
     try:
         store = Store.open_embedded(settings.state_dir)
     except KbsyncError as exc:
-        store, store_note = None, str(exc)
+        store_note = str(exc)
     try:
-        if store is not None:
-            for key in keys:
-                index = store.index(key.collection)
-                counts[key] = {"docs": len(index.docs), "chunks": index.chunk_count}
-            names = {k.collection for k in keys}
-            orphans = [c for c in store.collections() if c not in names]
-        projects = []
-        for key in keys:
-            runs = state.last_runs(key.tenant, key.project)
-            last_error = state.last_error(key.tenant, key.project)
-            projects.append(
-                {
-                    "tenant": key.tenant,
-                    "project": key.project,
-                    "collection": key.collection,
-                    "docs": counts.get(key, {}).get("docs"),
-                    "chunks": counts.get(key, {}).get("chunks"),
-                    "last_runs": {kind: run.as_dict() for kind, run in runs.items()},
-                    "last_error": last_error.error if last_error else None,
-                    "last_error_at": last_error.finished_at if last_error else None,
-                }
-            )
+        payload = status_payload(settings, state, store, store_note=store_note)
     except KbsyncError as exc:
         _fail(str(exc), EXIT_FAILED)
     finally:
         if store is not None:
             store.close()
         state.close()
-    payload = {"projects": projects, "orphaned_collections": orphans, "store": store_note or "ok"}
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return

@@ -26,7 +26,7 @@ import structlog
 
 from kbsync.chunking import Chunk, Chunker
 from kbsync.embedding import Embedder, TokenCounter, default_model_dir, missing_model_files
-from kbsync.errors import KbsyncError, SourceError, UnknownProject
+from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.settings import FilesSourceSettings, ProjectSettings, Settings, TenantSettings
 from kbsync.sources import Document, Listing, Source
 from kbsync.state import State
@@ -36,9 +36,9 @@ __all__ = ["Engine", "ProjectKey", "Progress", "RunReport", "open_engine"]
 
 log = structlog.get_logger(__name__)
 
-# Fresh chunks gathered across documents before one embedding call: large, length-sorted batches are the
-# embedder's best case, and a group this size is still written within seconds.
-_EMBED_GROUP = 256
+# Fresh chunks gathered across documents before one embedding call: length-sorted batches of a larger group pad
+# less, and a group this size still embeds in a few seconds on 2 cores, so a stop request is honoured quickly.
+_EMBED_GROUP = 64
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -67,6 +67,7 @@ class RunReport:
     docs_unchanged: int = 0
     docs_deleted: int = 0
     chunks_embedded: int = 0
+    chunks_written: int = 0
     chunks_deleted: int = 0
     chunks_total: int = 0
     seconds: float = 0.0
@@ -160,6 +161,17 @@ class Engine:
         self._source_factory = source_factory
         self._locks = {key: threading.Lock() for key in self.projects()}
         self._locales: dict[ProjectKey, set[str]] = {}
+        # Set by the daemon on shutdown: runs stop between document groups (what was written stays valid).
+        self.stop_event = threading.Event()
+        self._observers: list[Callable[[RunReport], None]] = []
+
+    def observe(self, observer: Callable[[RunReport], None]) -> None:
+        """Call `observer` with every finished run (the daemon's metrics)."""
+        self._observers.append(observer)
+
+    def _check_stop(self) -> None:
+        if self.stop_event.is_set():
+            raise Interrupted("kbsync is stopping; the run was interrupted (the next run converges)")
 
     # -- projects ----------------------------------------------------------------------------------------
 
@@ -316,7 +328,9 @@ class Engine:
                 metadata["indexed_at"] = int(held_meta.get("indexed_at", now))
                 if held_meta != metadata:
                     records.append(ChunkRecord(chunk.id, chunk.text, metadata, None))
+            self._check_stop()
             self.store.write(key.collection, records)
+            report.chunks_written += len(records)
             stale = set(item.held.chunks) - {c.id for c in item.chunks} if item.held is not None else set()
             self.store.delete(key.collection, sorted(stale))
             report.chunks_deleted += len(stale)

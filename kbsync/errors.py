@@ -12,6 +12,7 @@
   + EmbeddingError       the model could not be found or loaded
   + StateError           the state database failed
   + UnknownProject       a tenant/project that settings do not define
+  + Interrupted          a run stopped early because kbsync is shutting down
 """
 
 from __future__ import annotations
@@ -81,3 +82,7 @@ class StateError(KbsyncError):
 
 class UnknownProject(KbsyncError):
     """A tenant or project that the settings do not define."""
+
+
+class Interrupted(KbsyncError):
+    """A run stopped between two document groups because kbsync is shutting down."""

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kbsync.errors import StateError
 
-__all__ = ["RunRecord", "State", "metadata"]
+__all__ = ["RunRecord", "State", "Watermark", "metadata"]
 
 SCHEMA_VERSION = 1
 
@@ -42,6 +42,24 @@ runs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Index("runs_project_kind", "tenant", "project", "kind", "id"),
 )
+
+
+watermarks = sa.Table(
+    "watermarks",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("source", sa.String(512), primary_key=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),  # newest source `updated_at` applied
+    sa.Column("total", sa.BigInteger),  # the source's own count of everything it holds (Chatwoot all_articles_count)
+    sa.Column("recorded_at", sa.Float, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    updated_at: int
+    total: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +160,35 @@ class State:
         except SQLAlchemyError as exc:
             raise StateError(f"cannot read runs: {exc}") from exc
         return _record(row) if row else None
+
+
+    def watermark(self, tenant: str, project: str, source: str) -> Watermark | None:
+        """The poll watermark of one source, or None before its first successful reconcile."""
+        query = sa.select(watermarks.c.updated_at, watermarks.c.total).where(
+            watermarks.c.tenant == tenant, watermarks.c.project == project, watermarks.c.source == source
+        )
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(query).first()
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot read a watermark: {exc}") from exc
+        return Watermark(int(row.updated_at), None if row.total is None else int(row.total)) if row else None
+
+    def set_watermark(self, tenant: str, project: str, source: str, mark: Watermark) -> None:
+        """Persist a watermark (after the changes up to it were written), so a restart does not redo work."""
+        values = {"updated_at": mark.updated_at, "total": mark.total, "recorded_at": time.time()}
+        key = {"tenant": tenant, "project": project, "source": source}
+        try:
+            with self.engine.begin() as tx:
+                updated = tx.execute(
+                    sa.update(watermarks)
+                    .where(*(watermarks.c[k] == v for k, v in key.items()))
+                    .values(**values)
+                ).rowcount
+                if not updated:
+                    tx.execute(sa.insert(watermarks).values(**key, **values))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot write a watermark: {exc}") from exc
 
 
 def _record(row: Any) -> RunRecord:

@@ -1,0 +1,244 @@
+"""The durable webhook queue: enqueue (committed before the 202), claim, done, release.
+
+Claims expire (`claimed_until`): a worker that dies with an item claimed, `kill -9` included, only delays it, and
+`claim()` takes expired items back, so there is no stalled-job sweeper. Items of one project are claimed one at a
+time (per-project serialization). `X-Chatwoot-Delivery` ids are a unique key: a repeated delivery is an
+IntegrityError mapped to "duplicate", never a read-then-insert race.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from kbsync.errors import StateError
+from kbsync.state import State, metadata
+
+__all__ = ["Enqueued", "Queue", "QueueItem"]
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("delivery_id", sa.String(200), primary_key=True),
+    sa.Column("received_at", sa.Float, nullable=False),
+)
+
+items = sa.Table(
+    "queue_items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("project", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(512), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # the hint (article id, updated_at): JSON
+    sa.Column("delivery_id", sa.String(200)),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, default="pending"),  # pending | done | dead
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("not_before", sa.Float, nullable=False, default=0.0),
+    sa.Column("owner", sa.String(128)),
+    sa.Column("claimed_until", sa.Float),
+    sa.Column("last_error", sa.Text),
+    sa.Index("queue_pending", "status", "not_before"),
+    sa.Index("queue_project", "tenant", "project", "status"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    id: int
+    tenant: str
+    project: str
+    source: str
+    event: str
+    payload: dict[str, Any]
+    delivery_id: str | None
+    received_at: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """Outcome of `enqueue`: the new item's id, or `duplicate=True` for a delivery id seen before."""
+
+    item_id: int | None
+    duplicate: bool
+
+
+def _item(row: Any) -> QueueItem:
+    return QueueItem(
+        id=row.id,
+        tenant=row.tenant,
+        project=row.project,
+        source=row.source,
+        event=row.event,
+        payload=json.loads(row.payload),
+        delivery_id=row.delivery_id,
+        received_at=row.received_at,
+        attempts=row.attempts,
+    )
+
+
+class Queue:
+    """Webhook work items in the state database."""
+
+    def __init__(self, state: State, *, max_attempts: int = 8) -> None:
+        self.db = state.engine
+        self.max_attempts = max_attempts
+        try:
+            metadata.create_all(self.db, tables=[deliveries, items])
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot create the queue tables: {exc}") from exc
+
+    def enqueue(
+        self, tenant: str, project: str, source: str, event: str, payload: dict[str, Any], delivery_id: str | None
+    ) -> Enqueued:
+        """Store one event durably (committed when this returns); a repeated delivery id is a duplicate."""
+        now = time.time()
+        try:
+            with self.db.begin() as tx:
+                if delivery_id:
+                    tx.execute(sa.insert(deliveries).values(tenant=tenant, delivery_id=delivery_id, received_at=now))
+                result = tx.execute(
+                    sa.insert(items).values(
+                        tenant=tenant,
+                        project=project,
+                        source=source,
+                        event=event,
+                        payload=json.dumps(payload),
+                        delivery_id=delivery_id,
+                        received_at=now,
+                        status="pending",
+                        attempts=0,
+                        not_before=0.0,
+                    )
+                )
+                return Enqueued(int(result.inserted_primary_key[0]), False)  # type: ignore[index]
+        except IntegrityError:
+            return Enqueued(None, True)
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot store the webhook: {exc}") from exc
+
+    def claim(self, owner: str, lease_seconds: float) -> QueueItem | None:
+        """One due item whose project has no live claim; an expired claim counts as free."""
+        now = time.time()
+        candidate, other = items.alias("candidate"), items.alias("other")
+        busy = (
+            sa.select(other.c.id)
+            .where(
+                other.c.tenant == candidate.c.tenant,
+                other.c.project == candidate.c.project,
+                other.c.status == "pending",
+                other.c.claimed_until > now,
+            )
+            .exists()
+        )
+        query = (
+            sa.select(candidate)
+            .where(
+                candidate.c.status == "pending",
+                candidate.c.not_before <= now,
+                sa.or_(candidate.c.claimed_until.is_(None), candidate.c.claimed_until <= now),
+                ~busy,
+            )
+            .order_by(candidate.c.id)
+            .limit(1)
+        )
+        try:
+            with self.db.begin() as tx:
+                row = tx.execute(query).first()
+                if row is None:
+                    return None
+                claimed = tx.execute(
+                    sa.update(items)
+                    .where(
+                        items.c.id == row.id,
+                        sa.or_(items.c.claimed_until.is_(None), items.c.claimed_until <= now),
+                    )
+                    .values(owner=owner, claimed_until=now + lease_seconds)
+                ).rowcount
+                return _item(row) if claimed else None
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot claim a queue item: {exc}") from exc
+
+    def renew(self, item: QueueItem, owner: str, lease_seconds: float) -> None:
+        """Extend a live claim while its work runs."""
+        self._update(item.id, owner, claimed_until=time.time() + lease_seconds)
+
+    def done(self, item: QueueItem, owner: str, *, covered_until: float | None = None) -> int:
+        """Mark an item applied. With `covered_until`, every pending, unclaimed item of the same project received
+        before that time is applied too (one refresh read the source after they arrived). Returns items closed."""
+        try:
+            with self.db.begin() as tx:
+                closed = tx.execute(
+                    sa.update(items)
+                    .where(items.c.id == item.id, items.c.owner == owner)
+                    .values(status="done", claimed_until=None)
+                ).rowcount
+                if covered_until is not None:
+                    closed += tx.execute(
+                        sa.update(items)
+                        .where(
+                            items.c.tenant == item.tenant,
+                            items.c.project == item.project,
+                            items.c.status == "pending",
+                            items.c.received_at <= covered_until,
+                            sa.or_(items.c.claimed_until.is_(None), items.c.claimed_until <= time.time()),
+                        )
+                        .values(status="done", owner=owner, claimed_until=None)
+                    ).rowcount
+                return closed
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot finish a queue item: {exc}") from exc
+
+    def release(self, item: QueueItem, owner: str, *, error: str, retry: bool, delay_seconds: float) -> str:
+        """Give an item back after a failure: retried later (bounded), or dead. Returns the new status."""
+        attempts = item.attempts + 1
+        status = "pending" if retry and attempts < self.max_attempts else "dead"
+        self._update(
+            item.id,
+            owner,
+            status=status,
+            attempts=attempts,
+            not_before=time.time() + delay_seconds,
+            claimed_until=None,
+            last_error=error[:2000],
+        )
+        return status
+
+    def _update(self, item_id: int, owner: str, **values: Any) -> None:
+        try:
+            with self.db.begin() as tx:
+                tx.execute(sa.update(items).where(items.c.id == item_id, items.c.owner == owner).values(**values))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot update a queue item: {exc}") from exc
+
+    def depth(self, tenant: str | None = None, project: str | None = None) -> dict[str, int]:
+        """Items per status (pending, dead), optionally for one project."""
+        query = sa.select(items.c.status, sa.func.count()).where(items.c.status != "done").group_by(items.c.status)
+        if tenant is not None:
+            query = query.where(items.c.tenant == tenant)
+        if project is not None:
+            query = query.where(items.c.project == project)
+        try:
+            with self.db.connect() as conn:
+                counts = {status: int(n) for status, n in conn.execute(query)}
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot read the queue: {exc}") from exc
+        return {"pending": counts.get("pending", 0), "dead": counts.get("dead", 0)}
+
+    def dead(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest dead items (for status)."""
+        query = sa.select(items).where(items.c.status == "dead").order_by(items.c.id.desc()).limit(limit)
+        with self.db.connect() as conn:
+            return [
+                {"id": r.id, "tenant": r.tenant, "project": r.project, "event": r.event, "error": r.last_error}
+                for r in conn.execute(query)
+            ]

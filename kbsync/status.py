@@ -1,0 +1,48 @@
+"""The status report of design.md §4 (`kbsync status --json`) and §5 (`GET /v1/status`): one builder for both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kbsync.settings import Settings
+from kbsync.state import State
+from kbsync.store import Store, collection_name
+
+__all__ = ["status_payload"]
+
+
+def status_payload(
+    settings: Settings, state: State, store: Store | None, *, store_note: str = "ok", queue: Any = None
+) -> dict[str, Any]:
+    """Per project: docs and chunks held (when the store is readable), last run of each kind, last error, queue
+    depth; plus collections no project owns any more. Never carries a secret (invariant 10)."""
+    keys = [(t.id, p.id) for t in settings.tenants for p in t.projects]
+    projects = []
+    for tenant, project in keys:
+        name = collection_name(tenant, project)
+        held: dict[str, int | None] = {"docs": None, "chunks": None}
+        if store is not None:
+            index = store.index(name)
+            held = {"docs": len(index.docs), "chunks": index.chunk_count}
+        runs = state.last_runs(tenant, project)
+        last_error = state.last_error(tenant, project)
+        projects.append(
+            {
+                "tenant": tenant,
+                "project": project,
+                "collection": name,
+                **held,
+                "last_runs": {kind: run.as_dict() for kind, run in runs.items()},
+                "last_error": last_error.error if last_error else None,
+                "last_error_at": last_error.finished_at if last_error else None,
+                "queue": queue.depth(tenant, project) if queue is not None else None,
+            }
+        )
+    orphans: list[str] = []
+    if store is not None:
+        names = {collection_name(t, p) for t, p in keys}
+        orphans = [c for c in store.collections() if c not in names]
+    payload: dict[str, Any] = {"projects": projects, "orphaned_collections": orphans, "store": store_note}
+    if queue is not None:
+        payload["queue"] = {**queue.depth(), "dead_items": queue.dead()}
+    return payload
