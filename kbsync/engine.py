@@ -26,10 +26,10 @@ import structlog
 
 from kbsync.chunking import Chunk, Chunker
 from kbsync.embedding import Embedder, TokenCounter, default_model_dir, missing_model_files
-from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
-from kbsync.settings import FilesSourceSettings, ProjectSettings, Settings, TenantSettings
+from kbsync.errors import Interrupted, KbsyncError, SourceError, SourceRejected, UnknownProject
+from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, ProjectSettings, Settings, TenantSettings
 from kbsync.sources import Document, Listing, Source
-from kbsync.state import State
+from kbsync.state import State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, QueryHit, Store, collection_name
 
 __all__ = ["Engine", "ProjectKey", "Progress", "RunReport", "open_engine"]
@@ -74,16 +74,20 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     failed_sources: int = 0
     sources: int = 0
+    requests: int = 0
+    interrupted: bool = False
 
     @property
     def outcome(self) -> str:
+        if self.interrupted:
+            return "interrupted"
         if not self.errors:
             return "ok"
         return "failed" if self.failed_sources >= self.sources > 0 or self.sources == 0 else "partial"
 
     def counts(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("tenant", "project", "kind", "errors", "failed_sources", "sources"):
+        for key in ("tenant", "project", "kind", "errors", "failed_sources", "sources", "interrupted"):
             data.pop(key)
         return data
 
@@ -99,33 +103,43 @@ class Progress(Protocol):
     def advanced(self, key: ProjectKey, done: int) -> None: ...
 
 
-SourceFactory = Callable[[TenantSettings, ProjectSettings], list[Source]]
+def build_sources(
+    settings: Settings, stack: ExitStack, *, chatwoot_options: Any = None
+) -> dict[ProjectKey, list[Source]]:
+    """The configured sources of every project; one pooled Chatwoot client per tenant, closed by `stack`.
 
-
-def build_sources(tenant: TenantSettings, project: ProjectSettings) -> list[Source]:
-    """The configured sources of a project."""
+    `chatwoot_options` (a ChatwootClientOptions) tunes timeouts and retries; tests shrink them."""
     from kbsync.sources.files import FilesSource
 
-    sources: list[Source] = []
-    for settings in project.sources:
-        if isinstance(settings, FilesSourceSettings):
-            sources.append(FilesSource(settings))
-        else:
-            sources.append(_Unsupported(settings.kind, settings.source_id))
+    sources: dict[ProjectKey, list[Source]] = {}
+    for tenant in settings.tenants:
+        client = None
+        for project in tenant.projects:
+            built: list[Source] = []
+            for source in project.sources:
+                if isinstance(source, FilesSourceSettings):
+                    built.append(FilesSource(source))
+                elif isinstance(source, ChatwootSourceSettings):
+                    from kbsync.sources.chatwoot import ChatwootClient, ChatwootSource
+
+                    if client is None:
+                        client = stack.enter_context(ChatwootClient(tenant, chatwoot_options))
+                    built.append(ChatwootSource(tenant, source, client))
+                else:
+                    built.append(_Unsupported(source.kind, source.source_id))
+            sources[ProjectKey(tenant.id, project.id)] = built
     return sources
 
 
 class _Unsupported:
-    """A source kind this build cannot read yet: it fails its run and deletes nothing."""
+    """A source kind this build cannot read: it fails its runs and deletes nothing."""
 
     def __init__(self, kind: str, source_id: str) -> None:
         self.kind = kind
         self.source_id = source_id
 
     def list(self) -> Listing:
-        from kbsync.errors import SourceRejected
-
-        raise SourceRejected(f"sources of kind {self.kind!r} are not supported yet", source=self.source_id)
+        raise SourceRejected(f"sources of kind {self.kind!r} are not supported by this build", source=self.source_id)
 
     def confirm_gone(self, doc_ids: Any) -> set[str]:
         return set()
@@ -151,14 +165,14 @@ class Engine:
         embedder: Embedder,
         chunker: Chunker,
         state: State,
-        source_factory: SourceFactory = build_sources,
+        sources: dict[ProjectKey, list[Source]],
     ) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
         self.chunker = chunker
         self.state = state
-        self._source_factory = source_factory
+        self.sources = sources
         self._locks = {key: threading.Lock() for key in self.projects()}
         self._locales: dict[ProjectKey, set[str]] = {}
         # Set by the daemon on shutdown: runs stop between document groups (what was written stays valid).
@@ -197,27 +211,28 @@ class Engine:
 
     # -- reconcile ---------------------------------------------------------------------------------------
 
-    def reconcile(self, key: ProjectKey, *, rebuild: bool = False, progress: Progress | None = None) -> RunReport:
-        """Full reconcile of one project: every source listed, changed documents synced, vanished ones deleted.
-
-        A source that fails is reported and skipped (the others still run); it deletes nothing.
-        `rebuild` re-embeds every chunk.
-        """
-        tenant, project = self._project_settings(key)
-        report = RunReport(key.tenant, key.project, "reconcile")
+    def _run(
+        self, key: ProjectKey, kind: str, work: Callable[[list[Source], ProjectIndex, RunReport], None]
+    ) -> RunReport:
+        """Run `work` on one project under its lock, recorded in the state database and told to observers."""
+        self._project_settings(key)
+        report = RunReport(key.tenant, key.project, kind)
         started = time.monotonic()
         with self._locks[key], structlog.contextvars.bound_contextvars(
-            tenant=key.tenant, project=key.project, trigger="reconcile"
+            tenant=key.tenant, project=key.project, trigger=kind
         ):
-            run_id = self.state.start_run(key.tenant, key.project, "reconcile")
+            run_id = self.state.start_run(key.tenant, key.project, kind)
             try:
-                index = self.store.index(key.collection)
-                sources = self._source_factory(tenant, project)
+                sources = self.sources.get(key, [])
                 report.sources = len(sources)
-                for source in sources:
-                    self._reconcile_source(key, source, index, report, rebuild=rebuild, progress=progress)
+                index = self.store.index(key.collection)
+                work(sources, index, report)
                 report.chunks_total = index.chunk_count
                 self._locales[key] = {str(m.get("locale", "")) for d in index.docs.values() for m in d.chunks.values()}
+            except Interrupted as exc:
+                report.interrupted = True
+                report.errors.append(str(exc))
+                log.warning("run.interrupted")
             except KbsyncError as exc:
                 report.errors.append(str(exc))
                 report.failed_sources = report.sources
@@ -228,7 +243,82 @@ class Engine:
                     run_id, report.outcome, report.counts(), "; ".join(report.errors) if report.errors else None
                 )
             log.info("run.finished", outcome=report.outcome, **report.counts())
+        for observer in self._observers:
+            observer(report)
         return report
+
+    def reconcile(self, key: ProjectKey, *, rebuild: bool = False, progress: Progress | None = None) -> RunReport:
+        """Full reconcile of one project: every source listed, changed documents synced, vanished ones deleted.
+
+        A source that fails is reported and skipped (the others still run); it deletes nothing.
+        `rebuild` re-embeds every chunk.
+        """
+
+        def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
+            for source in sources:
+                self._reconcile_source(key, source, index, report, rebuild=rebuild, progress=progress)
+
+        return self._run(key, "reconcile", work)
+
+    def poll(self, key: ProjectKey, *, only_source: str | None = None) -> RunReport:
+        """Cheap change scan of the sources that can poll (Chatwoot: newest-first down to the stored watermark,
+        one request when nothing changed). A source never reconciled, or whose total dropped (a hard delete,
+        which leaves no trace in the list), is reconciled instead."""
+
+        def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
+            for source in sources:
+                if only_source is None or source.source_id == only_source:
+                    self._poll_source(key, source, index, report)
+
+        return self._run(key, "poll", work)
+
+    def refresh(self, key: ProjectKey, source_id: str, event: str, doc_id: str | None = None) -> RunReport:
+        """Apply one webhook event (fetch-on-notify: the source is the truth, the payload only a hint).
+
+        `portal_updated` reconciles the source; an article event polls it; a deleted article still held after the
+        poll makes a complete listing (the second look of invariant 2) decide."""
+
+        def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
+            source = next((s for s in sources if s.source_id == source_id), None)
+            if source is None:
+                raise UnknownProject(f"project {key} has no source {source_id}")
+            if event == "portal_updated":
+                self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
+                return
+            self._poll_source(key, source, index, report)
+            if event == "article_deleted" and doc_id is not None and doc_id in index.docs:
+                self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
+
+        return self._run(key, "refresh", work)
+
+    def _poll_source(self, key: ProjectKey, source: Source, index: ProjectIndex, report: RunReport) -> None:
+        changes_since = getattr(source, "changes_since", None)
+        if changes_since is None:
+            return  # files and web sources are read by reconcile
+        with structlog.contextvars.bound_contextvars(source=source.source_id):
+            mark = self.state.watermark(key.tenant, key.project, source.source_id)
+            if mark is None:
+                self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
+                return
+            try:
+                changes = changes_since(mark.updated_at)
+            except SourceError as exc:
+                report.errors.append(str(exc))
+                report.failed_sources += 1
+                log.warning("source.failed", error=str(exc))
+                return
+            report.requests += changes.requests
+            self.sync_documents(key, changes.published, index, report)
+            # The source itself says these are no longer published: no second look is needed.
+            self._delete_documents(key, changes.gone & set(index.of_source(source.source_id)), index, report)
+            if mark.total is not None and changes.all_articles_count < mark.total:
+                log.info("source.total_dropped", was=mark.total, now=changes.all_articles_count)
+                self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
+                return
+            if changes.complete:
+                self.state.set_watermark(
+                    key.tenant, key.project, source.source_id, Watermark(changes.newest, changes.all_articles_count)
+                )
 
     def _reconcile_source(
         self,
@@ -262,6 +352,10 @@ class Engine:
             if candidates:
                 gone = source.confirm_gone(candidates)
                 self._delete_documents(key, gone, index, report)
+            if listing.watermark is not None:
+                self.state.set_watermark(
+                    key.tenant, key.project, source.source_id, Watermark(listing.watermark, listing.total)
+                )
 
     def sync_documents(
         self,
@@ -429,8 +523,8 @@ def resolve_model_dir(settings: Settings) -> Any:
 
 
 @contextmanager
-def open_engine(settings: Settings, *, source_factory: SourceFactory = build_sources) -> Iterator[Engine]:
-    """Open state, store and model in order, close them in reverse (also on error)."""
+def open_engine(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[Engine]:
+    """Open state, store, model and source clients in order; close them in reverse (also on error)."""
     with ExitStack() as stack:
         state = State.open_sqlite(settings.state_dir)
         stack.callback(state.close)
@@ -439,6 +533,5 @@ def open_engine(settings: Settings, *, source_factory: SourceFactory = build_sou
         model_dir = resolve_model_dir(settings)
         embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
         chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
-        yield Engine(
-            settings, store=store, embedder=embedder, chunker=chunker, state=state, source_factory=source_factory
-        )
+        sources = build_sources(settings, stack, chatwoot_options=chatwoot_options)
+        yield Engine(settings, store=store, embedder=embedder, chunker=chunker, state=state, sources=sources)

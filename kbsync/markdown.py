@@ -131,8 +131,37 @@ def parse_blocks(markdown: str) -> list[Block]:
     return blocks
 
 
+# Help-center chrome that trafilatura's own boilerplate lists miss, pruned through its `prune_xpath` hook before
+# extraction: feedback widgets ("Was this helpful?"), consent banners, in-page tables of contents (they repeat the
+# headings), "edit this page" links, previous/next pagers, language switchers, skip links. An element that holds an
+# h1 or h2 is never pruned: a page *about* cookies or feedback keeps its content. XPath 1.0 (no regex extension):
+# tokens are matched in the lowercased id, class and aria-label.
+_CHROME_TOKENS = (
+    "feedback", "helpful", "article-vote", "article-votes", "page-rating", "reactions",
+    "cookie", "consent", "gdpr",
+    "table-of-contents", "toc-", "edit-this-page", "edit-page", "pagination-nav", "prev-next",
+    "language-switcher", "lang-switcher", "locale-switcher", "skip-link", "skip-to-content",
+)
+_LOWER = "'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'"
+_ATTRS = f"translate(concat(' ', @id, ' ', @class, ' ', @aria-label, ' '), {_LOWER})"
+_NO_HEADING = "not(.//h1) and not(.//h2)"
+_CHROME_XPATH = [
+    "//*[self::div or self::section or self::aside or self::form or self::p or self::span or self::nav or self::ul]"
+    f"[({' or '.join(f'contains({_ATTRS}, {token!r})' for token in _CHROME_TOKENS)}) and {_NO_HEADING}]",
+    # a feedback question with no telling class: a short block that only asks whether the page helped
+    "//*[self::p or self::div or self::section or self::span]"
+    f"[contains(translate(normalize-space(.), {_LOWER}), 'helpful?') and string-length(normalize-space(.)) < 80"
+    f" and {_NO_HEADING}]",
+]
+
+
 def html_to_markdown(html: str) -> tuple[str, str]:
-    """Main content of an HTML page as markdown, and its title ("" when none), using trafilatura."""
+    """Main content of an HTML page as markdown, and its title ("" when none), using trafilatura.
+
+    trafilatura finds the main content (navigation, headers, footers, sidebars and most banners fall away) and
+    writes headings, lists, tables and code blocks as markdown; `_CHROME_XPATH` prunes the help-center widgets
+    its own lists miss.
+    """
     import trafilatura
 
     markdown = trafilatura.extract(
@@ -143,6 +172,7 @@ def html_to_markdown(html: str) -> tuple[str, str]:
         include_images=False,
         include_formatting=True,
         favor_recall=True,
+        prune_xpath=_CHROME_XPATH,
     )
     metadata = trafilatura.extract_metadata(html)
     title = (metadata.title if metadata and metadata.title else "") or ""

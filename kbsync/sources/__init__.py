@@ -66,6 +66,10 @@ class Listing:
     # Documents the source knows are present and unchanged without reading them again (an HTTP 304):
     # they cost nothing and are never deleted by this listing.
     unchanged: set[str] = field(default_factory=set)
+    # For sources that can poll (Chatwoot): the newest `updated_at` this listing saw, and the source's own count of
+    # everything it holds. Stored as the poll watermark after a complete listing was applied.
+    watermark: int | None = None
+    total: int | None = None
 
     @property
     def doc_ids(self) -> set[str]:
