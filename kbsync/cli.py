@@ -96,6 +96,55 @@ def _main(
     ctx.obj = _Context(config=config_path(config), settings=None)
 
 
+@app.command()
+def run(
+    ctx: typer.Context,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="Webhook worker threads.")] = 2,
+) -> None:
+    """The daemon: scheduler (poll, reconcile) + webhook workers + HTTP API on server.host:port.
+
+    Reconciles every project at start. SIGTERM/SIGINT stop it gracefully (exit 0).
+    """
+    from kbsync.daemon import Daemon, DaemonOptions
+
+    settings = _settings(ctx)
+    try:
+        code = Daemon(settings, DaemonOptions(workers=workers)).run()
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    except KbsyncError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    raise typer.Exit(code)
+
+
+def _daemon(settings: Any, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
+    """Ask the running daemon (it owns the embedded store). Returns the JSON answer, or None when no daemon
+    answers on server.host:port."""
+    import httpx
+
+    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    headers = {}
+    if settings.admin_token is not None:
+        headers["Authorization"] = f"Bearer {settings.admin_token.get_secret_value()}"
+    try:
+        response = httpx.request(
+            method, f"http://{host}:{settings.server.port}{path}", json=body, headers=headers, timeout=timeout
+        )
+    except httpx.HTTPError:
+        return None
+    if response.status_code in (401, 403):
+        _fail(
+            f"the running daemon refused the request ({response.status_code}): set "
+            f"${settings.server.admin_token_env} to its admin token",
+            EXIT_FAILED,
+        )
+    if response.status_code == 404:
+        _fail(response.json().get("detail", "not found"), EXIT_FAILED)
+    if response.status_code >= 400:
+        _fail(f"the running daemon answered {response.status_code}: {response.text[:300]}", EXIT_FAILED)
+    return response.json()
+
+
 class _RichProgress:
     """The engine's Progress drawn as one bar per project on stderr."""
 
@@ -125,8 +174,19 @@ def resync(
 ) -> None:
     """Full reconcile of every project (or the ones named): list, sync changes, delete what is gone.
 
+    Asks the running daemon instead when it owns the embedded store.
     Exit 0 when every source synced, 1 when some source failed (the others were still synced), 2 bad config.
     """
+    from types import SimpleNamespace
+
+    settings = _settings(ctx)
+    if _store_is_locked(settings):
+        body = {"tenant": tenant, "project": project, "rebuild": rebuild}
+        answer = _daemon(settings, "POST", "/v1/resync", body, timeout=24 * 3600)
+        if answer is None:
+            _no_daemon(settings)
+        reports = [SimpleNamespace(**r) for r in answer["reports"]]
+        _finish_resync(reports, as_json)
     with _engine(ctx) as engine:
         try:
             keys = engine.projects(tenant, project)
@@ -146,8 +206,30 @@ def resync(
             progress = _RichProgress(bar)
             for key in keys:
                 reports.append(engine.reconcile(key, rebuild=rebuild, progress=progress))
+    _finish_resync(reports, as_json)
+
+
+def _store_is_locked(settings: Any) -> bool:
+    """Whether another process (a running daemon) holds the embedded store, without opening Chroma."""
+    from kbsync.store import store_holder
+
+    return store_holder(settings.state_dir) is not None
+
+
+def _no_daemon(settings: Any) -> NoReturn:
+    from kbsync.store import store_holder
+
+    _fail(
+        f"the embedded store at {settings.state_dir / 'chroma'} is open in another kbsync process "
+        f"(pid {store_holder(settings.state_dir)}) and no daemon answers on "
+        f"{settings.server.host}:{settings.server.port}; stop that process or start `kbsync run`",
+        EXIT_FAILED,
+    )
+
+
+def _finish_resync(reports: list[Any], as_json: bool) -> NoReturn:
     if as_json:
-        typer.echo(json.dumps([r.as_dict() for r in reports], indent=2))
+        typer.echo(json.dumps([r.as_dict() if hasattr(r, "as_dict") else vars(r) for r in reports], indent=2))
     else:
         _print_reports(reports)
     raise typer.Exit(EXIT_OK if all(r.outcome == "ok" for r in reports) else EXIT_FAILED)
@@ -188,12 +270,20 @@ def query(
     from kbsync.engine import ProjectKey
 
     started = time.perf_counter()
-    with _engine(ctx) as engine:
-        try:
-            hits = engine.query(ProjectKey(tenant, project), text, k=k, locale=locale)
-        except UnknownProject as exc:
-            _fail(str(exc), EXIT_FAILED)
-    results = [_result(hit) for hit in hits]
+    settings = _settings(ctx)
+    if _store_is_locked(settings):
+        body = {"tenant": tenant, "project": project, "query": text, "k": k, "locale": locale}
+        answer = _daemon(settings, "POST", "/v1/query", body, timeout=60)
+        if answer is None:
+            _no_daemon(settings)
+        results = answer["results"]
+    else:
+        with _engine(ctx) as engine:
+            try:
+                hits = engine.query(ProjectKey(tenant, project), text, k=k, locale=locale)
+            except UnknownProject as exc:
+                _fail(str(exc), EXIT_FAILED)
+        results = [hit.as_result() for hit in hits]
     if as_json:
         took_ms = round((time.perf_counter() - started) * 1000, 1)
         typer.echo(json.dumps({"results": results, "took_ms": took_ms}, indent=2, ensure_ascii=False))
@@ -210,23 +300,6 @@ def query(
         console.print(f"   {snippet[:240]}{'…' if len(snippet) > 240 else ''}", highlight=False)
 
 
-def _result(hit: Any) -> dict[str, Any]:
-    """The result shape of design.md §5 (`/v1/query`), shared by the CLI's --json."""
-    meta = hit.metadata
-    return {
-        "id": hit.id,
-        "score": round(hit.score, 6),
-        "text": hit.text,
-        "title": meta.get("title", ""),
-        "heading": meta.get("heading", ""),
-        "url": meta.get("url", ""),
-        "locale": meta.get("locale", ""),
-        "doc_id": meta.get("doc_id", ""),
-        "source": meta.get("source", ""),
-        "updated_at": meta.get("doc_updated_at", 0),
-    }
-
-
 @app.command()
 def status(
     ctx: typer.Context,
@@ -238,6 +311,11 @@ def status(
     from kbsync.store import Store
 
     settings = _settings(ctx)
+    if _store_is_locked(settings):
+        answer = _daemon(settings, "GET", "/v1/status", None, timeout=60)
+        if answer is not None:
+            _show_status(answer, as_json)
+            return
     try:
         state = State.open_sqlite(settings.state_dir)
     except KbsyncError as exc:
@@ -255,10 +333,14 @@ def status(
         if store is not None:
             store.close()
         state.close()
+    _show_status(payload, as_json)
+
+
+def _show_status(payload: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
-        return
-    _print_status(payload)
+    else:
+        _print_status(payload)
 
 
 def _when(timestamp: float | None) -> str:

@@ -406,6 +406,7 @@ class Engine:
     def _apply(
         self, key: ProjectKey, pending: list[_Pending], index: ProjectIndex, report: RunReport, progress: Progress | None
     ) -> None:
+        self._check_stop()  # before embedding: a group once embedded is always written
         texts = [c.text for item in pending for c in item.fresh]
         vectors = iter(self.embedder.embed(texts)) if texts else iter(())
         report.chunks_embedded += len(texts)
@@ -422,7 +423,6 @@ class Engine:
                 metadata["indexed_at"] = int(held_meta.get("indexed_at", now))
                 if held_meta != metadata:
                     records.append(ChunkRecord(chunk.id, chunk.text, metadata, None))
-            self._check_stop()
             self.store.write(key.collection, records)
             report.chunks_written += len(records)
             stale = set(item.held.chunks) - {c.id for c in item.chunks} if item.held is not None else set()

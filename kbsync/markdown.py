@@ -174,6 +174,6 @@ def html_to_markdown(html: str) -> tuple[str, str]:
         favor_recall=True,
         prune_xpath=_CHROME_XPATH,
     )
-    metadata = trafilatura.extract_metadata(html)
+    metadata = trafilatura.extract_metadata(html, extensive=False)  # the title; no deep search for dates
     title = (metadata.title if metadata and metadata.title else "") or ""
     return markdown or "", title

@@ -172,9 +172,17 @@ class Queue:
         """Extend a live claim while its work runs."""
         self._update(item.id, owner, claimed_until=time.time() + lease_seconds)
 
-    def done(self, item: QueueItem, owner: str, *, covered_until: float | None = None) -> int:
-        """Mark an item applied. With `covered_until`, every pending, unclaimed item of the same project received
-        before that time is applied too (one refresh read the source after they arrived). Returns items closed."""
+    def done(
+        self,
+        item: QueueItem,
+        owner: str,
+        *,
+        covered_until: float | None = None,
+        cover_events: frozenset[str] | None = None,
+    ) -> int:
+        """Mark an item applied. With `covered_until`, every pending, unclaimed item of the same source received
+        before that time (and, with `cover_events`, of those events) is applied too: the refresh read the source
+        after they arrived. Returns the number of items closed."""
         try:
             with self.db.begin() as tx:
                 closed = tx.execute(
@@ -183,11 +191,14 @@ class Queue:
                     .values(status="done", claimed_until=None)
                 ).rowcount
                 if covered_until is not None:
+                    covered = sa.true() if cover_events is None else items.c.event.in_(sorted(cover_events))
                     closed += tx.execute(
                         sa.update(items)
                         .where(
                             items.c.tenant == item.tenant,
                             items.c.project == item.project,
+                            items.c.source == item.source,
+                            covered,
                             items.c.status == "pending",
                             items.c.received_at <= covered_until,
                             sa.or_(items.c.claimed_until.is_(None), items.c.claimed_until <= time.time()),

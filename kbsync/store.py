@@ -96,6 +96,22 @@ class QueryHit:
     text: str
     metadata: dict[str, Any]
 
+    def as_result(self) -> dict[str, Any]:
+        """The result shape of design.md §5 (`/v1/query`, and `kbsync query --json`)."""
+        meta = self.metadata
+        return {
+            "id": self.id,
+            "score": round(self.score, 6),
+            "text": self.text,
+            "title": meta.get("title", ""),
+            "heading": meta.get("heading", ""),
+            "url": meta.get("url", ""),
+            "locale": meta.get("locale", ""),
+            "doc_id": meta.get("doc_id", ""),
+            "source": meta.get("source", ""),
+            "updated_at": meta.get("doc_updated_at", 0),
+        }
+
 
 @contextmanager
 def _chroma_errors(action: str, collection: str) -> Iterator[None]:
@@ -105,6 +121,23 @@ def _chroma_errors(action: str, collection: str) -> Iterator[None]:
         raise
     except Exception as exc:  # chromadb raises many unrelated types (ValueError, InternalError, Rust errors)
         raise StoreError(f"Chroma failed to {action} in collection {collection!r}: {exc}") from exc
+
+
+def store_holder(state_dir: Path) -> str | None:
+    """The pid holding the embedded store's lock, or None when it is free (checked without keeping the lock)."""
+    path = state_dir / "chroma.lock"
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 class _StoreLock:

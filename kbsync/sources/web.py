@@ -38,7 +38,8 @@ Deletes
     is incomplete and nothing is deleted.
 
 Validators are staged by `list()` and written to the cache only by `commit()`, which the caller runs once the
-documents are stored: a 304 must never stand for a page the index does not hold.
+documents are stored: a 304 must never stand for a page the index does not hold (`forget()` drops validators of
+documents the index turns out to lack). The cache is only touched from the calling thread.
 """
 
 from __future__ import annotations
@@ -323,8 +324,8 @@ class _Refused(_OutOfScope):
 class _Throttled(SourceUnavailable):
     """429 or 503, with the server's `Retry-After` in seconds (0 when none)."""
 
-    def __init__(self, message: str, *, url: str, retry_after: float) -> None:
-        super().__init__(message, url=url)
+    def __init__(self, message: str, *, source: str, url: str, retry_after: float) -> None:
+        super().__init__(message, source=source, url=url)
         self.retry_after = retry_after
 
 
@@ -541,7 +542,12 @@ class _Crawl:
 
     def _check_hop(self, url: str, hop: str, kind: Kind) -> None:
         """A redirect target: pages stay in scope and within robots.txt, sitemaps on their site."""
-        in_scope = self.scope.allows(hop) if kind == "page" else self.scope.same_site(hop) if kind == "sitemap" else True
+        if kind == "page":
+            in_scope = self.scope.allows(hop)
+        elif kind == "sitemap":
+            in_scope = self.scope.same_site(hop)
+        else:
+            in_scope = True  # robots.txt may redirect anywhere (RFC 9309), the SSRF guard still applies
         if not in_scope:
             raise _OutOfScope(f"redirected outside the include rules, to {hop}", source=self.source_id, url=url)
         if kind == "page" and not self.robots_allows(hop):
@@ -594,7 +600,9 @@ class _Crawl:
         self._check_peer(response, url)
         status = response.status_code
         if status == 429 or status == 503:
-            raise _Throttled(f"HTTP {status}", url=url, retry_after=_retry_after(response.headers))
+            raise _Throttled(
+                f"HTTP {status}", source=self.source_id, url=url, retry_after=_retry_after(response.headers)
+            )
         if status >= 500:
             raise SourceUnavailable(f"HTTP {status}", source=self.source_id, url=url)
         if status not in (200, 203):
@@ -811,6 +819,14 @@ def _decode(body: bytes, headers: httpx.Headers) -> str:
 _MD_H1 = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.M)
 
 
+def _extract(html: str, source_id: str, url: str) -> tuple[str, str]:
+    """`html_to_markdown`, its failures (trafilatura and lxml on hostile markup) translated into our tree."""
+    try:
+        return html_to_markdown(html)
+    except Exception as exc:  # noqa: BLE001 - the boundary where the extraction library enters
+        raise SourceRejected(f"content extraction failed: {type(exc).__name__}: {exc}", source=source_id, url=url) from exc
+
+
 def _http_date(value: str) -> int:
     try:
         return max(0, int(parsedate_to_datetime(value).timestamp())) if value else 0
@@ -845,6 +861,8 @@ class _Visit:
     unchanged: str = ""  # doc_id of a 304 / unchanged <lastmod>
     gone: str = ""  # doc_id of a 404 / 410
     error: DocError | None = None
+    lastmod_skip: bool = False  # unchanged without a request
+    drop_validators: bool = False  # gone or out of scope: a later 304 must not stand for it
 
 
 class WebSource:
@@ -883,10 +901,18 @@ class WebSource:
         started = time.monotonic()
         with self._crawl() as crawl:
             discovery = self._discover(crawl)
-            crawl.stats.pages = len(discovery.targets)
-            visits = crawl.map(lambda t: self._visit(crawl, t, conditional, trust_lastmod), discovery.targets)
-            crawl.stats.seconds = round(time.monotonic() - started, 3)
-            self.stats = crawl.stats
+            cached = {t.key: self.cache.get(t.key) for t in discovery.targets}
+            visits = crawl.map(
+                lambda t: self._visit(crawl, t, cached[t.key], conditional=conditional, trust_lastmod=trust_lastmod),
+                discovery.targets,
+            )
+        for visit in visits:
+            if visit.drop_validators and cached[visit.target.key] is not None:
+                self.cache.delete(visit.target.key)
+        self.stats = crawl.stats
+        self.stats.pages = len(discovery.targets)
+        self._count(self.stats, visits)
+        self.stats.seconds = round(time.monotonic() - started, 3)
         listing = self._assemble(visits, discovery)
         log.info(
             "web.listed",
@@ -1054,28 +1080,25 @@ class WebSource:
 
     # -- pages
 
-    def _visit(self, crawl: _Crawl, target: _Target, conditional: bool, trust_lastmod: bool) -> _Visit:
-        cached = self.cache.get(target.key) if conditional else None
+    def _visit(
+        self, crawl: _Crawl, target: _Target, cached: PageValidators | None, *, conditional: bool, trust_lastmod: bool
+    ) -> _Visit:
+        """One page (on a worker thread: the cache is read and written by the caller, never here)."""
         if trust_lastmod and cached is not None and target.lastmod and cached.lastmod == target.lastmod:
-            with crawl._lock:
-                crawl.stats.lastmod_skips += 1
-            return _Visit(target, unchanged=cached.doc_id)
-        headers = _conditional_headers(cached)
+            return _Visit(target, unchanged=cached.doc_id, lastmod_skip=True)
         fallback_id = cached.doc_id if cached is not None else _doc_id(target.key)
         try:
-            response = crawl.fetch(target.url, kind="page", headers=headers)
+            response = crawl.fetch(target.url, kind="page", headers=_conditional_headers(cached) if conditional else {})
             if response.status in (404, 410):
-                self.cache.delete(target.key)
-                return self._count(crawl, _Visit(target, gone=fallback_id))
+                return _Visit(target, gone=fallback_id, drop_validators=True)
             if response.status == 304:
-                return self._count(crawl, self._not_modified(target, cached, response))
+                return self._not_modified(target, cached, response)
             document = self._document(target, response)
         except _OutOfScope as exc:
-            self.cache.delete(target.key)
             log.info("web.page_skipped", url=target.url, reason=exc.reason)
-            return self._count(crawl, _Visit(target))
+            return _Visit(target, drop_validators=True)
         except SourceError as exc:
-            return self._count(crawl, _Visit(target, error=DocError(fallback_id, str(exc))))
+            return _Visit(target, error=DocError(fallback_id, str(exc)))
         validators = PageValidators(
             doc_id=document.doc_id,
             etag=response.headers.get("etag", ""),
@@ -1083,7 +1106,7 @@ class WebSource:
             lastmod=target.lastmod,
             title=document.title,
         )
-        return self._count(crawl, _Visit(target, document=document, validators=validators))
+        return _Visit(target, document=document, validators=validators)
 
     def _not_modified(self, target: _Target, cached: PageValidators | None, response: _Response) -> _Visit:
         if cached is None:
@@ -1097,11 +1120,12 @@ class WebSource:
         return _Visit(target, unchanged=cached.doc_id, validators=fresh if fresh != cached else None)
 
     @staticmethod
-    def _count(crawl: _Crawl, visit: _Visit) -> _Visit:
-        with crawl._lock:
-            stats = crawl.stats
+    def _count(stats: CrawlStats, visits: list[_Visit]) -> None:
+        for visit in visits:
             if visit.document is not None:
                 stats.documents += 1
+            elif visit.lastmod_skip:
+                stats.lastmod_skips += 1
             elif visit.unchanged:
                 stats.not_modified += 1
             elif visit.gone:
@@ -1110,7 +1134,6 @@ class WebSource:
                 stats.failed += 1
             else:
                 stats.skipped += 1
-        return visit
 
     def _document(self, target: _Target, response: _Response) -> Document:
         page_format = _page_format(response.url, response.headers)
@@ -1120,7 +1143,7 @@ class WebSource:
             heading = _MD_H1.search(markdown)
             title, url, locale = (heading.group(1).strip() if heading else ""), response.url, ""
         else:
-            markdown, title = html_to_markdown(text)
+            markdown, title = _extract(text, self.source_id, response.url)
             head = _head(text)
             title = title or head.h1 or head.og_title or head.title
             url = self._canonical(head.canonical, response.url)

@@ -1,0 +1,224 @@
+"""`kbsync run`: the one process that owns the store, with the scheduler, the webhook workers and the HTTP server.
+
+Signals belong to this module alone (uvicorn's own handlers are switched off): SIGTERM or SIGINT stops taking work,
+interrupts runs between document groups (what was written stays valid; the next run converges), lets workers give
+their item back, stops the server and closes the store. A second SIGINT exits at once. Accepted webhooks survive
+any crash: they are committed to the state database before the 202.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import uvicorn
+
+from kbsync.engine import Engine, ProjectKey, open_engine
+from kbsync.errors import KbsyncError
+from kbsync.http import ApiContext, create_app
+from kbsync.metrics import Metrics
+from kbsync.queue import Queue, QueueItem
+from kbsync.settings import Settings
+
+__all__ = ["Daemon", "DaemonOptions"]
+
+log = structlog.get_logger(__name__)
+
+POLL_EVENTS = frozenset(
+    {"article_created", "article_updated", "article_published", "article_unpublished", "article_archived"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    workers: int = 2  # webhook workers: one slow project never blocks the others' webhooks
+    claim_seconds: float = 300.0  # a claim outlives a crash by at most this long
+    idle_seconds: float = 1.0  # a worker with nothing to do sleeps this long unless a webhook wakes it
+    max_backoff_seconds: float = 300.0
+    startup_reconcile: bool = True
+    chatwoot_options: Any = None  # ChatwootClientOptions for tests
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the daemon owns SIGTERM and SIGINT."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Daemon:
+    """Owns the engine for the life of the process; `run()` returns the exit code."""
+
+    def __init__(self, settings: Settings, options: DaemonOptions | None = None) -> None:
+        self.settings = settings
+        self.options = options or DaemonOptions()
+        self.stop = threading.Event()
+        self._wake = threading.Event()
+        self._ready = threading.Event()
+        self._failed: str | None = None
+        self._server: _Server | None = None
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    def run(self) -> int:
+        """Serve until a signal (0) or a dead worker (1); 3 when the HTTP server could not start."""
+        with open_engine(self.settings, chatwoot_options=self.options.chatwoot_options) as engine:
+            queue = Queue(engine.state)
+            metrics = Metrics(queue_depth=lambda: queue.depth()["pending"])
+            engine.observe(metrics.observe_run)
+            app = create_app(ApiContext(self.settings, engine, queue, metrics, ready=self._ready.is_set))
+            app.state.wake_workers = self._wake.set
+            config = uvicorn.Config(
+                app,
+                host=self.settings.server.host,
+                port=self.settings.server.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=5,
+            )
+            self._server = _Server(config)
+            self._install_signals(engine)
+            scheduler = self._scheduler(engine)
+            workers = [
+                threading.Thread(target=self._work, args=(engine, queue, metrics, n), name=f"kbsync-worker-{n}")
+                for n in range(self.options.workers)
+            ]
+            for worker in workers:
+                worker.start()
+            scheduler.start()
+            self._ready.set()
+            log.info("daemon.started", host=config.host, port=config.port, projects=len(engine.projects()))
+            try:
+                self._server.run()
+            finally:
+                self._shutdown(engine, scheduler, workers)
+            if not self._server.started:
+                log.error("daemon.server_failed", host=config.host, port=config.port)
+                return 3
+        log.info("daemon.stopped", failure=self._failed)
+        return 1 if self._failed else 0
+
+    def request_stop(self, reason: str = "signal") -> None:
+        """Begin a graceful stop (idempotent)."""
+        if not self.stop.is_set():
+            log.info("daemon.stopping", reason=reason)
+        self.stop.set()
+        self._wake.set()
+        if self._server is not None:
+            self._server.should_exit = True
+
+    def _install_signals(self, engine: Engine) -> None:
+        def handle(signum: int, _frame: Any) -> None:
+            if self.stop.is_set() and signum == signal.SIGINT:
+                os._exit(130)  # a second Ctrl-C: stop now; accepted webhooks are already durable
+            engine.stop_event.set()
+            self.request_stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def _shutdown(self, engine: Engine, scheduler: Any, workers: list[threading.Thread]) -> None:
+        engine.stop_event.set()
+        self.request_stop("shutdown")
+        scheduler.shutdown(wait=True)  # running jobs stop at their next document group
+        deadline = time.monotonic() + 8
+        for worker in workers:
+            worker.join(timeout=max(0.1, deadline - time.monotonic()))
+
+    # -- scheduled runs ------------------------------------------------------------------------------
+
+    def _scheduler(self, engine: Engine) -> Any:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        schedule = self.settings.schedule
+        keys = engine.projects()
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=max(2, min(4, len(keys))))},
+            # coalesce: a run missed while the previous one was still going happens once, not N times.
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+            timezone="UTC",
+        )
+        for key in keys:
+            scheduler.add_job(
+                self._scheduled,
+                IntervalTrigger(seconds=schedule.poll_interval_seconds, jitter=schedule.jitter_seconds),
+                args=[engine, key, "poll"],
+                id=f"poll:{key}",
+            )
+            scheduler.add_job(
+                self._scheduled,
+                IntervalTrigger(minutes=schedule.reconcile_interval_minutes, jitter=schedule.jitter_seconds),
+                args=[engine, key, "reconcile"],
+                id=f"reconcile:{key}",
+            )
+            if self.options.startup_reconcile:
+                scheduler.add_job(self._scheduled, args=[engine, key, "reconcile"], id=f"startup:{key}")
+        return scheduler
+
+    def _scheduled(self, engine: Engine, key: ProjectKey, kind: str) -> None:
+        if self.stop.is_set():
+            return
+        try:
+            if kind == "poll":
+                engine.poll(key)
+            else:
+                engine.reconcile(key)
+        except Exception:  # the job's edge: one failed run never stops the scheduler
+            log.exception("run.crashed", tenant=key.tenant, project=key.project, kind=kind)
+
+    # -- webhook workers -----------------------------------------------------------------------------
+
+    def _work(self, engine: Engine, queue: Queue, metrics: Metrics, number: int) -> None:
+        owner = f"{self._owner}:{number}"
+        try:
+            while not self.stop.is_set():
+                try:
+                    item = queue.claim(owner, self.options.claim_seconds)
+                except KbsyncError as exc:
+                    log.error("queue.claim_failed", error=str(exc))
+                    self.stop.wait(1.0)
+                    continue
+                if item is None:
+                    self._wake.wait(self.options.idle_seconds)
+                    self._wake.clear()
+                    continue
+                self._apply(engine, queue, metrics, item, owner)
+        except Exception as exc:  # a dead worker ends the daemon (non-zero) so systemd restarts it
+            log.exception("worker.died")
+            self._failed = f"worker {number} died: {exc}"
+            self.request_stop("worker died")
+
+    def _apply(self, engine: Engine, queue: Queue, metrics: Metrics, item: QueueItem, owner: str) -> None:
+        key = ProjectKey(item.tenant, item.project)
+        started = time.time()
+        with structlog.contextvars.bound_contextvars(
+            tenant=item.tenant, project=item.project, queue_item=item.id, webhook_event=item.event
+        ):
+            try:
+                report = engine.refresh(key, item.source, item.event, item.payload.get("doc_id"))
+                error = None if report.outcome == "ok" else "; ".join(report.errors) or report.outcome
+            except Exception as exc:  # the loop's edge: one bad item never stops the worker
+                log.exception("queue.item_crashed")
+                error = str(exc)
+            if error is None:
+                covered = None if item.event in ("article_deleted", "portal_updated") else POLL_EVENTS
+                closed = queue.done(item, owner, covered_until=started, cover_events=covered)
+                metrics.queue_items.labels("applied").inc(closed)
+                log.info("queue.item_applied", covered=closed - 1, latency_s=round(time.time() - item.received_at, 3))
+                return
+            interrupted = self.stop.is_set()
+            delay = 0.0 if interrupted else min(self.options.max_backoff_seconds, 2.0 ** (item.attempts + 1))
+            status = queue.release(item, owner, error=error, retry=True, delay_seconds=delay)
+            metrics.queue_items.labels("retried" if status == "pending" else "dead").inc()
+            log.warning("queue.item_failed", status=status, attempts=item.attempts + 1, error=error)
