@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from kbsync.embedding import default_model_dir, missing_model_files
-from kbsync.errors import KbsyncError
-from kbsync.settings import FilesSourceSettings, Settings
+from kbsync.errors import KbsyncError, SourceError
+from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, Settings, TenantSettings
 
 __all__ = ["CheckResult", "run_checks"]
 
@@ -19,8 +20,11 @@ class CheckResult:
     detail: str
 
 
-def run_checks(settings: Settings) -> Iterator[CheckResult]:
-    """Settings were already validated by loading them; this checks what loading cannot."""
+def run_checks(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[CheckResult]:
+    """Settings were already validated by loading them; this checks what loading cannot.
+
+    `chatwoot_options` (a ChatwootClientOptions) tunes the Chatwoot requests; by default a check waits and retries
+    less than a sync does, so an unreachable Chatwoot fails the check within seconds."""
     yield CheckResult("settings", True, f"{settings.source_file} ({len(settings.tenants)} tenants)")
     yield from _secret_checks(settings)
     yield _model_check(settings)
@@ -32,6 +36,7 @@ def run_checks(settings: Settings) -> Iterator[CheckResult]:
                     ok = source.path.is_dir()
                     detail = f"{source.path}" + ("" if ok else " does not exist")
                     yield CheckResult(f"{tenant.id}/{project.id} {source.source_id}", ok, detail)
+        yield from _chatwoot_checks(tenant, chatwoot_options)
 
 
 def _secret_checks(settings: Settings) -> Iterator[CheckResult]:
@@ -79,3 +84,67 @@ def _store_check(settings: Settings) -> CheckResult:
     finally:
         store.close()
     return CheckResult("store", True, f"{store.description} ({len(collections)} collections)")
+
+
+def _chatwoot_checks(tenant: TenantSettings, options: Any) -> Iterator[CheckResult]:
+    """The tenant's token is accepted (`GET …/portals`), then each configured portal exists, is live, holds
+    articles, and has the locales its source filters on. Messages name URLs, never the token."""
+    from kbsync.sources.chatwoot import ChatwootClient, ChatwootClientOptions
+
+    sources = [
+        (project.id, source)
+        for project in tenant.projects
+        for source in project.sources
+        if isinstance(source, ChatwootSourceSettings)
+    ]
+    if not sources:
+        return
+    options = options or ChatwootClientOptions(
+        connect_timeout=5.0, read_timeout=10.0, attempts=2, retry_budget_seconds=10.0, requests_per_second=None
+    )
+    name = f"{tenant.id} chatwoot"
+    try:
+        client = ChatwootClient(tenant, options)
+    except KbsyncError as exc:
+        yield CheckResult(name, False, str(exc))
+        return
+    with client:
+        try:
+            portals = client.portals()
+        except SourceError as exc:
+            yield CheckResult(name, False, str(exc))
+            return  # every portal check would fail the same way
+        yield CheckResult(
+            name, True, f"token accepted by {tenant.chatwoot_url} (account {tenant.account_id}, {len(portals)} portals)"
+        )
+        for project_id, source in sources:
+            yield _portal_check(client, f"{tenant.id}/{project_id} {source.source_id}", source)
+
+
+def _portal_check(client: Any, name: str, source: ChatwootSourceSettings) -> CheckResult:
+    try:
+        portal = client.portal(source.portal)
+    except SourceError as exc:
+        return CheckResult(name, False, str(exc))
+    if portal.get("archived"):
+        return CheckResult(name, False, f"portal {source.portal!r} is archived (publicly 404): nothing is indexed")
+    meta = portal.get("meta") if isinstance(portal.get("meta"), dict) else {}
+    counts = f"{meta.get('all_articles_count', '?')} articles ({meta.get('published_count', '?')} published)"
+    if source.locales is None:
+        return CheckResult(name, True, f"portal found, {counts}")
+    config = portal.get("config") if isinstance(portal.get("config"), dict) else {}
+    allowed = {
+        str(item.get("code")): item.get("articles_count")
+        for item in config.get("allowed_locales") or []
+        if isinstance(item, dict)
+    }
+    unknown = [locale for locale in source.locales if locale not in allowed]
+    if unknown:
+        return CheckResult(
+            name,
+            False,
+            f"portal found, {counts}, but it has no locale {', '.join(map(repr, unknown))} "
+            f"(its locales: {', '.join(sorted(allowed)) or 'none'})",
+        )
+    per_locale = ", ".join(f"{locale}: {allowed[locale]}" for locale in source.locales)
+    return CheckResult(name, True, f"portal found, {counts}; articles per configured locale: {per_locale}")

@@ -26,10 +26,10 @@ import structlog
 
 from kbsync.chunking import Chunk, Chunker
 from kbsync.embedding import Embedder, TokenCounter, default_model_dir, missing_model_files
-from kbsync.errors import Interrupted, KbsyncError, SourceError, SourceRejected, UnknownProject
+from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, ProjectSettings, Settings, TenantSettings
 from kbsync.sources import Document, Listing, Source
-from kbsync.state import State, Watermark
+from kbsync.state import PageCacheTable, State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, QueryHit, Store, collection_name
 
 __all__ = ["Engine", "ProjectKey", "Progress", "RunReport", "open_engine"]
@@ -104,7 +104,7 @@ class Progress(Protocol):
 
 
 def build_sources(
-    settings: Settings, stack: ExitStack, *, chatwoot_options: Any = None
+    settings: Settings, stack: ExitStack, state: State, *, chatwoot_options: Any = None
 ) -> dict[ProjectKey, list[Source]]:
     """The configured sources of every project; one pooled Chatwoot client per tenant, closed by `stack`.
 
@@ -126,23 +126,12 @@ def build_sources(
                         client = stack.enter_context(ChatwootClient(tenant, chatwoot_options))
                     built.append(ChatwootSource(tenant, source, client))
                 else:
-                    built.append(_Unsupported(source.kind, source.source_id))
+                    from kbsync.sources.web import WebSource
+
+                    cache = PageCacheTable(state, tenant.id, project.id, source.source_id)
+                    built.append(WebSource(source, cache=cache))
             sources[ProjectKey(tenant.id, project.id)] = built
     return sources
-
-
-class _Unsupported:
-    """A source kind this build cannot read: it fails its runs and deletes nothing."""
-
-    def __init__(self, kind: str, source_id: str) -> None:
-        self.kind = kind
-        self.source_id = source_id
-
-    def list(self) -> Listing:
-        raise SourceRejected(f"sources of kind {self.kind!r} are not supported by this build", source=self.source_id)
-
-    def confirm_gone(self, doc_ids: Any) -> set[str]:
-        return set()
 
 
 @dataclass(slots=True)
@@ -332,7 +321,7 @@ class Engine:
     ) -> None:
         with structlog.contextvars.bound_contextvars(source=source.source_id):
             try:
-                listing = source.list()
+                listing = source.list(rebuild=rebuild)
             except SourceError as exc:
                 report.errors.append(str(exc))
                 report.failed_sources += 1
@@ -345,6 +334,9 @@ class Engine:
             report.docs_seen += len(listing.unchanged)
             report.docs_unchanged += len(listing.unchanged)
             self.sync_documents(key, listing.documents, index, report, rebuild=rebuild, progress=progress)
+            applied = getattr(source, "applied", None)
+            if applied is not None:
+                applied(listing, index.docs.keys())
             if not listing.complete:
                 log.warning("source.incomplete_listing", errors=len(listing.errors))
                 return
@@ -390,7 +382,7 @@ class Engine:
     ) -> _Pending | None:
         doc_hash = doc.content_hash(self.chunker.fingerprint)
         if held is not None and not rebuild:
-            if held.updated_at > doc.updated_at:
+            if doc.versioned and held.updated_at > doc.updated_at:
                 report.docs_unchanged += 1  # newer wins: this version is older than the indexed one
                 log.debug("doc.older_than_indexed", doc_id=doc.doc_id)
                 return None
@@ -414,11 +406,14 @@ class Engine:
         for item in pending:
             fresh_ids = {c.id for c in item.fresh}
             records = []
+            metadatas = []
             for chunk in item.chunks:
                 metadata = _chunk_metadata(key, item.doc, chunk, len(item.chunks), item.doc_hash, now)
+                metadatas.append(metadata)
                 if chunk.id in fresh_ids:
                     records.append(ChunkRecord(chunk.id, chunk.text, metadata, next(vectors)))
                     continue
+                # A kept chunk keeps its vector and its indexed_at; only changed metadata is rewritten.
                 held_meta = item.held.chunks[chunk.id] if item.held is not None else {}
                 metadata["indexed_at"] = int(held_meta.get("indexed_at", now))
                 if held_meta != metadata:
@@ -433,8 +428,8 @@ class Engine:
             else:
                 report.docs_updated += 1
                 del index.docs[item.doc.doc_id]
-            for chunk in item.chunks:
-                index.add(chunk.id, _chunk_metadata(key, item.doc, chunk, len(item.chunks), item.doc_hash, now))
+            for chunk, metadata in zip(item.chunks, metadatas):
+                index.add(chunk.id, metadata)
             if progress is not None:
                 progress.advanced(key, 1)
 
@@ -533,5 +528,5 @@ def open_engine(settings: Settings, *, chatwoot_options: Any = None) -> Iterator
         model_dir = resolve_model_dir(settings)
         embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
         chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
-        sources = build_sources(settings, stack, chatwoot_options=chatwoot_options)
+        sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options)
         yield Engine(settings, store=store, embedder=embedder, chunker=chunker, state=state, sources=sources)

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kbsync.errors import StateError
 
-__all__ = ["RunRecord", "State", "Watermark", "metadata"]
+__all__ = ["PageCacheTable", "RunRecord", "State", "Watermark", "metadata"]
 
 SCHEMA_VERSION = 1
 
@@ -53,6 +53,19 @@ watermarks = sa.Table(
     sa.Column("updated_at", sa.BigInteger, nullable=False),  # newest source `updated_at` applied
     sa.Column("total", sa.BigInteger),  # the source's own count of everything it holds (Chatwoot all_articles_count)
     sa.Column("recorded_at", sa.Float, nullable=False),
+)
+
+
+web_pages = sa.Table(
+    "web_pages",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("source", sa.String(512), primary_key=True),
+    sa.Column("url", sa.String(2048), primary_key=True),  # the normalized URL
+    sa.Column("doc_id", sa.String(128), nullable=False),
+    sa.Column("validators", sa.Text, nullable=False),  # JSON: etag, last_modified, lastmod, title
+    sa.Index("web_pages_doc", "tenant", "project", "source", "doc_id"),
 )
 
 
@@ -203,3 +216,40 @@ def _record(row: Any) -> RunRecord:
         counts=json.loads(row["counts"]) if row["counts"] else {},
         error=row["error"],
     )
+
+
+class PageCacheTable:
+    """A web source's conditional-request validators (ETag, Last-Modified, sitemap lastmod) in the state database,
+    so an unchanged page costs a 304 after a restart too. Implements kbsync.sources.web.PageCache."""
+
+    def __init__(self, state: State, tenant: str, project: str, source: str) -> None:
+        self._db = state.engine
+        self._key = (web_pages.c.tenant == tenant, web_pages.c.project == project, web_pages.c.source == source)
+        self._values = {"tenant": tenant, "project": project, "source": source}
+
+    def get(self, url: str) -> Any:
+        from kbsync.sources.web import PageValidators
+
+        with self._db.connect() as conn:
+            row = conn.execute(sa.select(web_pages.c.validators).where(*self._key, web_pages.c.url == url)).first()
+        return PageValidators.from_json(json.loads(row.validators)) if row else None
+
+    def put(self, url: str, validators: Any) -> None:
+        data = json.dumps(validators.to_json())
+        try:
+            with self._db.begin() as tx:
+                tx.execute(sa.delete(web_pages).where(*self._key, web_pages.c.url == url))
+                tx.execute(sa.insert(web_pages).values(**self._values, url=url, doc_id=validators.doc_id, validators=data))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot store page validators: {exc}") from exc
+
+    def delete(self, url: str) -> None:
+        with self._db.begin() as tx:
+            tx.execute(sa.delete(web_pages).where(*self._key, web_pages.c.url == url))
+
+    def url_for(self, doc_id: str) -> str | None:
+        with self._db.connect() as conn:
+            row = conn.execute(
+                sa.select(web_pages.c.url).where(*self._key, web_pages.c.doc_id == doc_id).limit(1)
+            ).first()
+        return row.url if row else None

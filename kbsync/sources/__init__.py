@@ -38,6 +38,9 @@ class Document:
     locale: str = ""
     category: str = ""
     updated_at: int = 0
+    # Whether `updated_at` orders versions (newer wins). Web pages: no — servers rewrite Last-Modified freely,
+    # so the content hash alone decides.
+    versioned: bool = True
 
     def content_hash(self, chunker_fingerprint: str) -> str:
         """Hash of everything that shapes the stored chunks and their metadata (not `updated_at`)."""
@@ -77,13 +80,15 @@ class Listing:
 
 
 class Source(Protocol):
-    """What the engine needs of a source."""
+    """What the engine needs of a source. A source may also offer `changes_since(watermark)` (a cheap poll) and
+    `applied(listing, indexed)` (told which documents the index holds once a listing was applied)."""
 
     source_id: str
     kind: str
 
-    def list(self) -> Listing:
-        """Every current document. Raises SourceError when nothing trustworthy could be listed."""
+    def list(self, *, rebuild: bool = False) -> Listing:
+        """Every current document (`rebuild`: read everything again, no shortcuts). Raises SourceError when
+        nothing trustworthy could be listed."""
         ...
 
     def confirm_gone(self, doc_ids: Collection[str]) -> set[str]:

@@ -503,7 +503,7 @@ class ChatwootSource:
 
     # -- Source protocol ------------------------------------------------------------------------------
 
-    def list(self) -> Listing:
+    def list(self, *, rebuild: bool = False) -> Listing:
         """Every published article of the portal (within the locale filter), from a complete read of the list.
 
         Raises `IncompleteListing` when a page fails after retries, `SourceUnavailable` when the portal cannot be

@@ -49,7 +49,7 @@ class FilesSource:
     def doc_id(self, path: Path) -> str:
         return make_doc_id(self.kind, path.relative_to(self.root).as_posix())
 
-    def list(self) -> Listing:
+    def list(self, *, rebuild: bool = False) -> Listing:
         """Read every file; an unreadable file is reported and makes the listing incomplete (no deletes)."""
         documents: list[Document] = []
         errors: list[DocError] = []

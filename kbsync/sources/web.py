@@ -891,13 +891,14 @@ class WebSource:
 
     # -- the Source protocol
 
-    def list(self, *, conditional: bool = True, trust_lastmod: bool = False) -> Listing:
-        """Every page now. `conditional=False` downloads every page again (a rebuild); `trust_lastmod=True`
+    def list(self, *, rebuild: bool = False, conditional: bool = True, trust_lastmod: bool = False) -> Listing:
+        """Every page now. `rebuild` or `conditional=False` downloads every page again; `trust_lastmod=True`
         skips pages whose sitemap `<lastmod>` is unchanged since they were stored (the cheap poll).
 
         Raises SourceRejected (a refused, missing or malformed root sitemap or `urls` entry) or SourceUnavailable
         (the root sitemap or robots.txt could not be read): nothing trustworthy was listed.
         """
+        conditional = conditional and not rebuild
         started = time.monotonic()
         with self._crawl() as crawl:
             discovery = self._discover(crawl)
@@ -951,6 +952,13 @@ class WebSource:
         return gone
 
     # -- validators
+
+    def applied(self, listing: Listing, indexed: Collection[str]) -> None:
+        """The engine stored `listing`: keep the validators of what the index holds, forget the others (a 304
+        must only ever stand for a page the index really has)."""
+        held = set(indexed)
+        self.commit(held)
+        self.forget(listing.unchanged - held)
 
     def commit(self, doc_ids: Collection[str] | None = None) -> int:
         """Write the validators staged by the last `list()` to the cache (only those of `doc_ids` when given).
@@ -1159,6 +1167,7 @@ class WebSource:
             url=url,
             locale=locale,
             updated_at=_updated_at(response.headers.get("last-modified", ""), target.lastmod),
+            versioned=False,  # Last-Modified is no version order: the content hash decides
         )
 
     def _canonical(self, href: str, served_from: str) -> str:
