@@ -308,7 +308,6 @@ def status(
     """Per project: last reconcile (time, result, counts), documents and chunks indexed, last error."""
     from kbsync.state import State
     from kbsync.status import status_payload
-    from kbsync.store import Store
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
@@ -316,23 +315,26 @@ def status(
         if answer is not None:
             _show_status(answer, as_json)
             return
-    try:
-        state = State.open_sqlite(settings.state_dir)
-    except KbsyncError as exc:
-        _fail(str(exc), EXIT_FAILED)
-    store, store_note = None, "ok"
-    try:
-        store = Store.open_embedded(settings.state_dir)
-    except KbsyncError as exc:
-        store_note = str(exc)
-    try:
-        payload = status_payload(settings, state, store, store_note=store_note)
-    except KbsyncError as exc:
-        _fail(str(exc), EXIT_FAILED)
-    finally:
-        if store is not None:
-            store.close()
-        state.close()
+    from contextlib import ExitStack
+
+    from kbsync.engine import open_stores
+
+    with ExitStack() as stack:
+        try:
+            state = State.open_sqlite(settings.state_dir)
+        except KbsyncError as exc:
+            _fail(str(exc), EXIT_FAILED)
+        stack.callback(state.close)
+        store_for, store_note = None, "ok"
+        try:
+            default, tenant_stores = open_stores(settings, stack)
+            store_for = lambda tenant: tenant_stores.get(tenant, default)  # noqa: E731
+        except KbsyncError as exc:
+            store_note = str(exc)
+        try:
+            payload = status_payload(settings, state, store_for, store_note=store_note)
+        except KbsyncError as exc:
+            _fail(str(exc), EXIT_FAILED)
     _show_status(payload, as_json)
 
 
@@ -382,6 +384,42 @@ def check(ctx: typer.Context) -> None:
         console.print(f"{mark} {result.name}: {result.detail}", highlight=False, soft_wrap=True)
         ok = ok and result.ok
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+@app.command("copy-store")
+def copy_store_command(
+    ctx: typer.Context,
+    to_http: Annotated[bool, typer.Option("--to-http", help="Copy to a Chroma server (the only target).")] = False,
+    host: Annotated[str | None, typer.Option(help="Server host (default: [chroma] host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Server port (default: [chroma] port).")] = None,
+) -> None:
+    """Copy the embedded store at <state_dir>/chroma to a Chroma server: ids, documents, metadata and vectors
+    unchanged, no re-embedding, verified by counts and ids. Exit 0 ok, 1 failed. Stop the daemon first."""
+    from kbsync.copystore import copy_store
+    from kbsync.store import ChromaTarget, Store
+
+    if not to_http:
+        _fail("name the target: --to-http", EXIT_CONFIG)
+    settings = _settings(ctx)
+    target = ChromaTarget(
+        "http",
+        host or settings.chroma.host,
+        port or settings.chroma.port,
+        settings.chroma.ssl,
+        settings.chroma.database,
+        settings.chroma_token,
+    )
+    try:
+        with Store.open_embedded(settings.state_dir) as source, Store.open_http(target) as destination:
+            report = copy_store(source, destination)
+    except KbsyncError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    console = Console()
+    for name, count in report.collections.items():
+        console.print(f"{name}: {count} records copied to {target.describe()}", highlight=False)
+    for error in report.errors:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
 def main() -> None:

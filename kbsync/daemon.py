@@ -8,6 +8,7 @@ any crash: they are committed to the state database before the 202.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -44,6 +45,10 @@ class DaemonOptions:
     idle_seconds: float = 1.0  # a worker with nothing to do sleeps this long unless a webhook wakes it
     max_backoff_seconds: float = 300.0
     startup_reconcile: bool = True
+    # A stop that has not finished after this long (a run or a worker blocked in a slow source request, which
+    # checks the stop only between document groups) exits anyway: what is in flight is abandoned as after a crash,
+    # which loses nothing (accepted webhooks are durable, writes go before deletes). systemd's TimeoutStopSec is 30.
+    stop_seconds: float = 7.0
     chatwoot_options: Any = None  # ChatwootClientOptions for tests
 
 
@@ -67,11 +72,17 @@ class Daemon:
         self._failed: str | None = None
         self._server: _Server | None = None
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._stop_timer: threading.Timer | None = None
 
     def run(self) -> int:
         """Serve until a signal (0) or a dead worker (1); 3 when the HTTP server could not start."""
         with open_engine(self.settings, chatwoot_options=self.options.chatwoot_options) as engine:
             queue = Queue(engine.state)
+            # SQLite state under state_dir and the store's exclusive lock: no other process works this queue, so
+            # a claim found now belongs to a process that died; without this its project waits out the claim.
+            released = queue.release_claims()
+            if released:
+                log.info("queue.claims_released", items=released)
             metrics = Metrics(queue_depth=lambda: queue.depth()["pending"])
             engine.observe(metrics.observe_run)
             app = create_app(ApiContext(self.settings, engine, queue, metrics, ready=self._ready.is_set))
@@ -104,17 +115,30 @@ class Daemon:
             if not self._server.started:
                 log.error("daemon.server_failed", host=config.host, port=config.port)
                 return 3
-        log.info("daemon.stopped", failure=self._failed)
+        log.info("daemon.stopped", failure=self._failed)  # the stop timer stays armed: a blocked thread would
+        # otherwise hold the interpreter's exit (it joins non-daemon threads) as long as its request lasts
         return 1 if self._failed else 0
 
     def request_stop(self, reason: str = "signal") -> None:
         """Begin a graceful stop (idempotent)."""
         if not self.stop.is_set():
             log.info("daemon.stopping", reason=reason)
+            self._stop_timer = threading.Timer(self.options.stop_seconds, self._stop_overdue)
+            self._stop_timer.daemon = True
+            self._stop_timer.start()
         self.stop.set()
         self._wake.set()
         if self._server is not None:
             self._server.should_exit = True
+
+    def _stop_overdue(self) -> None:
+        """The graceful stop took too long: some thread is blocked (typically a source request that is slow to
+        time out, in a scheduled run, a webhook worker or a /v1/resync). Exit now, as a crash would: nothing
+        accepted is lost. Exit code 0 for a requested stop, 1 when a worker died."""
+        busy = sorted(t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon)
+        log.warning("daemon.stop_overdue", seconds=self.options.stop_seconds, abandoned_threads=busy)
+        logging.shutdown()
+        os._exit(1 if self._failed else 0)
 
     def _install_signals(self, engine: Engine) -> None:
         def handle(signum: int, _frame: Any) -> None:

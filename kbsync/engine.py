@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -151,13 +151,15 @@ class Engine:
         settings: Settings,
         *,
         store: Store,
+        tenant_stores: Mapping[str, Store] | None = None,
         embedder: Embedder,
         chunker: Chunker,
         state: State,
         sources: dict[ProjectKey, list[Source]],
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store  # the [chroma] store
+        self._tenant_stores = dict(tenant_stores or {})  # tenants with a [tenants.chroma] server of their own
         self.embedder = embedder
         self.chunker = chunker
         self.state = state
@@ -167,6 +169,11 @@ class Engine:
         # Set by the daemon on shutdown: runs stop between document groups (what was written stays valid).
         self.stop_event = threading.Event()
         self._observers: list[Callable[[RunReport], None]] = []
+
+    def store_for(self, key: ProjectKey | str) -> Store:
+        """The store holding a project's (or a tenant's) collections."""
+        tenant = key.tenant if isinstance(key, ProjectKey) else key
+        return self._tenant_stores.get(tenant, self.store)
 
     def observe(self, observer: Callable[[RunReport], None]) -> None:
         """Call `observer` with every finished run (the daemon's metrics)."""
@@ -214,7 +221,7 @@ class Engine:
             try:
                 sources = self.sources.get(key, [])
                 report.sources = len(sources)
-                index = self.store.index(key.collection)
+                index = self.store_for(key).index(key.collection)
                 work(sources, index, report)
                 report.chunks_total = index.chunk_count
                 self._locales[key] = {str(m.get("locale", "")) for d in index.docs.values() for m in d.chunks.values()}
@@ -418,10 +425,10 @@ class Engine:
                 metadata["indexed_at"] = int(held_meta.get("indexed_at", now))
                 if held_meta != metadata:
                     records.append(ChunkRecord(chunk.id, chunk.text, metadata, None))
-            self.store.write(key.collection, records)
+            self.store_for(key).write(key.collection, records)
             report.chunks_written += len(records)
             stale = set(item.held.chunks) - {c.id for c in item.chunks} if item.held is not None else set()
-            self.store.delete(key.collection, sorted(stale))
+            self.store_for(key).delete(key.collection, sorted(stale))
             report.chunks_deleted += len(stale)
             if item.held is None:
                 report.docs_added += 1
@@ -440,7 +447,7 @@ class Engine:
             updated = {**metadata, "doc_updated_at": doc.updated_at}
             records.append(ChunkRecord(chunk_id, "", updated, None))
             held.chunks[chunk_id] = updated
-        self.store.write(key.collection, records)
+        self.store_for(key).write(key.collection, records)
         held.updated_at = doc.updated_at
 
     def _delete_documents(self, key: ProjectKey, doc_ids: set[str], index: ProjectIndex, report: RunReport) -> None:
@@ -448,7 +455,7 @@ class Engine:
             held = index.docs.pop(doc_id, None)
             if held is None:
                 continue
-            self.store.delete(key.collection, sorted(held.chunks))
+            self.store_for(key).delete(key.collection, sorted(held.chunks))
             report.docs_deleted += 1
             report.chunks_deleted += len(held.chunks)
             log.info("doc.deleted", doc_id=doc_id, chunks=len(held.chunks))
@@ -464,13 +471,13 @@ class Engine:
         if locale:
             locales = self._locales.get(key)
             if locales is None:
-                index = self.store.index(key.collection)
+                index = self.store_for(key).index(key.collection)
                 locales = self._locales[key] = {
                     str(m.get("locale", "")) for d in index.docs.values() for m in d.chunks.values()
                 }
             if locales != {locale}:
                 where = {"locale": locale}
-        return self.store.query(key.collection, vector, k=k, where=where)
+        return self.store_for(key).query(key.collection, vector, k=k, where=where)
 
 
 def _newest_per_id(documents: Sequence[Document]) -> list[Document]:
@@ -485,24 +492,31 @@ def _newest_per_id(documents: Sequence[Document]) -> list[Document]:
 def _chunk_metadata(
     key: ProjectKey, doc: Document, chunk: Chunk, count: int, doc_hash: str, indexed_at: int
 ) -> dict[str, str | int]:
-    """design.md §6: every key always present (Chroma's upsert merges metadata; None would delete a key)."""
+    """design.md §6: every key always present (Chroma's upsert merges metadata; None would delete a key).
+    String values are kept within Chroma Cloud's 4 KB per value."""
     return {
         "tenant": key.tenant,
         "project": key.project,
-        "source": doc.source,
+        "source": _clip(doc.source),
         "source_kind": doc.kind,
         "doc_id": doc.doc_id,
-        "title": doc.title,
-        "url": doc.url,
-        "locale": doc.locale,
-        "category": doc.category,
-        "heading": chunk.heading,
+        "title": _clip(doc.title),
+        "url": _clip(doc.url),
+        "locale": _clip(doc.locale),
+        "category": _clip(doc.category),
+        "heading": _clip(chunk.heading),
         "chunk_index": chunk.index,
         "chunk_count": count,
         "doc_hash": doc_hash,
         "doc_updated_at": int(doc.updated_at),
         "indexed_at": indexed_at,
     }
+
+
+def _clip(value: str, limit: int = 4000) -> str:
+    """At most `limit` UTF-8 bytes, cut on a character boundary."""
+    data = value.encode("utf-8")
+    return value if len(data) <= limit else data[:limit].decode("utf-8", errors="ignore")
 
 
 def resolve_model_dir(settings: Settings) -> Any:
@@ -517,16 +531,43 @@ def resolve_model_dir(settings: Settings) -> Any:
     return model_dir
 
 
+def open_stores(settings: Settings, stack: ExitStack) -> tuple[Store, dict[str, Store]]:
+    """The [chroma] store, and the stores of tenants with a [tenants.chroma] server; closed by `stack`.
+
+    Tenants that share one server (same host, port, ssl, database, token) share one client."""
+    from kbsync.store import ChromaTarget
+
+    opened: dict[ChromaTarget, Store] = {}
+
+    def open_target(target: ChromaTarget) -> Store:
+        if target not in opened:
+            opened[target] = stack.enter_context(Store.open(target, state_dir=settings.state_dir))
+        return opened[target]
+
+    default = open_target(ChromaTarget.of(settings, None))
+    tenant_stores = {
+        tenant.id: open_target(ChromaTarget.of(settings, tenant)) for tenant in settings.tenants if tenant.chroma
+    }
+    return default, tenant_stores
+
+
 @contextmanager
 def open_engine(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[Engine]:
-    """Open state, store, model and source clients in order; close them in reverse (also on error)."""
+    """Open state, stores, model and source clients in order; close them in reverse (also on error)."""
     with ExitStack() as stack:
         state = State.open_sqlite(settings.state_dir)
         stack.callback(state.close)
-        store = Store.open_embedded(settings.state_dir)
-        stack.callback(store.close)
+        store, tenant_stores = open_stores(settings, stack)
         model_dir = resolve_model_dir(settings)
         embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
         chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
         sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options)
-        yield Engine(settings, store=store, embedder=embedder, chunker=chunker, state=state, sources=sources)
+        yield Engine(
+            settings,
+            store=store,
+            tenant_stores=tenant_stores,
+            embedder=embedder,
+            chunker=chunker,
+            state=state,
+            sources=sources,
+        )

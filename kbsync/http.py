@@ -150,7 +150,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def status() -> dict[str, Any]:
         """What `kbsync status --json` shows, plus the queue."""
         return await asyncio.to_thread(
-            status_payload, settings, ctx.engine.state, ctx.engine.store, queue=ctx.queue
+            status_payload, settings, ctx.engine.state, ctx.engine.store_for, queue=ctx.queue
         )
 
     @app.get("/healthz")

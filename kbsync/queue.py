@@ -168,6 +168,23 @@ class Queue:
         except SQLAlchemyError as exc:
             raise StateError(f"cannot claim a queue item: {exc}") from exc
 
+    def release_claims(self) -> int:
+        """Free every claim on a pending item; returns how many. Only for a process that alone works this queue
+        (the daemon on its SQLite state, holding the store's exclusive lock): any claim it finds at start was left
+        by a process that died (`kill -9`), and would otherwise hold the item and, through per-project
+        serialization, every later item of its project until the claim expired."""
+        try:
+            with self.db.begin() as tx:
+                return int(
+                    tx.execute(
+                        sa.update(items)
+                        .where(items.c.status == "pending", items.c.claimed_until.is_not(None))
+                        .values(owner=None, claimed_until=None)
+                    ).rowcount
+                )
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot release queue claims: {exc}") from exc
+
     def renew(self, item: QueueItem, owner: str, lease_seconds: float) -> None:
         """Extend a live claim while its work runs."""
         self._update(item.id, owner, claimed_until=time.time() + lease_seconds)

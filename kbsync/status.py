@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kbsync.settings import Settings
@@ -12,17 +13,23 @@ __all__ = ["status_payload"]
 
 
 def status_payload(
-    settings: Settings, state: State, store: Store | None, *, store_note: str = "ok", queue: Any = None
+    settings: Settings,
+    state: State,
+    store_for: Callable[[str], Store] | None,
+    *,
+    store_note: str = "ok",
+    queue: Any = None,
 ) -> dict[str, Any]:
-    """Per project: docs and chunks held (when the store is readable), last run of each kind, last error, queue
-    depth; plus collections no project owns any more. Never carries a secret (invariant 10)."""
+    """Per project: docs and chunks held (when the stores are readable; `store_for(tenant)` gives a tenant's
+    store), last run of each kind, last error, queue depth; plus collections no project owns any more.
+    Never carries a secret (invariant 10)."""
     keys = [(t.id, p.id) for t in settings.tenants for p in t.projects]
     projects = []
     for tenant, project in keys:
         name = collection_name(tenant, project)
         held: dict[str, int | None] = {"docs": None, "chunks": None}
-        if store is not None:
-            index = store.index(name)
+        if store_for is not None:
+            index = store_for(tenant).index(name)
             held = {"docs": len(index.docs), "chunks": index.chunk_count}
         runs = state.last_runs(tenant, project)
         last_error = state.last_error(tenant, project)
@@ -39,9 +46,10 @@ def status_payload(
             }
         )
     orphans: list[str] = []
-    if store is not None:
+    if store_for is not None:
         names = {collection_name(t, p) for t, p in keys}
-        orphans = [c for c in store.collections() if c not in names]
+        stores = {id(store_for(t.id)): store_for(t.id) for t in settings.tenants} or {0: store_for("")}
+        orphans = sorted({c for store in stores.values() for c in store.collections() if c not in names})
     payload: dict[str, Any] = {"projects": projects, "orphaned_collections": orphans, "store": store_note}
     if queue is not None:
         payload["queue"] = {**queue.depth(), "dead_items": queue.dead()}

@@ -23,6 +23,7 @@ from kbsync.errors import ModelMismatch, StoreError, StoreLocked
 
 __all__ = [
     "MAX_RECORDS_PER_WRITE",
+    "ChromaTarget",
     "ChunkRecord",
     "IndexedDoc",
     "ProjectIndex",
@@ -31,8 +32,11 @@ __all__ = [
     "collection_name",
 ]
 
-# Chroma Cloud's quota; also keeps every write far below the local 5461 batch limit.
+# Chroma Cloud's quotas, kept in every mode so the same data fits a Cloud deployment unchanged; 300 records per
+# write also keeps every call far below the local 5461 batch limit.
 MAX_RECORDS_PER_WRITE = 300
+MAX_DOCUMENT_BYTES = 16 * 1024
+MAX_ID_BYTES = 128
 _READ_PAGE = 5000
 _MODEL_KEY = "kbsync_model"
 
@@ -113,6 +117,35 @@ class QueryHit:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ChromaTarget:
+    """Where collections live: the embedded store under state_dir, or one Chroma server and database."""
+
+    mode: str
+    host: str = ""
+    port: int = 0
+    ssl: bool = False
+    database: str = "default_database"
+    token: Any = field(default=None, compare=True, repr=False)  # SecretStr | None
+
+    @classmethod
+    def of(cls, settings: Any, tenant: Any) -> ChromaTarget:
+        """The target of `[chroma]`, or of a tenant's `[tenants.chroma]` (keys not given come from `[chroma]`)."""
+        base = settings.chroma
+        own = tenant.chroma if tenant is not None else None
+        if own is None:
+            if base.mode == "embedded":
+                return cls("embedded")
+            return cls("http", base.host, base.port, base.ssl, base.database, settings.chroma_token)
+        pick = lambda name: getattr(own, name) if getattr(own, name) is not None else getattr(base, name)  # noqa: E731
+        return cls("http", pick("host"), pick("port"), pick("ssl"), pick("database"), tenant.chroma_token)
+
+    def describe(self) -> str:
+        if self.mode == "embedded":
+            return "embedded"
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port} database {self.database}"
+
+
 @contextmanager
 def _chroma_errors(action: str, collection: str) -> Iterator[None]:
     try:
@@ -179,6 +212,68 @@ class Store:
         self._collections: dict[str, Any] = {}
         self.description = description
         self._closed = False
+
+    @classmethod
+    def open(cls, target: ChromaTarget, *, state_dir: Path) -> Store:
+        """The embedded store under `state_dir`, or a client of the target's Chroma server."""
+        if target.mode == "embedded":
+            return cls.open_embedded(state_dir)
+        return cls.open_http(target)
+
+    @classmethod
+    def open_http(cls, target: ChromaTarget, *, attempts: int = 5) -> Store:
+        """A client of a Chroma server (`chroma run`, Docker): many processes may use it at once. The database is
+        created when missing. Connection errors are retried with backoff, then raised as StoreError."""
+        import chromadb
+        import tenacity
+        from chromadb.config import Settings as ChromaSettings
+
+        headers = {"Authorization": f"Bearer {target.token.get_secret_value()}"} if target.token else None
+        settings = ChromaSettings(anonymized_telemetry=False)
+
+        @tenacity.retry(
+            stop=tenacity.stop_after_attempt(attempts),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=8) + tenacity.wait_random(0, 0.5),
+            reraise=True,
+        )
+        def connect() -> Any:
+            admin = chromadb.AdminClient(
+                ChromaSettings(
+                    chroma_api_impl="chromadb.api.fastapi.FastAPI",
+                    chroma_server_host=target.host,
+                    chroma_server_http_port=target.port,
+                    chroma_server_ssl_enabled=target.ssl,
+                    chroma_server_headers=headers,
+                    anonymized_telemetry=False,
+                )
+            )
+            try:
+                admin.get_database(target.database)
+            except Exception as exc:
+                if "not found" not in str(exc).lower():
+                    raise
+                admin.create_database(target.database)
+            return chromadb.HttpClient(
+                host=target.host, port=target.port, ssl=target.ssl, headers=headers, database=target.database,
+                settings=settings,
+            )
+
+        try:
+            client = connect()
+        except Exception as exc:
+            raise StoreError(f"cannot reach the Chroma server {target.describe()}: {exc}") from exc
+        return cls(client, description=target.describe())
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def heartbeat(self) -> None:
+        """Raise StoreError when the store does not answer (readiness, `kbsync check`)."""
+        with _chroma_errors("answer a heartbeat", "*"):
+            self._client.heartbeat()
 
     @classmethod
     def open_embedded(cls, state_dir: Path) -> Store:
@@ -278,6 +373,11 @@ class Store:
         Every metadata key is always sent: Chroma's upsert merges metadata, so an omitted key would survive.
         Raises StoreError on any failure; the caller deletes stale chunks only after this returned.
         """
+        for record in records:
+            if len(record.id.encode()) > MAX_ID_BYTES or len(record.text.encode()) >= MAX_DOCUMENT_BYTES:
+                raise StoreError(
+                    f"chunk {record.id[:80]!r} exceeds Chroma Cloud's limits (id <= 128 bytes, document < 16 KB)"
+                )
         collection = self._collection(name)
         new = [r for r in records if r.embedding is not None]
         kept = [r for r in records if r.embedding is None]
@@ -303,6 +403,50 @@ class Store:
         with _chroma_errors("delete chunks", name):
             for start in range(0, len(ids), MAX_RECORDS_PER_WRITE):
                 collection.delete(ids=ids[start : start + MAX_RECORDS_PER_WRITE])
+
+    def export(self, name: str, *, page: int = MAX_RECORDS_PER_WRITE) -> Iterator[dict[str, Any]]:
+        """Every record of a collection with its vector, in pages (for `kbsync copy-store`)."""
+        collection = self._collection(name, create=False)
+        if collection is None:
+            return
+        offset = 0
+        while True:
+            with _chroma_errors("read records", name):
+                batch = collection.get(
+                    include=["embeddings", "documents", "metadatas"], limit=page, offset=offset
+                )
+            if not batch["ids"]:
+                return
+            yield batch
+            if len(batch["ids"]) < page:
+                return
+            offset += page
+
+    def import_records(self, name: str, batch: Mapping[str, Any]) -> None:
+        """Upsert records exactly as exported: ids, vectors, documents and metadata unchanged."""
+        collection = self._collection(name)
+        with _chroma_errors("write records", name):
+            collection.upsert(
+                ids=list(batch["ids"]),
+                embeddings=np.asarray(batch["embeddings"], dtype=np.float32),
+                documents=list(batch["documents"]),
+                metadatas=[dict(m) for m in batch["metadatas"]],
+            )
+
+    def ids(self, name: str) -> set[str]:
+        """Every chunk id of a collection."""
+        collection = self._collection(name, create=False)
+        if collection is None:
+            return set()
+        out: set[str] = set()
+        offset = 0
+        with _chroma_errors("list ids", name):
+            while True:
+                page = collection.get(include=[], limit=_READ_PAGE, offset=offset)
+                out.update(page["ids"])
+                if len(page["ids"]) < _READ_PAGE:
+                    return out
+                offset += _READ_PAGE
 
     def count(self, name: str) -> int:
         collection = self._collection(name, create=False)

@@ -30,6 +30,7 @@ def test_listing_that_fails_on_page_two_deletes_nothing(kb: Kb, fake: FakeChatwo
     held = kb.doc_ids()
     fake.delete_article(SMALL, oldest_published(fake))  # a real delete that this run must not act on either
     fake.fail(path_contains="/articles", page=2, status=500, times=None)
+    fake.clear_requests()
     report = kb.reconcile()
     assert report.outcome == "failed" and "page 2" in report.errors[0]
     assert report.docs_deleted == 0 and report.chunks_deleted == 0
@@ -73,7 +74,7 @@ def test_hard_delete_is_removed_only_after_a_second_complete_listing(kb: Kb, fak
     report = kb.reconcile()
     assert report.docs_deleted == 1 and doc_id(SMALL, deleted) not in kb.doc_ids()
     # Two complete passes over both pages: the listing, then the confirmation.
-    assert list_reads(fake, 2) == 2 and fake.request_count(f"/portals/{SMALL}/articles") >= 4
+    assert list_reads(fake, 2) == 2
 
 
 def test_failed_second_look_deletes_nothing(kb: Kb, fake: FakeChatwoot) -> None:
