@@ -210,18 +210,23 @@ def resync(
 
 
 def _store_is_locked(settings: Any) -> bool:
-    """Whether another process (a running daemon) holds the embedded store, without opening Chroma."""
-    from kbsync.store import store_holder
+    """Whether another process (a running daemon) holds the embedded store or the SQLite state, checked without
+    opening either. With Chroma server mode and PostgreSQL state, any number of processes may work: project
+    leases serialize them."""
+    from kbsync.locking import lock_holder
 
-    return store_holder(settings.state_dir) is not None
+    if settings.chroma.mode == "embedded" and lock_holder(settings.state_dir / "chroma.lock") is not None:
+        return True
+    return not settings.state.url and lock_holder(settings.state_dir / "state.lock") is not None
 
 
 def _no_daemon(settings: Any) -> NoReturn:
-    from kbsync.store import store_holder
+    from kbsync.locking import lock_holder
 
+    holder = lock_holder(settings.state_dir / "chroma.lock") or lock_holder(settings.state_dir / "state.lock")
     _fail(
-        f"the embedded store at {settings.state_dir / 'chroma'} is open in another kbsync process "
-        f"(pid {store_holder(settings.state_dir)}) and no daemon answers on "
+        f"the store at {settings.state_dir} is open in another kbsync process "
+        f"(pid {holder}) and no daemon answers on "
         f"{settings.server.host}:{settings.server.port}; stop that process or start `kbsync run`",
         EXIT_FAILED,
     )
@@ -321,7 +326,7 @@ def status(
 
     with ExitStack() as stack:
         try:
-            state = State.open_sqlite(settings.state_dir)
+            state = State.open(settings)
         except KbsyncError as exc:
             _fail(str(exc), EXIT_FAILED)
         stack.callback(state.close)

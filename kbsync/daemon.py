@@ -22,8 +22,8 @@ from typing import Any
 import structlog
 import uvicorn
 
-from kbsync.engine import Engine, ProjectKey, open_engine
-from kbsync.errors import KbsyncError
+from kbsync.engine import Engine, LeaseKeeper, ProjectKey, open_engine
+from kbsync.errors import KbsyncError, StoreLocked
 from kbsync.http import ApiContext, create_app
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
@@ -72,11 +72,22 @@ class Daemon:
         self._failed: str | None = None
         self._server: _Server | None = None
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._exit_callbacks: list[Any] = []
         self._stop_timer: threading.Timer | None = None
 
     def run(self) -> int:
         """Serve until a signal (0) or a dead worker (1); 3 when the HTTP server could not start."""
         with open_engine(self.settings, chatwoot_options=self.options.chatwoot_options) as engine:
+            if self.settings.chroma.mode == "embedded" and self.settings.state.url:
+                # PostgreSQL state invites replicas, but an embedded store is one machine's private copy:
+                # refuse a second daemon rather than let replicas write diverging stores.
+                keeper = LeaseKeeper(engine.state, "embedded-store", engine.owner, self.settings.state.lease_seconds)
+                if not keeper.acquire():
+                    raise StoreLocked(
+                        "another kbsync daemon shares this PostgreSQL state with an embedded Chroma store: "
+                        'replicas need chroma.mode = "http" (a Chroma server they all use)'
+                    )
+                self._exit_callbacks.append(keeper.release)
             queue = Queue(engine.state)
             # SQLite state under state_dir and the store's exclusive lock: no other process works this queue, so
             # a claim found now belongs to a process that died; without this its project waits out the claim.
@@ -112,6 +123,8 @@ class Daemon:
                 self._server.run()
             finally:
                 self._shutdown(engine, scheduler, workers)
+            for callback in self._exit_callbacks:
+                callback()
             if not self._server.started:
                 log.error("daemon.server_failed", host=config.host, port=config.port)
                 return 3
@@ -235,6 +248,11 @@ class Daemon:
             except Exception as exc:  # the loop's edge: one bad item never stops the worker
                 log.exception("queue.item_crashed")
                 error = str(exc)
+                report = None
+            if report is not None and report.busy:
+                # Another replica is working this project: try again shortly, without counting an attempt.
+                queue.release(item, owner, error="project busy", retry=True, delay_seconds=1.0, count=False)
+                return
             if error is None:
                 covered = None if item.event in ("article_deleted", "portal_updated") else POLL_EVENTS
                 closed = queue.done(item, owner, covered_until=started, cover_events=covered)

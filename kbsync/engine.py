@@ -15,6 +15,8 @@ The CLI, the daemon and the HTTP API are shells over `Engine`; it never prints o
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -76,9 +78,12 @@ class RunReport:
     sources: int = 0
     requests: int = 0
     interrupted: bool = False
+    busy: bool = False  # another replica held the project's lease: nothing was done
 
     @property
     def outcome(self) -> str:
+        if self.busy:
+            return "busy"
         if self.interrupted:
             return "interrupted"
         if not self.errors:
@@ -87,7 +92,7 @@ class RunReport:
 
     def counts(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("tenant", "project", "kind", "errors", "failed_sources", "sources", "interrupted"):
+        for key in ("tenant", "project", "kind", "errors", "failed_sources", "sources", "interrupted", "busy"):
             data.pop(key)
         return data
 
@@ -134,6 +139,43 @@ def build_sources(
     return sources
 
 
+class LeaseKeeper:
+    """Holds a named lease in the state database for a block, renewed in the background every third of its
+    length; `lost` is set if a renewal finds it taken over (this process stalled past the expiry)."""
+
+    def __init__(self, state: State, name: str, owner: str, seconds: float) -> None:
+        self.state, self.name, self.owner, self.seconds = state, name, owner, seconds
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        if not self.state.acquire_lease(self.name, self.owner, self.seconds):
+            return False
+        self._thread = threading.Thread(target=self._renew, name=f"lease {self.name}", daemon=True)
+        self._thread.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self._done.wait(self.seconds / 3):
+            try:
+                if not self.state.renew_lease(self.name, self.owner, self.seconds):
+                    self.lost.set()
+                    log.error("lease.lost", lease=self.name)
+                    return
+            except KbsyncError as exc:  # the database is away: keep trying until the lease would expire
+                log.warning("lease.renew_failed", lease=self.name, error=str(exc))
+
+    def release(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.state.release_lease(self.name, self.owner)
+        except KbsyncError as exc:  # it expires by itself
+            log.warning("lease.release_failed", lease=self.name, error=str(exc))
+
+
 @dataclass(slots=True)
 class _Pending:
     doc: Document
@@ -165,6 +207,9 @@ class Engine:
         self.state = state
         self.sources = sources
         self._locks = {key: threading.Lock() for key in self.projects()}
+        # Replicas sharing PostgreSQL serialize a project's writes through a lease; in one process the lock does.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._leases: dict[ProjectKey, LeaseKeeper] = {}
         self._locales: dict[ProjectKey, set[str]] = {}
         # Set by the daemon on shutdown: runs stop between document groups (what was written stays valid).
         self.stop_event = threading.Event()
@@ -179,9 +224,12 @@ class Engine:
         """Call `observer` with every finished run (the daemon's metrics)."""
         self._observers.append(observer)
 
-    def _check_stop(self) -> None:
+    def _check_stop(self, key: ProjectKey) -> None:
         if self.stop_event.is_set():
             raise Interrupted("kbsync is stopping; the run was interrupted (the next run converges)")
+        lease = self._leases.get(key)
+        if lease is not None and lease.lost.is_set():
+            raise Interrupted(f"the lease of {key} was lost to another replica; the run stopped")
 
     # -- projects ----------------------------------------------------------------------------------------
 
@@ -217,7 +265,18 @@ class Engine:
         with self._locks[key], structlog.contextvars.bound_contextvars(
             tenant=key.tenant, project=key.project, trigger=kind
         ):
-            run_id = self.state.start_run(key.tenant, key.project, kind)
+            lease = LeaseKeeper(self.state, f"project:{key}", self.owner, self.settings.state.lease_seconds)
+            if not lease.acquire():
+                report.busy = True
+                log.info("run.skipped_busy", reason="another replica holds the project's lease")
+                return report
+            self._leases[key] = lease
+            try:
+                run_id = self.state.start_run(key.tenant, key.project, kind, self.owner)
+            except KbsyncError:
+                del self._leases[key]
+                lease.release()
+                raise
             try:
                 sources = self.sources.get(key, [])
                 report.sources = len(sources)
@@ -235,9 +294,13 @@ class Engine:
                 log.error("run.failed", error=str(exc))
             finally:
                 report.seconds = round(time.monotonic() - started, 3)
-                self.state.finish_run(
-                    run_id, report.outcome, report.counts(), "; ".join(report.errors) if report.errors else None
-                )
+                try:
+                    self.state.finish_run(
+                        run_id, report.outcome, report.counts(), "; ".join(report.errors) if report.errors else None
+                    )
+                finally:
+                    del self._leases[key]
+                    lease.release()
             log.info("run.finished", outcome=report.outcome, **report.counts())
         for observer in self._observers:
             observer(report)
@@ -405,7 +468,7 @@ class Engine:
     def _apply(
         self, key: ProjectKey, pending: list[_Pending], index: ProjectIndex, report: RunReport, progress: Progress | None
     ) -> None:
-        self._check_stop()  # before embedding: a group once embedded is always written
+        self._check_stop(key)  # before embedding: a group once embedded is always written
         texts = [c.text for item in pending for c in item.fresh]
         vectors = iter(self.embedder.embed(texts)) if texts else iter(())
         report.chunks_embedded += len(texts)
@@ -555,7 +618,7 @@ def open_stores(settings: Settings, stack: ExitStack) -> tuple[Store, dict[str, 
 def open_engine(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[Engine]:
     """Open state, stores, model and source clients in order; close them in reverse (also on error)."""
     with ExitStack() as stack:
-        state = State.open_sqlite(settings.state_dir)
+        state = State.open(settings)
         stack.callback(state.close)
         store, tenant_stores = open_stores(settings, stack)
         model_dir = resolve_model_dir(settings)

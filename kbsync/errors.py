@@ -11,6 +11,7 @@
     - ModelMismatch      the collection was embedded with another model
   + EmbeddingError       the model could not be found or loaded
   + StateError           the state database failed
+    - StateLocked        another process owns the SQLite state
   + UnknownProject       a tenant/project that settings do not define
   + Interrupted          a run stopped early because kbsync is shutting down
 """
@@ -78,6 +79,10 @@ class EmbeddingError(KbsyncError):
 
 class StateError(KbsyncError):
     """The state database failed."""
+
+
+class StateLocked(StateError):
+    """Another process holds the SQLite state (it serves one process; replicas share PostgreSQL)."""
 
 
 class UnknownProject(KbsyncError):

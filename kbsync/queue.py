@@ -150,6 +150,9 @@ class Queue:
             )
             .order_by(candidate.c.id)
             .limit(1)
+            # PostgreSQL: replicas claiming at once skip each other's rows instead of waiting (SQLite has no such
+            # clause and needs none: its writers are serialized).
+            .with_for_update(skip_locked=True, of=candidate)
         )
         try:
             with self.db.begin() as tx:
@@ -226,9 +229,12 @@ class Queue:
         except SQLAlchemyError as exc:
             raise StateError(f"cannot finish a queue item: {exc}") from exc
 
-    def release(self, item: QueueItem, owner: str, *, error: str, retry: bool, delay_seconds: float) -> str:
-        """Give an item back after a failure: retried later (bounded), or dead. Returns the new status."""
-        attempts = item.attempts + 1
+    def release(
+        self, item: QueueItem, owner: str, *, error: str, retry: bool, delay_seconds: float, count: bool = True
+    ) -> str:
+        """Give an item back: retried later (bounded by `max_attempts` failures), or dead. `count=False` for an
+        item that was not tried (its project was busy elsewhere). Returns the new status."""
+        attempts = item.attempts + 1 if count else item.attempts
         status = "pending" if retry and attempts < self.max_attempts else "dead"
         self._update(
             item.id,

@@ -1,6 +1,8 @@
-"""Run records and other durable state, in SQLite under `state_dir` (SQLAlchemy Core: one schema for every dialect).
+"""Durable state: run records, poll watermarks, web page validators and project leases.
 
-All SQL of the state lives here (the webhook queue lives in `queue.py`).
+SQLAlchemy Core, one schema and one code path for both dialects: SQLite under `state_dir` (one process, the
+default; a lock file refuses a second) or PostgreSQL (`state.url`, shared by every replica). All SQL of the state
+lives here (the webhook queue's in `queue.py`). The schema is versioned and created at start.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from kbsync.errors import StateError
+from kbsync.errors import StateError, StateLocked
+from kbsync.locking import FileLock, lock_holder
 
 __all__ = ["PageCacheTable", "RunRecord", "State", "Watermark", "metadata"]
 
@@ -40,7 +43,16 @@ runs = sa.Table(
     sa.Column("outcome", sa.String(16)),  # ok | partial | failed; NULL while running
     sa.Column("counts", sa.Text),  # JSON of the RunReport counters
     sa.Column("error", sa.Text),
+    sa.Column("owner", sa.String(200)),  # the process (host:pid) that ran it
     sa.Index("runs_project_kind", "tenant", "project", "kind", "id"),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),  # "project:<tenant>/<project>", "embedded-store"
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
 )
 
 
@@ -86,6 +98,7 @@ class RunRecord:
     outcome: str | None
     counts: dict[str, Any]
     error: str | None
+    owner: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,33 +115,133 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class State:
     """The state database. Open once per process; `close()` is idempotent."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, *, lock: FileLock | None = None) -> None:
         self.engine = engine
-        try:
-            metadata.create_all(engine)
-            with engine.begin() as tx:
-                if tx.execute(sa.select(schema_info.c.version)).first() is None:
-                    tx.execute(sa.insert(schema_info).values(version=SCHEMA_VERSION))
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot open the state database {engine.url.render_as_string()}: {exc}") from exc
+        self._lock = lock
+        for attempt in range(3):
+            try:
+                metadata.create_all(engine)
+                with engine.begin() as tx:
+                    version = tx.execute(sa.select(schema_info.c.version)).scalar()
+                    if version is None:
+                        tx.execute(sa.insert(schema_info).values(version=SCHEMA_VERSION))
+                    elif version > SCHEMA_VERSION:
+                        raise StateError(
+                            f"the state database has schema version {version}; this kbsync knows {SCHEMA_VERSION}: "
+                            "upgrade kbsync"
+                        )
+                break
+            except SQLAlchemyError as exc:
+                # Replicas starting together race to create the tables; the loser sees them on its next try.
+                if attempt == 2:
+                    self.close()
+                    raise StateError(f"cannot open the state database {_where(engine)}: {exc}") from exc
+                time.sleep(0.2 * (attempt + 1))
+
+    @classmethod
+    def open(cls, settings: Any) -> State:
+        """The state of `settings`: PostgreSQL when `state.url` is set, else SQLite under `state_dir`."""
+        if settings.state.url:
+            return cls.open_postgres(settings.state.url, settings.state_password)
+        return cls.open_sqlite(settings.state_dir)
 
     @classmethod
     def open_sqlite(cls, state_dir: Path) -> State:
-        """SQLite at `<state_dir>/state.db` (WAL: readers never block the writer)."""
+        """SQLite at `<state_dir>/state.db` (WAL: readers never block the writer), held by this process alone."""
         state_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(state_dir / "state.lock")
+        if not lock.acquire():
+            raise StateLocked(
+                f"the state at {state_dir} is in use by another kbsync process (pid "
+                f"{lock_holder(state_dir / 'state.lock')}): SQLite state serves one process; stop it, let the "
+                f"running daemon do the work, or share state.url = \"postgresql://...\" between replicas"
+            )
         engine = sa.create_engine(f"sqlite:///{state_dir / 'state.db'}")
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        try:
+            return cls(engine, lock=lock)
+        except StateError:
+            lock.release()
+            raise
+
+    @classmethod
+    def open_postgres(cls, url: str, password: Any = None) -> State:
+        """PostgreSQL, shared by every replica; the password comes from `state.password_env`, never the URL."""
+        parsed = sa.engine.make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if password is not None:
+            parsed = parsed.set(password=password.get_secret_value())
+        engine = sa.create_engine(
+            parsed, pool_pre_ping=True, pool_size=8, max_overflow=8, connect_args={"connect_timeout": 5}
+        )
         return cls(engine)
 
-    def close(self) -> None:
-        self.engine.dispose()
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
 
-    def start_run(self, tenant: str, project: str, kind: str) -> int:
+    def close(self) -> None:
+        """Close the connection pool and release the SQLite lock; idempotent."""
+        self.engine.dispose()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- leases ----------------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Take (or renew) a lease that expires after `seconds`; False while another owner holds it.
+
+        An expired lease is taken over: a replica that died (`kill -9`) loses its leases after `seconds`."""
+        now = time.time()
+        try:
+            with self.engine.begin() as tx:
+                taken = tx.execute(
+                    sa.update(leases)
+                    .where(leases.c.name == name, sa.or_(leases.c.owner == owner, leases.c.expires_at < now))
+                    .values(owner=owner, expires_at=now + seconds)
+                ).rowcount
+                if taken:
+                    return True
+                if tx.execute(sa.select(leases.c.name).where(leases.c.name == name)).first() is not None:
+                    return False
+                tx.execute(sa.insert(leases).values(name=name, owner=owner, expires_at=now + seconds))
+                return True
+        except sa.exc.IntegrityError:
+            return False  # another owner inserted it first
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot take lease {name}: {exc}") from exc
+
+    def renew_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Extend a lease this owner still holds; False when it was lost (expired and taken over)."""
+        try:
+            with self.engine.begin() as tx:
+                return bool(
+                    tx.execute(
+                        sa.update(leases)
+                        .where(leases.c.name == name, leases.c.owner == owner)
+                        .values(expires_at=time.time() + seconds)
+                    ).rowcount
+                )
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot renew lease {name}: {exc}") from exc
+
+    def release_lease(self, name: str, owner: str) -> None:
+        try:
+            with self.engine.begin() as tx:
+                tx.execute(sa.delete(leases).where(leases.c.name == name, leases.c.owner == owner))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot release lease {name}: {exc}") from exc
+
+    def start_run(self, tenant: str, project: str, kind: str, owner: str = "") -> int:
         """Record that a run began; returns its id."""
         try:
             with self.engine.begin() as tx:
                 result = tx.execute(
-                    sa.insert(runs).values(tenant=tenant, project=project, kind=kind, started_at=time.time())
+                    sa.insert(runs).values(
+                        tenant=tenant, project=project, kind=kind, started_at=time.time(), owner=owner or None
+                    )
                 )
                 return int(result.inserted_primary_key[0])  # type: ignore[index]
         except SQLAlchemyError as exc:
@@ -204,6 +317,10 @@ class State:
             raise StateError(f"cannot write a watermark: {exc}") from exc
 
 
+def _where(engine: sa.Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
 def _record(row: Any) -> RunRecord:
     return RunRecord(
         id=row["id"],
@@ -215,6 +332,7 @@ def _record(row: Any) -> RunRecord:
         outcome=row["outcome"],
         counts=json.loads(row["counts"]) if row["counts"] else {},
         error=row["error"],
+        owner=row["owner"],
     )
 
 

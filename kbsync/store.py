@@ -8,8 +8,6 @@ process): Chroma is not process-safe, and two processes on one path silently los
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ import numpy as np
 
 from kbsync.embedding import MODEL_NAME
 from kbsync.errors import ModelMismatch, StoreError, StoreLocked
+from kbsync.locking import FileLock, lock_holder
 
 __all__ = [
     "MAX_RECORDS_PER_WRITE",
@@ -157,56 +156,25 @@ def _chroma_errors(action: str, collection: str) -> Iterator[None]:
 
 
 def store_holder(state_dir: Path) -> str | None:
-    """The pid holding the embedded store's lock, or None when it is free (checked without keeping the lock)."""
-    path = state_dir / "chroma.lock"
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    """The pid holding the embedded store's lock, or None when it is free."""
+    return lock_holder(state_dir / "chroma.lock")
 
 
-class _StoreLock:
-    """An exclusive, non-blocking flock on `<state_dir>/chroma.lock`; released when the process dies."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreLocked(
-                f"the embedded store at {self.path.parent / 'chroma'} is open in another kbsync process "
-                f"(pid {holder}); Chroma is not process-safe. Stop that process, or let the running daemon do the work"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+def _lock_store(state_dir: Path) -> FileLock:
+    lock = FileLock(state_dir / "chroma.lock")
+    if not lock.acquire():
+        raise StoreLocked(
+            f"the embedded store at {state_dir / 'chroma'} is open in another kbsync process "
+            f"(pid {store_holder(state_dir)}); Chroma is not process-safe. Stop that process, or let the running "
+            f"daemon do the work"
+        )
+    return lock
 
 
 class Store:
     """Chroma collections of every project, in one client (embedded) or on one server (http)."""
 
-    def __init__(self, client: Any, *, description: str, lock: _StoreLock | None = None) -> None:
+    def __init__(self, client: Any, *, description: str, lock: FileLock | None = None) -> None:
         self._client = client
         self._lock = lock
         self._collections: dict[str, Any] = {}
@@ -278,8 +246,7 @@ class Store:
     @classmethod
     def open_embedded(cls, state_dir: Path) -> Store:
         """Lock `<state_dir>/chroma.lock`, then open the PersistentClient at `<state_dir>/chroma`."""
-        lock = _StoreLock(state_dir / "chroma.lock")
-        lock.acquire()
+        lock = _lock_store(state_dir)
         try:
             import chromadb
             from chromadb.config import Settings as ChromaSettings

@@ -4,7 +4,7 @@ One server per session holds both corpora plus three small portals built from th
 a few dozen short chunks, not the corpus (embedding the whole corpus takes minutes on two cores):
 
 - `small-help`: 31 chatwoot-docs articles cut to their first paragraph, on two list pages (25 + 6), with
-  distinct `updated_at` values: 27 short published articles, one longer published article of four chunks
+  distinct `updated_at` values: 27 short published articles, one longer published article of six sections and four chunks
   (`LONG_ID`), two drafts, one archived article, and one published article carrying staged `draft_*` edits.
 - `kanboard-mini`: kanboard-docs articles in English, French and Spanish, with their localized categories.
 - `tiny-help`: three short articles, for tests that only need something to sync.
@@ -64,7 +64,7 @@ MULTI = "kanboard-mini"
 TINY = "tiny-help"
 
 SMALL_BASE_ID = 50_001
-LONG_ID = 50_031  # published, four chunks at max_tokens = 96
+LONG_ID = 50_031  # published, six short sections: four chunks at max_tokens = 96
 DRAFT_IDS = (50_028, 50_029)
 ARCHIVED_ID = 50_030
 STAGED_ID = 50_002  # published, with an unpublished draft_title/draft_content staged on it (Chatwoot 4.16)
@@ -146,7 +146,11 @@ def _small_portal(folder: Path) -> Path:
         status = "draft" if new_id in DRAFT_IDS else "archived" if new_id == ARCHIVED_ID else "published"
         records.append(_record(article, new_id, _first_paragraphs(article["content"]), 1_700_000_000 + 3600 * n, status))
     long_source = next(a for a in articles[30:] if len(_paragraphs(a["content"])) >= 8)
-    long_text = "\n\n".join(p[:400] for p in _paragraphs(long_source["content"])[:6])
+    # Six short sections: at max_tokens = 96 the chunker makes four chunks of them, and an edit inside one section
+    # changes one chunk (as in real articles, which have headings).
+    long_text = "\n\n".join(
+        f"## Step {n}\n\n{paragraph[:400]}" for n, paragraph in enumerate(_paragraphs(long_source["content"])[:6], 1)
+    )
     # In the middle of the list by time: it sits on page 1, older articles on page 2.
     records.append(_record(long_source, LONG_ID, long_text, 1_700_000_000 + 3600 * 12 + 1800))
     path = folder / f"{SMALL}.json"
