@@ -100,7 +100,9 @@ class Embedder:
     name = MODEL_NAME
     dimension = 384
 
-    def __init__(self, model_dir: Path, *, batch_size: int = 32, threads: int | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, *, batch_size: int = 32, max_batch_tokens: int = 2048, threads: int | None = None
+    ) -> None:
         missing = missing_model_files(model_dir)
         if missing:
             raise EmbeddingError(
@@ -112,6 +114,7 @@ class Embedder:
 
         self.model_dir = model_dir
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self._tokenizer = _load_tokenizer(model_dir)
         self._tokenizer.enable_truncation(max_length=MODEL_MAX_TOKENS)
         self._tokenizer.no_padding()
@@ -142,10 +145,27 @@ class Embedder:
         # Sorting by length makes each batch's padding small; the output is put back in input order.
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch in self._batches(order, lengths):
             out[batch] = self._forward([encodings[i].ids for i in batch])
         return out
+
+    def _batches(self, order: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+        """At most `batch_size` texts and `max_batch_tokens` padded word pieces per batch.
+
+        onnxruntime keeps the peak of its working memory, which grows with batch x width: 32 texts of 256 word
+        pieces took the process to ~1 GB, 8 of them to ~350 MB (measured), at the same throughput on 2 cores.
+        Short texts (queries) still go 32 at a time."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for index in order:  # ascending length: the newest text sets the padded width
+            width = int(lengths[index])
+            if current and (len(current) >= self.batch_size or (len(current) + 1) * width > self.max_batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(int(index))
+        if current:
+            batches.append(current)
+        return batches
 
     def _forward(self, ids: list[list[int]]) -> np.ndarray:
         width = max(len(row) for row in ids)

@@ -220,6 +220,21 @@ class Engine:
         tenant = key.tenant if isinstance(key, ProjectKey) else key
         return self._tenant_stores.get(tenant, self.store)
 
+    def problems(self) -> list[str]:
+        """What keeps this engine from working now: stores or the state database not answering (readiness)."""
+        found = []
+        stores = {id(s): s for s in [self.store, *self._tenant_stores.values()]}
+        for store in stores.values():
+            try:
+                store.heartbeat()
+            except KbsyncError as exc:
+                found.append(str(exc))
+        try:
+            self.state.ping()
+        except KbsyncError as exc:
+            found.append(str(exc))
+        return found
+
     def observe(self, observer: Callable[[RunReport], None]) -> None:
         """Call `observer` with every finished run (the daemon's metrics)."""
         self._observers.append(observer)

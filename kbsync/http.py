@@ -159,8 +159,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready = ctx.ready()
-        return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
+        """Ready: started, stores and state database answering, model loaded."""
+        if not ctx.ready():
+            return JSONResponse({"status": "starting"}, status_code=503)
+        problems = await asyncio.to_thread(ctx.engine.problems)
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")
     async def metrics() -> Response:

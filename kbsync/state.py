@@ -177,6 +177,14 @@ class State:
         )
         return cls(engine)
 
+    def ping(self) -> None:
+        """Raise StateError when the database does not answer."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.select(1))
+        except SQLAlchemyError as exc:
+            raise StateError(f"the state database {_where(self.engine)} does not answer: {exc}") from exc
+
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
@@ -233,6 +241,15 @@ class State:
                 tx.execute(sa.delete(leases).where(leases.c.name == name, leases.c.owner == owner))
         except SQLAlchemyError as exc:
             raise StateError(f"cannot release lease {name}: {exc}") from exc
+
+    def release_all_leases(self) -> int:
+        """Drop every lease; returns how many. Only for SQLite state, which one process holds alone: a lease it
+        finds when it starts was left by a process that died (`kill -9`)."""
+        try:
+            with self.engine.begin() as tx:
+                return int(tx.execute(sa.delete(leases)).rowcount)
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot release leases: {exc}") from exc
 
     def start_run(self, tenant: str, project: str, kind: str, owner: str = "") -> int:
         """Record that a run began; returns its id."""

@@ -1,0 +1,226 @@
+"""The scale run (issue 8): a synthetic portal of N articles on the test Chatwoot server, synced by a real daemon.
+
+Articles are cut from ../shared/corpus (two to four paragraphs each, with a unique opening sentence so no two are
+alike), so every chunk is new and embedded. Reported per N:
+- initial sync: wall time, chunks, chunks/s, and the daemon's peak RSS (VmHWM from /proc, the kernel's own count);
+- a reconcile with nothing changed (POST /v1/resync): time and embeddings (0 expected);
+- `/v1/query` p50/p99 at k=5, embedded, then the same store copied to a `chroma run` server (copy-store, no
+  re-embedding) and queried in http mode.
+With `--replicas`, the same N articles split over two projects are synced by 1 and then 2 replicas sharing a
+PostgreSQL state and a Chroma server: chunks/s of each (on 2 cores the embedder is CPU-bound; see the README).
+
+    python bench/scale.py --articles 1000 [--articles 5000 ...] [--replicas] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._common import corpus_articles, model_dir  # noqa: E402
+from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot  # noqa: E402
+from tests.servers.chroma import ChromaServer, free_port  # noqa: E402
+
+ADMIN = "bench-admin-token"
+QUESTIONS = [q["q"] for q in json.loads((REPO / "bench" / "retrieval_questions.json").read_text())]
+
+
+def synthetic_portal(fake: FakeChatwoot, portal: str, count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    paragraphs = [
+        [p for p in a["content"].split("\n\n") if len(p) > 80 and not p.startswith(("```", "|", "!["))]
+        for name in ("chatwoot-docs", "kanboard-docs")
+        for a in corpus_articles(name)
+        if a["locale"] == "en"
+    ]
+    paragraphs = [p for p in paragraphs if len(p) >= 2]
+    fake.add_portal(1, portal, locales=["en"])
+    for n in range(count):
+        source = paragraphs[n % len(paragraphs)]
+        take = rng.sample(source, min(len(source), rng.randint(2, 4)))
+        body = f"Note {n}: this guide covers case number {n} for team {rng.randint(1, 999)}.\n\n" + "\n\n".join(take)
+        fake.add_article(portal, title=f"Guide {n}", content=body, status="published", updated_at=1_700_000_000 + n)
+    fake.snapshot()
+
+
+def settings_text(base: str, portals: list[str], *, state_url: str = "", chroma: ChromaServer | None = None) -> str:
+    chroma_text = f'mode = "http"\nhost = "{chroma.host}"\nport = {chroma.port}\n' if chroma else 'mode = "embedded"\n'
+    projects = "".join(
+        f'[[tenants.projects]]\nid = "p{n}"\n[[tenants.projects.sources]]\nkind = "chatwoot"\nportal = "{portal}"\n'
+        for n, portal in enumerate(portals)
+    )
+    state = f'[state]\nurl = "{state_url}"\nlease_seconds = 30\n' if state_url else ""
+    return (
+        f'state_dir = "var"\nlog_format = "json"\nlog_level = "warning"\n[chroma]\n{chroma_text}{state}'
+        f'[embedding]\nmodel_dir = "{model_dir()}"\n'
+        f"[schedule]\npoll_interval_seconds = 3600\nreconcile_interval_minutes = 1440\njitter_seconds = 0\n"
+        f'[[tenants]]\nid = "bench"\nchatwoot_url = "{base}"\naccount_id = 1\napi_token_env = "BENCH_TOKEN"\n'
+        f"{projects}"
+    )
+
+
+class Daemon:
+    def __init__(self, folder: Path, config: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        env = {**os.environ, "BENCH_TOKEN": AGENT_TOKEN, "KBSYNC_ADMIN_TOKEN": ADMIN, "KBSYNC_SERVER__PORT": str(self.port)}
+        self.log = open(folder / f"daemon-{self.port}.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kbsync", "--config", str(config), "run"], env=env, stdout=self.log, stderr=self.log
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=3600)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if self.client.get("/healthz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"daemon did not start; see {self.log.name}")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def wait_startup(self, projects: int) -> dict:
+        """Until every project's startup reconcile finished; returns the status."""
+        while True:
+            status = self.client.get("/v1/status").json()
+            runs = [p["last_runs"].get("reconcile") for p in status["projects"]]
+            if len(runs) == projects and all(r and r["outcome"] and r["outcome"] != "busy" for r in runs):
+                return status
+            time.sleep(0.5)
+
+    def query_times(self, count: int) -> list[float]:
+        times = []
+        for n in range(count):
+            body = {"tenant": "bench", "project": "p0", "query": QUESTIONS[n % len(QUESTIONS)], "k": 5}
+            started = time.perf_counter()
+            self.client.post("/v1/query", json=body).raise_for_status()
+            times.append(time.perf_counter() - started)
+        return times
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_size(articles: int, queries: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="kbsync-scale-") as tmp:
+        folder = Path(tmp)
+        fake = FakeChatwoot(tie_order="stable")
+        synthetic_portal(fake, "scale", articles, seed=articles)
+        with ChatwootServer(fake) as chatwoot:
+            config = folder / "settings.toml"
+            config.write_text(settings_text(chatwoot.base_url, ["scale"]))
+            started = time.perf_counter()
+            daemon = Daemon(folder, config)
+            status = daemon.wait_startup(1)
+            initial = time.perf_counter() - started
+            chunks = status["projects"][0]["chunks"]
+            rss = daemon.peak_rss_mb()
+            started = time.perf_counter()
+            (report,) = daemon.client.post("/v1/resync", json={}).json()["reports"]
+            no_change = time.perf_counter() - started
+            embedded_q = daemon.query_times(queries)
+            daemon.stop()
+            print(f"N={articles}: initial sync {initial:.0f} s, {chunks} chunks, {chunks / initial:.1f} chunks/s, "
+                  f"peak RSS {rss:.0f} MB", flush=True)
+            print(f"  no-change reconcile {no_change:.2f} s ({100 * no_change / initial:.2f}% of initial), "
+                  f"{report['chunks_embedded']} embeddings", flush=True)
+            with ChromaServer(folder / "chroma-server" / "data") as server:
+                copy = subprocess.run(
+                    [sys.executable, "-m", "kbsync", "--config", str(config), "copy-store", "--to-http",
+                     "--host", server.host, "--port", str(server.port)],
+                    capture_output=True, text=True, env={**os.environ, "BENCH_TOKEN": AGENT_TOKEN},
+                )
+                if copy.returncode != 0:
+                    raise RuntimeError(copy.stdout + copy.stderr)
+                http_config = folder / "http.toml"
+                http_config.write_text(settings_text(chatwoot.base_url, ["scale"], chroma=server))
+                daemon = Daemon(folder, http_config)
+                daemon.wait_startup(1)
+                http_q = daemon.query_times(queries)
+                daemon.stop()
+            for label, times in (("embedded", embedded_q), ("http", http_q)):
+                print(f"  /v1/query k=5 {label}: p50 {1000 * statistics.median(times):.1f} ms, "
+                      f"p99 {1000 * percentile(times, 0.99):.1f} ms", flush=True)
+
+
+def run_replicas(articles: int) -> None:
+    from tests.servers.postgres import PostgresServer
+
+    postgres = PostgresServer().start()
+    try:
+        for replicas in (1, 2):
+            with tempfile.TemporaryDirectory(prefix="kbsync-replicas-") as tmp:
+                folder = Path(tmp)
+                fake = FakeChatwoot(tie_order="stable")
+                synthetic_portal(fake, "half-a", articles // 2, seed=1)
+                synthetic_portal(fake, "half-b", articles - articles // 2, seed=2)
+                database = f"bench_{replicas}_{int(time.time())}"
+                subprocess.run(
+                    ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/createdb", "-h", "127.0.0.1",
+                     "-p", str(postgres.port), "-U", "kbsync", database] if os.geteuid() == 0 else
+                    ["createdb", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "kbsync", database],
+                    check=True,
+                )
+                url = f"postgresql://kbsync@127.0.0.1:{postgres.port}/{database}"
+                with ChatwootServer(fake) as chatwoot, ChromaServer(folder / "chroma" / "data") as server:
+                    daemons = []
+                    started = time.perf_counter()
+                    for n in range(replicas):
+                        sub = folder / f"r{n}"
+                        sub.mkdir()
+                        config = sub / "settings.toml"
+                        config.write_text(settings_text(chatwoot.base_url, ["half-a", "half-b"], state_url=url,
+                                                        chroma=server))
+                        daemons.append(Daemon(sub, config))
+                    status = daemons[0].wait_startup(2)
+                    seconds = time.perf_counter() - started
+                    chunks = sum(p["chunks"] for p in status["projects"])
+                    for daemon in daemons:
+                        daemon.stop()
+                print(f"{replicas} replica(s), {articles} articles in 2 projects: {chunks} chunks in {seconds:.0f} s "
+                      f"= {chunks / seconds:.1f} chunks/s", flush=True)
+    finally:
+        postgres.destroy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--articles", type=int, action="append", help="N (repeatable); default 1000")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--replicas", action="store_true", help="also compare 1 and 2 replicas (needs PostgreSQL)")
+    args = parser.parse_args()
+    for articles in args.articles or [1000]:
+        run_size(articles, args.queries)
+        if args.replicas:
+            run_replicas(articles)
+
+
+if __name__ == "__main__":
+    main()
