@@ -89,11 +89,14 @@ class Daemon:
                     )
                 self._exit_callbacks.append(keeper.release)
             queue = Queue(engine.state)
-            # SQLite state under state_dir and the store's exclusive lock: no other process works this queue, so
-            # a claim found now belongs to a process that died; without this its project waits out the claim.
-            released = queue.release_claims()
-            if released:
-                log.info("queue.claims_released", items=released)
+            if engine.state.dialect == "sqlite":
+                # SQLite state is held by this process alone: queue claims and project leases found now were left
+                # by a process that died (kill -9). Without this the start-up reconcile is skipped as "busy" and
+                # the project's webhooks wait out the dead claim. (PostgreSQL: other replicas' are live; they
+                # expire on their own.)
+                claims, leases = queue.release_claims(), engine.state.release_all_leases()
+                if claims or leases:
+                    log.info("state.dead_owner_released", queue_claims=claims, leases=leases)
             metrics = Metrics(queue_depth=lambda: queue.depth()["pending"])
             engine.observe(metrics.observe_run)
             app = create_app(ApiContext(self.settings, engine, queue, metrics, ready=self._ready.is_set))

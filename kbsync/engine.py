@@ -79,6 +79,7 @@ class RunReport:
     requests: int = 0
     interrupted: bool = False
     busy: bool = False  # another replica held the project's lease: nothing was done
+    warnings: list[str] = field(default_factory=list)  # e.g. deletions deferred; the outcome stays ok
 
     @property
     def outcome(self) -> str:
@@ -92,7 +93,7 @@ class RunReport:
 
     def counts(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("tenant", "project", "kind", "errors", "failed_sources", "sources", "interrupted", "busy"):
+        for key in ("tenant", "project", "kind", "errors", "failed_sources", "sources", "interrupted", "busy", "warnings"):
             data.pop(key)
         return data
 
@@ -271,9 +272,16 @@ class Engine:
     # -- reconcile ---------------------------------------------------------------------------------------
 
     def _run(
-        self, key: ProjectKey, kind: str, work: Callable[[list[Source], ProjectIndex, RunReport], None]
+        self,
+        key: ProjectKey,
+        kind: str,
+        work: Callable[[list[Source], ProjectIndex, RunReport], None],
+        *,
+        full_index: bool = True,
     ) -> RunReport:
-        """Run `work` on one project under its lock, recorded in the state database and told to observers."""
+        """Run `work` on one project under its lock and lease, recorded in the state database and told to
+        observers. Without `full_index`, `work` gets an empty index and reads what it needs (`_ensure_docs`,
+        `_ensure_full`): a poll that finds nothing changed reads nothing from the store."""
         self._project_settings(key)
         report = RunReport(key.tenant, key.project, kind)
         started = time.monotonic()
@@ -295,10 +303,13 @@ class Engine:
             try:
                 sources = self.sources.get(key, [])
                 report.sources = len(sources)
-                index = self.store_for(key).index(key.collection)
+                index = self.store_for(key).index(key.collection) if full_index else ProjectIndex(complete=False)
                 work(sources, index, report)
-                report.chunks_total = index.chunk_count
-                self._locales[key] = {str(m.get("locale", "")) for d in index.docs.values() for m in d.chunks.values()}
+                if index.complete:
+                    report.chunks_total = index.chunk_count
+                    self._locales[key] = {
+                        str(m.get("locale", "")) for d in index.docs.values() for m in d.chunks.values()
+                    }
             except Interrupted as exc:
                 report.interrupted = True
                 report.errors.append(str(exc))
@@ -344,7 +355,7 @@ class Engine:
                 if only_source is None or source.source_id == only_source:
                     self._poll_source(key, source, index, report)
 
-        return self._run(key, "poll", work)
+        return self._run(key, "poll", work, full_index=False)
 
     def refresh(self, key: ProjectKey, source_id: str, event: str, doc_id: str | None = None) -> RunReport:
         """Apply one webhook event (fetch-on-notify: the source is the truth, the payload only a hint).
@@ -360,10 +371,27 @@ class Engine:
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
                 return
             self._poll_source(key, source, index, report)
-            if event == "article_deleted" and doc_id is not None and doc_id in index.docs:
-                self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
+            if event == "article_deleted" and doc_id is not None:
+                self._ensure_docs(key, index, {doc_id})
+                if doc_id in index.docs:
+                    self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
 
-        return self._run(key, "refresh", work)
+        return self._run(key, "refresh", work, full_index=False)
+
+    def _ensure_docs(self, key: ProjectKey, index: ProjectIndex, doc_ids: set[str]) -> None:
+        """Read the chunks of `doc_ids` into a partial index (those not read yet)."""
+        if index.complete:
+            return
+        missing = doc_ids - set(index.docs)
+        if missing:
+            index.docs.update(self.store_for(key).index(key.collection, doc_ids=missing).docs)
+
+    def _ensure_full(self, key: ProjectKey, index: ProjectIndex) -> None:
+        """Make a partial index whole (a complete listing diffs against every document)."""
+        if not index.complete:
+            index.docs.clear()
+            index.docs.update(self.store_for(key).index(key.collection).docs)
+            index.complete = True
 
     def _poll_source(self, key: ProjectKey, source: Source, index: ProjectIndex, report: RunReport) -> None:
         changes_since = getattr(source, "changes_since", None)
@@ -382,9 +410,11 @@ class Engine:
                 log.warning("source.failed", error=str(exc))
                 return
             report.requests += changes.requests
+            self._ensure_docs(key, index, {d.doc_id for d in changes.published} | changes.gone)
             self.sync_documents(key, changes.published, index, report)
             # The source itself says these are no longer published: no second look is needed.
-            self._delete_documents(key, changes.gone & set(index.of_source(source.source_id)), index, report)
+            gone = {d for d in changes.gone if d in index.docs and index.docs[d].source == source.source_id}
+            self._delete_documents(key, gone, index, report)
             if mark.total is not None and changes.all_articles_count < mark.total:
                 log.info("source.total_dropped", was=mark.total, now=changes.all_articles_count)
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
@@ -405,6 +435,7 @@ class Engine:
         progress: Progress | None,
     ) -> None:
         with structlog.contextvars.bound_contextvars(source=source.source_id):
+            self._ensure_full(key, index)
             try:
                 listing = source.list(rebuild=rebuild)
             except SourceError as exc:
@@ -424,6 +455,7 @@ class Engine:
                 applied(listing, index.docs.keys())
             if not listing.complete:
                 log.warning("source.incomplete_listing", errors=len(listing.errors))
+                report.warnings.append(f"{source.source_id}: the listing was incomplete, so nothing was deleted")
                 return
             candidates = set(index.of_source(source.source_id)) - listing.doc_ids
             if candidates:

@@ -8,7 +8,7 @@ process): Chroma is not process-safe, and two processes on one path silently los
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,9 +68,11 @@ class IndexedDoc:
 
 @dataclass(slots=True)
 class ProjectIndex:
-    """Every document of a collection: the index is its own record of what was written."""
+    """Documents of a collection, read back from it: the index is its own record of what was written.
+    `complete` is False while only some documents were read (a poll reads just the ones it saw change)."""
 
     docs: dict[str, IndexedDoc] = field(default_factory=dict)
+    complete: bool = True
 
     @property
     def chunk_count(self) -> int:
@@ -317,13 +319,21 @@ class Store:
         with _chroma_errors("list collections", "*"):
             return sorted(c.name for c in self._client.list_collections())
 
-    def index(self, name: str, *, doc_id: str | None = None) -> ProjectIndex:
-        """Read back what a collection holds (one document's chunks when `doc_id` is given)."""
+    def index(self, name: str, *, doc_ids: Collection[str] | None = None) -> ProjectIndex:
+        """Read back what a collection holds: every document, or only the chunks of `doc_ids`."""
         index = ProjectIndex()
         collection = self._collection(name, create=False)
         if collection is None:
             return index
-        where = {"doc_id": doc_id} if doc_id is not None else None
+        if doc_ids is None:
+            self._read_into(index, collection, name, None)
+            return index
+        wanted = sorted(doc_ids)
+        for start in range(0, len(wanted), 100):
+            self._read_into(index, collection, name, {"doc_id": {"$in": wanted[start : start + 100]}})
+        return index
+
+    def _read_into(self, index: ProjectIndex, collection: Any, name: str, where: dict[str, Any] | None) -> None:
         with _chroma_errors("read the index", name):
             offset = 0
             while True:
@@ -331,7 +341,7 @@ class Store:
                 for chunk_id, metadata in zip(page["ids"], page["metadatas"] or []):
                     index.add(chunk_id, metadata or {})
                 if len(page["ids"]) < _READ_PAGE:
-                    return index
+                    return
                 offset += _READ_PAGE
 
     def write(self, name: str, records: Sequence[ChunkRecord]) -> None:

@@ -4,8 +4,9 @@ One server per session holds both corpora plus three small portals built from th
 a few dozen short chunks, not the corpus (embedding the whole corpus takes minutes on two cores):
 
 - `small-help`: 31 chatwoot-docs articles cut to their first paragraph, on two list pages (25 + 6), with
-  distinct `updated_at` values: 27 short published articles, one longer published article of six sections and four chunks
-  (`LONG_ID`), two drafts, one archived article, and one published article carrying staged `draft_*` edits.
+  distinct `updated_at` values: 27 short published articles, one longer published article of six sections
+  (`LONG_ID`, four chunks), two drafts, one archived article, and one published article carrying staged
+  `draft_*` edits.
 - `kanboard-mini`: kanboard-docs articles in English, French and Spanish, with their localized categories.
 - `tiny-help`: three short articles, for tests that only need something to sync.
 
@@ -13,6 +14,8 @@ a few dozen short chunks, not the corpus (embedding the whole corpus takes minut
 chatwoot sources point at the server (tokens in environment variables, as in production) and opens the engine
 with fast retries and no rate limit. A second server (`other_chatwoot`) serves a `tiny-help` portal with the
 same article ids and different text: another tenant's Chatwoot installation.
+
+tests/invariants/conftest.py re-exports the fixtures; a test module elsewhere imports the ones it uses.
 """
 
 from __future__ import annotations
@@ -34,14 +37,18 @@ from kbsync.store import ProjectIndex
 from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot, corpus_path
 
 __all__ = [
+    "ARCHIVED_ID",
     "CW",
+    "DRAFT_IDS",
     "FAST",
     "KB",
     "LONG_ID",
     "MULTI",
     "OTHER_TOKEN",
     "SMALL",
+    "STAGED_CONTENT",
     "STAGED_ID",
+    "STAGED_TITLE",
     "TINY",
     "Kb",
     "chatwoot",
@@ -144,7 +151,8 @@ def _small_portal(folder: Path) -> Path:
     for n, article in enumerate(articles[:30]):
         new_id = SMALL_BASE_ID + n
         status = "draft" if new_id in DRAFT_IDS else "archived" if new_id == ARCHIVED_ID else "published"
-        records.append(_record(article, new_id, _first_paragraphs(article["content"]), 1_700_000_000 + 3600 * n, status))
+        text = _first_paragraphs(article["content"])
+        records.append(_record(article, new_id, text, 1_700_000_000 + 3600 * n, status))
     long_source = next(a for a in articles[30:] if len(_paragraphs(a["content"])) >= 8)
     # Six short sections: at max_tokens = 96 the chunker makes four chunks of them, and an edit inside one section
     # changes one chunk (as in real articles, which have headings).
@@ -177,7 +185,8 @@ def _tiny_portal(folder: Path, corpus: str, name: str) -> Path:
     data = _corpus(corpus)
     articles = sorted(data["articles"], key=lambda a: a["id"])[40:43]
     records = [
-        _record(a, 70_001 + n, _first_paragraphs(a["content"]), 1_720_000_000 + 3600 * n) for n, a in enumerate(articles)
+        _record(a, 70_001 + n, _first_paragraphs(a["content"]), 1_720_000_000 + 3600 * n)
+        for n, a in enumerate(articles)
     ]
     for record in records:  # the same slugs in both installations, whatever the text
         record["slug"] = f"tiny-{record['id']}"
@@ -245,12 +254,13 @@ def tenant(
     token: str = AGENT_TOKEN,
     projects: Mapping[str, Sequence[str | dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """A tenant whose projects read chatwoot portals (a portal slug or a `source(...)`); default: alpha <- small-help."""
+    """A tenant whose projects read chatwoot portals (a slug or a `source(...)`); default: alpha <- small-help."""
+    projects = projects or {"alpha": [SMALL]}
     return {
         "id": tenant_id,
         "server": server,
         "token": token,
-        "projects": {p: [s if isinstance(s, dict) else source(s) for s in srcs] for p, srcs in (projects or {"alpha": [SMALL]}).items()},
+        "projects": {p: [s if isinstance(s, dict) else source(s) for s in srcs] for p, srcs in projects.items()},
     }
 
 

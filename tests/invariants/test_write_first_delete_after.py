@@ -36,7 +36,7 @@ def test_edited_article_never_disappears_while_it_is_updated(kb: Kb, fake: FakeC
     def read_until_done() -> None:
         while True:
             finished = done.is_set()  # one more read after the run returned
-            held = kb.engine.store.index(collection, doc_id=LONG).docs.get(LONG)
+            held = kb.engine.store.index(collection, doc_ids={LONG}).docs.get(LONG)
             seen.append(set(held.chunks) if held is not None else set())
             if finished:
                 return
