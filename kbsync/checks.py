@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kbsync.embedding import default_model_dir, missing_model_files
-from kbsync.errors import KbsyncError, SourceError
+from kbsync.errors import StateLocked, StoreLocked, KbsyncError, SourceError
 from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, Settings, TenantSettings
 
 __all__ = ["CheckResult", "run_checks"]
@@ -28,7 +28,8 @@ def run_checks(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[
     yield CheckResult("settings", True, f"{settings.source_file} ({len(settings.tenants)} tenants)")
     yield from _secret_checks(settings)
     yield _model_check(settings)
-    yield _store_check(settings)
+    yield _state_check(settings)
+    yield from _store_checks(settings)
     for tenant in settings.tenants:
         for project in tenant.projects:
             for source in project.sources:
@@ -70,20 +71,47 @@ def _model_check(settings: Settings) -> CheckResult:
     return CheckResult("model", False, f"{model_dir} lacks {', '.join(missing)}")
 
 
-def _store_check(settings: Settings) -> CheckResult:
-    from kbsync.store import Store
+def _store_checks(settings: Settings) -> Iterator[CheckResult]:
+    """Each store answers: the embedded one (unless another process owns it) and every Chroma server."""
+    from contextlib import ExitStack
+
+    from kbsync.store import ChromaTarget, Store
+
+    targets = {ChromaTarget.of(settings, None): "store"}
+    for tenant in settings.tenants:
+        if tenant.chroma is not None:
+            targets.setdefault(ChromaTarget.of(settings, tenant), f"store of tenant {tenant.id}")
+    for target, name in targets.items():
+        with ExitStack() as stack:
+            try:
+                store = stack.enter_context(Store.open(target, state_dir=settings.state_dir))
+                store.heartbeat()
+                collections = store.collections()
+            except StoreLocked as exc:
+                yield CheckResult(name, True, f"owned by a running kbsync process: {exc}")
+                continue
+            except KbsyncError as exc:
+                yield CheckResult(name, False, str(exc))
+                continue
+            yield CheckResult(name, True, f"{store.description} ({len(collections)} collections)")
+
+
+def _state_check(settings: Settings) -> CheckResult:
+    from kbsync.state import State
 
     try:
-        store = Store.open_embedded(settings.state_dir)
+        state = State.open(settings)
+    except StateLocked as exc:
+        return CheckResult("state", True, f"owned by a running kbsync process: {exc}")
     except KbsyncError as exc:
-        return CheckResult("store", False, str(exc))
+        return CheckResult("state", False, str(exc))
     try:
-        collections = store.collections()
+        state.ping()
     except KbsyncError as exc:
-        return CheckResult("store", False, str(exc))
+        return CheckResult("state", False, str(exc))
     finally:
-        store.close()
-    return CheckResult("store", True, f"{store.description} ({len(collections)} collections)")
+        state.close()
+    return CheckResult("state", True, f"{state.dialect} database answers")
 
 
 def _chatwoot_checks(tenant: TenantSettings, options: Any) -> Iterator[CheckResult]:
