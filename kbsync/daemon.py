@@ -9,6 +9,7 @@ any crash: they are committed to the state database before the 202.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -41,7 +42,9 @@ POLL_EVENTS = frozenset(
 @dataclass(frozen=True, slots=True)
 class DaemonOptions:
     workers: int = 2  # webhook workers: one slow project never blocks the others' webhooks
-    claim_seconds: float = 300.0  # a claim outlives a crash by at most this long
+    # A queue claim lasts this long (None: state.lease_seconds) and is renewed while its item is worked, so a
+    # replica killed with `kill -9` holds the item, and through per-project claims its project, no longer than that.
+    claim_seconds: float | None = None
     idle_seconds: float = 1.0  # a worker with nothing to do sleeps this long unless a webhook wakes it
     max_backoff_seconds: float = 300.0
     startup_reconcile: bool = True
@@ -97,7 +100,7 @@ class Daemon:
                 claims, leases = queue.release_claims(), engine.state.release_all_leases()
                 if claims or leases:
                     log.info("state.dead_owner_released", queue_claims=claims, leases=leases)
-            metrics = Metrics(queue_depth=lambda: queue.depth()["pending"])
+            metrics = Metrics(queue_depth=lambda: _queue_depth(queue))
             engine.observe(metrics.observe_run)
             app = create_app(ApiContext(self.settings, engine, queue, metrics, ready=self._ready.is_set))
             app.state.wake_workers = self._wake.set
@@ -221,10 +224,11 @@ class Daemon:
 
     def _work(self, engine: Engine, queue: Queue, metrics: Metrics, number: int) -> None:
         owner = f"{self._owner}:{number}"
+        claim_seconds = self.options.claim_seconds or float(self.settings.state.lease_seconds)
         try:
             while not self.stop.is_set():
                 try:
-                    item = queue.claim(owner, self.options.claim_seconds)
+                    item = queue.claim(owner, claim_seconds)
                 except KbsyncError as exc:
                     log.error("queue.claim_failed", error=str(exc))
                     self.stop.wait(1.0)
@@ -233,37 +237,82 @@ class Daemon:
                     self._wake.wait(self.options.idle_seconds)
                     self._wake.clear()
                     continue
-                self._apply(engine, queue, metrics, item, owner)
+                self._apply(engine, queue, metrics, item, owner, claim_seconds)
         except Exception as exc:  # a dead worker ends the daemon (non-zero) so systemd restarts it
             log.exception("worker.died")
             self._failed = f"worker {number} died: {exc}"
             self.request_stop("worker died")
 
-    def _apply(self, engine: Engine, queue: Queue, metrics: Metrics, item: QueueItem, owner: str) -> None:
+    def _apply(
+        self, engine: Engine, queue: Queue, metrics: Metrics, item: QueueItem, owner: str, claim_seconds: float
+    ) -> None:
         key = ProjectKey(item.tenant, item.project)
         started = time.time()
         with structlog.contextvars.bound_contextvars(
             tenant=item.tenant, project=item.project, queue_item=item.id, webhook_event=item.event
         ):
+            with _claim_renewed(queue, item, owner, claim_seconds):
+                try:
+                    report = engine.refresh(key, item.source, item.event, item.payload.get("doc_id"))
+                    error = None if report.outcome == "ok" else "; ".join(report.errors) or report.outcome
+                except Exception as exc:  # the loop's edge: one bad item never stops the worker
+                    log.exception("queue.item_crashed")
+                    error = str(exc)
+                    report = None
             try:
-                report = engine.refresh(key, item.source, item.event, item.payload.get("doc_id"))
-                error = None if report.outcome == "ok" else "; ".join(report.errors) or report.outcome
-            except Exception as exc:  # the loop's edge: one bad item never stops the worker
-                log.exception("queue.item_crashed")
-                error = str(exc)
-                report = None
-            if report is not None and report.busy:
-                # Another replica is working this project: try again shortly, without counting an attempt.
-                queue.release(item, owner, error="project busy", retry=True, delay_seconds=1.0, count=False)
-                return
-            if error is None:
-                covered = None if item.event in ("article_deleted", "portal_updated") else POLL_EVENTS
-                closed = queue.done(item, owner, covered_until=started, cover_events=covered)
-                metrics.queue_items.labels("applied").inc(closed)
-                log.info("queue.item_applied", covered=closed - 1, latency_s=round(time.time() - item.received_at, 3))
-                return
-            interrupted = self.stop.is_set()
-            delay = 0.0 if interrupted else min(self.options.max_backoff_seconds, 2.0 ** (item.attempts + 1))
-            status = queue.release(item, owner, error=error, retry=True, delay_seconds=delay)
-            metrics.queue_items.labels("retried" if status == "pending" else "dead").inc()
-            log.warning("queue.item_failed", status=status, attempts=item.attempts + 1, error=error)
+                self._settle(queue, metrics, item, owner, report, error, started)
+            except KbsyncError as exc:
+                # The state database is away: the claim lapses and the item is tried again (a refresh is
+                # idempotent). The worker lives on; a dead worker would stop the whole replica.
+                log.error("queue.settle_failed", error=str(exc))
+
+    def _settle(
+        self, queue: Queue, metrics: Metrics, item: QueueItem, owner: str, report: Any, error: str | None,
+        started: float,
+    ) -> None:
+        """Record an item's outcome: done (with the items its refresh covered), retried later, or dead."""
+        if report is not None and report.busy:
+            # Another replica is working this project: try again shortly, without counting an attempt.
+            queue.release(item, owner, error="project busy", retry=True, delay_seconds=1.0, count=False)
+            return
+        if error is None:
+            covered = None if item.event in ("article_deleted", "portal_updated") else POLL_EVENTS
+            closed = queue.done(item, owner, covered_until=started, cover_events=covered)
+            metrics.queue_items.labels("applied").inc(closed)
+            log.info("queue.item_applied", covered=closed - 1, latency_s=round(time.time() - item.received_at, 3))
+            return
+        interrupted = self.stop.is_set()
+        delay = 0.0 if interrupted else min(self.options.max_backoff_seconds, 2.0 ** (item.attempts + 1))
+        status = queue.release(item, owner, error=error, retry=True, delay_seconds=delay)
+        metrics.queue_items.labels("retried" if status == "pending" else "dead").inc()
+        log.warning("queue.item_failed", status=status, attempts=item.attempts + 1, error=error)
+
+
+@contextmanager
+def _claim_renewed(queue: Queue, item: QueueItem, owner: str, seconds: float) -> Iterator[None]:
+    """Keep an item's queue claim alive while it is worked: renewed every third of its length."""
+    finished = threading.Event()
+
+    def renew() -> None:
+        while not finished.wait(seconds / 3):
+            try:
+                queue.renew(item, owner, seconds)
+            except KbsyncError as exc:  # the database is away: the claim may lapse, and the item is retried
+                log.warning("queue.renew_failed", error=str(exc))
+
+    thread = threading.Thread(target=renew, name=f"kbsync-claim-{item.id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        thread.join(timeout=5)
+
+
+def _queue_depth(queue: Queue) -> float:
+    """Pending items for /metrics; NaN while the state database is away, so the scrape itself still answers (and
+    shows the webhooks refused as unavailable) instead of failing with a 500."""
+    try:
+        return float(queue.depth()["pending"])
+    except KbsyncError:
+        return math.nan

@@ -241,9 +241,12 @@ class Store:
         self.close()
 
     def heartbeat(self) -> None:
-        """Raise StoreError when the store does not answer (readiness, `kbsync check`)."""
-        with _chroma_errors("answer a heartbeat", "*"):
+        """Raise StoreError, naming the store, when it does not answer (readiness, `kbsync check`): with tenants
+        spread over several servers the operator must see which one is away."""
+        try:
             self._client.heartbeat()
+        except Exception as exc:  # chromadb raises many unrelated types
+            raise StoreError(f"the Chroma store {self.description} does not answer: {exc}") from exc
 
     @classmethod
     def open_embedded(cls, state_dir: Path) -> Store:
