@@ -292,6 +292,8 @@ class Engine:
             if not lease.acquire():
                 report.busy = True
                 log.info("run.skipped_busy", reason="another replica holds the project's lease")
+                for observer in self._observers:  # counted as kbsync_runs_total{outcome="busy"}
+                    observer(report)
                 return report
             self._leases[key] = lease
             try:

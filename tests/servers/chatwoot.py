@@ -20,13 +20,11 @@ Pure test-support code: it must never import ``kbsync``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import datetime as dt
 import json
 import random
 import re
-import socket
 import threading
 import time
 import unicodedata
@@ -35,10 +33,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 from urllib.parse import parse_qsl
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tests.servers.threaded import ThreadedServer
 
 __all__ = [
     "ADMIN_TOKEN",
@@ -1139,18 +1138,7 @@ async def _send(send: Any, status: int, headers: _Headers, body: bytes) -> None:
 # --------------------------------------------------------------------------- server
 
 
-class _ThreadedUvicorn(uvicorn.Server):
-    """uvicorn server that never touches signal handlers (it runs off the main thread)."""
-
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-        pass
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # uvicorn >= 0.29
-        yield
-
-
-class ChatwootServer:
+class ChatwootServer(ThreadedServer):
     """Serve a :class:`FakeChatwoot` over HTTP on 127.0.0.1 in a background thread.
 
     Usage::
@@ -1161,25 +1149,9 @@ class ChatwootServer:
 
     def __init__(self, fake: FakeChatwoot | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         """Prepare the server; ``port=0`` picks a free port when started."""
+        super().__init__(host, port, name="chatwoot-fake")
         self.fake = fake if fake is not None else FakeChatwoot()
-        self.host = host
-        self._requested_port = port
-        self._port: int | None = None
         self._stopping = threading.Event()
-        self._server: _ThreadedUvicorn | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port (only while started)."""
-        if self._port is None:
-            raise RuntimeError("server not started")
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        """Base URL such as ``http://127.0.0.1:54321`` (no trailing slash)."""
-        return f"http://{self.host}:{self.port}"
 
     def url(self, path: str) -> str:
         """Absolute URL for ``path`` (e.g. ``/api/v1/accounts/1/portals``)."""
@@ -1187,46 +1159,17 @@ class ChatwootServer:
 
     def start(self, timeout: float = 10.0) -> ChatwootServer:
         """Start serving and return once the server accepts connections."""
-        if self._thread is not None:
+        if self.running:
             return self
-        # Bind ourselves so the real port is known before uvicorn starts.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._requested_port))
-        self._port = sock.getsockname()[1]
+        sock = self.bind()
         self._stopping.clear()
-        app = _FaultLayer(create_app(self.fake), self.fake, self._stopping)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2)
-        self._server = _ThreadedUvicorn(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"chatwoot-fake:{self._port}", daemon=True)
-        self._thread.start()
-        self._wait_until_ready(timeout)
+        self.serve(_FaultLayer(create_app(self.fake), self.fake, self._stopping), sock, timeout)
         return self
-
-    def _wait_until_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        assert self._server is not None and self._thread is not None
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("fake Chatwoot server failed to start")
-            time.sleep(0.01)
-        # Started means listening; one real connection proves the socket accepts.
-        with socket.create_connection((self.host, self.port), timeout=timeout):
-            pass
 
     def stop(self) -> None:
         """Stop the server and join its thread (in-flight injected delays are cut short)."""
         self._stopping.set()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-        self._port = None
+        super().stop()
 
     def __enter__(self) -> ChatwootServer:
         return self.start()

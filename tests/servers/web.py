@@ -21,25 +21,24 @@ Pure test-support code: it never imports ``kbsync``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gzip
 import hashlib
 import html
 import json
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from markdown_it import MarkdownIt
+
+from tests.servers.threaded import ThreadedServer
 
 __all__ = ["DEFAULT_SLUGS", "DocsSite", "DocsSiteServer", "RequestRecord", "SitePage"]
 
@@ -476,18 +475,7 @@ def create_app(site: DocsSite) -> FastAPI:
     return app
 
 
-class _ThreadedUvicorn(uvicorn.Server):
-    """uvicorn server that never touches signal handlers (it runs off the main thread)."""
-
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-        pass
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # uvicorn >= 0.29
-        yield
-
-
-class DocsSiteServer:
+class DocsSiteServer(ThreadedServer):
     """Serve a :class:`DocsSite` with uvicorn on 127.0.0.1 in a background thread.
 
     Usage::
@@ -497,59 +485,18 @@ class DocsSiteServer:
     """
 
     def __init__(self, site: DocsSite | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port, name="docs-site")
         self.site = site if site is not None else DocsSite()
-        self.host = host
-        self._requested_port = port
-        self._port: int | None = None
-        self._server: _ThreadedUvicorn | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("server not started")
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> DocsSiteServer:
         """Start serving; the site's absolute URLs then use this port (and `localhost` as the other host)."""
-        if self._thread is not None:
+        if self.running:
             return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._requested_port))
-        self._port = sock.getsockname()[1]
+        sock = self.bind()
         self.site.base_url = self.base_url
-        self.site.alt_base_url = f"http://localhost:{self._port}"
-        config = uvicorn.Config(
-            create_app(self.site), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
-        )
-        self._server = _ThreadedUvicorn(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name=f"docs-site:{self._port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("docs site server failed to start")
-            time.sleep(0.01)
-        with socket.create_connection((self.host, self.port), timeout=timeout):
-            pass
+        self.site.alt_base_url = f"http://localhost:{self.port}"
+        self.serve(create_app(self.site), sock, timeout)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-        self._port = None
 
     def __enter__(self) -> DocsSiteServer:
         return self.start()
