@@ -318,7 +318,9 @@ class DaemonProcess:
         return self.http.post(f"/webhooks/{tenant}", content=body, headers=headers)
 
     def wait_queryable(self, marker: str, timeout: float = 20, **kwargs: Any) -> float:
-        """Seconds until a chunk containing `marker` comes back from /v1/query."""
+        """Seconds until a chunk containing `marker` comes back from /v1/query (k=50: the test collections are
+        small, so this does not depend on how the chunk ranks)."""
+        kwargs.setdefault("k", 50)
         started = time.monotonic()
         wait_for(
             lambda: any(marker in r["text"] for r in self.results(marker, **kwargs)),
@@ -328,8 +330,10 @@ class DaemonProcess:
         return time.monotonic() - started
 
     def doc_ids(self, tenant: str = "acme", project: str = "alpha") -> set[str]:
-        """Every doc_id in a (small) collection: the 50 nearest chunks of a neutral query."""
-        return {r["doc_id"] for r in self.results("help", tenant=tenant, project=project, k=50)}
+        """Every doc_id in a small collection: all its chunks come back for k=50."""
+        results = self.results("help", tenant=tenant, project=project, k=50)
+        assert len(results) < 50, "the collection outgrew doc_ids(): fewer test articles, or another way to list"
+        return {r["doc_id"] for r in results}
 
     def queue_drained(self) -> bool:
         return self.status()["queue"]["pending"] == 0
@@ -411,10 +415,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def daemon(stack: Stack) -> DaemonProcess:
-    """The module's daemon, started again (same state dir) if an earlier test stopped or killed it."""
+    """The module's daemon, started again (same state dir) if an earlier test stopped or killed it, with the
+    webhooks of earlier tests applied (so a test's counters move only by what it did)."""
     if not stack.daemon.alive:
         stack.fake.reset_faults()
         stack.daemon.start()
+    wait_for(stack.daemon.queue_drained, 30, "the queue of earlier tests to drain")
+    time.sleep(0.05)  # the applied counter moves just after the item is marked done
     return stack.daemon
 
 

@@ -1,0 +1,105 @@
+"""A `kbsync run` subprocess for the benchmarks: settings in a temp folder, secrets in its environment only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench._common import REPO, model_dir
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of a non-empty list."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class BenchDaemon:
+    """Starts `python -m kbsync --config CONFIG run`, waits for /readyz and the start-up reconcile, stops with
+    SIGTERM. Its log goes to `<folder>/daemon.log`."""
+
+    def __init__(self, config: Path, port: int, secrets: dict[str, str], admin_token: str) -> None:
+        self.config = config
+        self.port = port
+        self.admin_token = admin_token
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("KBSYNC_")}
+        self.env.update(secrets)
+        self.env["KBSYNC_EMBEDDING__MODEL_DIR"] = str(model_dir())
+        self.log_path = config.parent / "daemon.log"
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> BenchDaemon:
+        started = time.time()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kbsync", "--config", str(self.config), "run"],
+                cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+        try:
+            self._wait(lambda: self.http.get("/readyz", timeout=2).status_code == 200, 300, "/readyz")
+            self._wait(lambda: self._reconciled(started), 1800, "the start-up reconcile")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+        self.http.close()
+
+    def _wait(self, check: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
+                raise RuntimeError(f"the daemon exited with {self.proc.returncode}:\n" + "\n".join(tail))
+            try:
+                if check():
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}")
+            time.sleep(0.25)
+
+    def _reconciled(self, started: float) -> bool:
+        status = self.status()
+        runs = [p["last_runs"].get("reconcile") for p in status["projects"]]
+        return all(r is not None and r["started_at"] >= started - 1 and r["outcome"] for r in runs)
+
+    def status(self) -> dict[str, Any]:
+        response = self.http.get("/v1/status", headers={"Authorization": f"Bearer {self.admin_token}"})
+        response.raise_for_status()
+        return response.json()
+
+    def metrics(self) -> str:
+        return self.http.get("/metrics").text
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

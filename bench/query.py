@@ -1,0 +1,228 @@
+"""`/v1/query` latency at k=5 on a 50k-chunk collection, embedded store (design.md §8: p50 <= 15 ms, p99 <= 40 ms).
+
+The collection is written straight through `kbsync.store.Store` with precomputed vectors, not by syncing 50k
+chunks (that would take an hour of embedding on 2 cores): `--base` corpus paragraphs are embedded once, and each of
+the `--chunks` records takes one of them plus gaussian noise (cosine ~0.9 to its base, renormalized), so the vectors
+cluster like real help-center chunks instead of spreading like uniform random ones. Records carry the full chunk
+metadata of design §6 (5 chunks per document). `--random` uses uniform random unit vectors instead (no embedding).
+Then a real `kbsync run` subprocess opens that state dir and the bench times `--queries` POST /v1/query (k=5, the
+retrieval questions of bench/retrieval_questions.json, cycled) one at a time over a kept-alive connection: the
+round trip seen by the client and the `took_ms` the daemon reports (query embedding + Chroma search).
+
+    python bench/query.py [--chunks 50000] [--queries 300] [--base 300] [--random]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import secrets
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import REPO, corpus_articles, model_dir  # noqa: E402
+from bench._daemon import BenchDaemon, free_port, percentile  # noqa: E402
+from kbsync.store import MAX_RECORDS_PER_WRITE, ChunkRecord, Store, collection_name  # noqa: E402
+
+TENANT, PROJECT = "bench", "query"
+CHUNKS_PER_DOC = 5
+
+
+def paragraphs(limit: int) -> list[tuple[str, str]]:
+    """(title, paragraph) pairs from the corpus, long enough to be a chunk's body."""
+    found: list[tuple[str, str]] = []
+    for name in ("chatwoot-docs", "kanboard-docs"):
+        for article in corpus_articles(name):
+            for block in article["content"].split("\n\n"):
+                block = block.strip()
+                if 200 <= len(block) <= 1200 and not block.startswith(("```", "|", "!")):
+                    found.append((article["title"], block))
+    step = max(1, len(found) // limit)
+    return found[::step][:limit]
+
+
+def base_vectors(texts: list[str], random_vectors: bool, rng: np.random.Generator) -> np.ndarray:
+    if random_vectors:
+        vectors = rng.standard_normal((len(texts), 384)).astype(np.float32)
+    else:
+        from kbsync.embedding import Embedder
+
+        vectors = Embedder(model_dir()).embed(texts)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def build_collection(state_dir: Path, chunks: int, base: int, random_vectors: bool) -> dict[str, float]:
+    rng = np.random.default_rng(42)
+    pairs = paragraphs(base)
+    texts = [f"{title}\n\n{body}" for title, body in pairs]
+    started = time.perf_counter()
+    bases = base_vectors(texts, random_vectors, rng)
+    embed_seconds = time.perf_counter() - started
+    name = collection_name(TENANT, PROJECT)
+    now = int(time.time())
+    store = Store.open_embedded(state_dir)
+    started = time.perf_counter()
+    try:
+        for start in range(0, chunks, MAX_RECORDS_PER_WRITE):
+            ids = range(start, min(chunks, start + MAX_RECORDS_PER_WRITE))
+            picks = [i % len(pairs) for i in ids]
+            noise = rng.standard_normal((len(picks), bases.shape[1])).astype(np.float32) * (0.48 / np.sqrt(384))
+            vectors = bases[picks] + noise
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            records = []
+            for i, pick, vector in zip(ids, picks, vectors):
+                doc = i // CHUNKS_PER_DOC
+                doc_id = f"bench:doc-{doc}"
+                text = f"{texts[pick]} ({i})"
+                records.append(
+                    ChunkRecord(
+                        id=f"{doc_id}#{hashlib.sha256(text.encode()).hexdigest()[:16]}",
+                        text=text,
+                        metadata={
+                            "tenant": TENANT,
+                            "project": PROJECT,
+                            "source": "bench:synthetic",
+                            "source_kind": "bench",
+                            "doc_id": doc_id,
+                            "title": pairs[pick][0],
+                            "url": f"https://docs.bench.example/{doc}",
+                            "locale": "en",
+                            "category": "",
+                            "heading": "",
+                            "chunk_index": i % CHUNKS_PER_DOC,
+                            "chunk_count": CHUNKS_PER_DOC,
+                            "doc_hash": hashlib.sha256(doc_id.encode()).hexdigest()[:32],
+                            "doc_updated_at": now,
+                            "indexed_at": now,
+                        },
+                        embedding=vector,
+                    )
+                )
+            store.write(name, records)
+        count = store.count(name)
+    finally:
+        store.close()
+    if count != chunks:
+        raise SystemExit(f"the collection holds {count} chunks, expected {chunks}")
+    return {"embed_seconds": embed_seconds, "write_seconds": time.perf_counter() - started}
+
+
+def settings(state_dir: Path, port: int) -> str:
+    # The project has no source: the start-up reconcile reads the index and leaves the synthetic chunks alone.
+    return textwrap.dedent(
+        f"""
+        state_dir = "{state_dir}"
+        log_format = "json"
+        log_level = "warning"
+
+        [server]
+        host = "127.0.0.1"
+        port = {port}
+
+        [schedule]
+        poll_interval_seconds = 3600
+        reconcile_interval_minutes = 1440
+        jitter_seconds = 0
+
+        [[tenants]]
+        id = "{TENANT}"
+        query_token_env = "BENCH_QUERY_TOKEN"
+
+        [[tenants.projects]]
+        id = "{PROJECT}"
+        """
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunks", type=int, default=50_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--base", type=int, default=300, help="corpus paragraphs embedded as cluster centres")
+    parser.add_argument("--random", action="store_true", help="uniform random unit vectors (no embedding)")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+
+    questions = [q["q"] for q in json.loads((REPO / "bench" / "retrieval_questions.json").read_text())]
+    query_token, admin_token = secrets.token_hex(16), secrets.token_hex(16)
+    with tempfile.TemporaryDirectory(prefix="kbsync-query-bench-") as tmp:
+        folder = Path(tmp)
+        state_dir = folder / "state"
+        build = build_collection(state_dir, args.chunks, args.base, args.random)
+        port = free_port()
+        config = folder / "settings.toml"
+        config.write_text(settings(state_dir, port), encoding="utf-8")
+        env = {"BENCH_QUERY_TOKEN": query_token, "KBSYNC_ADMIN_TOKEN": admin_token}
+        with BenchDaemon(config, port, env, admin_token) as daemon:
+            held = daemon.status()["projects"][0]["chunks"]
+            client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+            headers = {"Authorization": f"Bearer {query_token}"}
+            round_trips: list[float] = []
+            took: list[float] = []
+            for n in range(args.warmup + args.queries):
+                body = {"tenant": TENANT, "project": PROJECT, "query": questions[n % len(questions)], "k": args.k}
+                sent = time.perf_counter()
+                response = client.post("/v1/query", json=body, headers=headers)
+                elapsed = time.perf_counter() - sent
+                response.raise_for_status()
+                answer = response.json()
+                if len(answer["results"]) != args.k:
+                    raise SystemExit(f"expected {args.k} results, got {len(answer['results'])}")
+                if n >= args.warmup:
+                    round_trips.append(elapsed * 1000)
+                    took.append(float(answer["took_ms"]))
+            client.close()
+
+    # The share of took_ms that is the query's own embedding: the same questions through the same embedder, here.
+    from kbsync.embedding import Embedder
+
+    embedder = Embedder(model_dir())
+    embed_ms: list[float] = []
+    for n in range(args.warmup + args.queries):
+        started = time.perf_counter()
+        embedder.embed([questions[n % len(questions)]])
+        if n >= args.warmup:
+            embed_ms.append((time.perf_counter() - started) * 1000)
+
+    figures = {
+        "chunks": held,
+        "queries": args.queries,
+        "k": args.k,
+        "vectors": "random" if args.random else f"{args.base} embedded corpus paragraphs + noise",
+        "build_embed_s": round(build["embed_seconds"], 1),
+        "build_write_s": round(build["write_seconds"], 1),
+        "round_trip_p50_ms": round(percentile(round_trips, 50), 2),
+        "round_trip_p99_ms": round(percentile(round_trips, 99), 2),
+        "round_trip_max_ms": round(max(round_trips), 2),
+        "took_p50_ms": round(percentile(took, 50), 2),
+        "took_p99_ms": round(percentile(took, 99), 2),
+        "query_embedding_p50_ms": round(percentile(embed_ms, 50), 2),
+        "query_embedding_p99_ms": round(percentile(embed_ms, 99), 2),
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(f"kbsync /v1/query: {args.queries} queries at k={args.k} on {held} chunks (embedded store; vectors: "
+          f"{figures['vectors']}; built in {figures['build_embed_s']} s embedding + {figures['build_write_s']} s "
+          f"writing)")
+    print(f"  client round trip  p50 {figures['round_trip_p50_ms']} ms   p99 {figures['round_trip_p99_ms']} ms   "
+          f"max {figures['round_trip_max_ms']} ms   (target p50 <= 15 ms, p99 <= 40 ms)")
+    print(f"  daemon took_ms     p50 {figures['took_p50_ms']} ms   p99 {figures['took_p99_ms']} ms   "
+          f"(query embedding + Chroma search)")
+    print(f"  of which embedding p50 {figures['query_embedding_p50_ms']} ms   p99 {figures['query_embedding_p99_ms']} ms   "
+          f"(the same questions through the same embedder, in the bench process)")
+
+
+if __name__ == "__main__":
+    main()
