@@ -159,17 +159,12 @@ def _chroma_errors(action: str, collection: str) -> Iterator[None]:
         raise StoreError(f"Chroma failed to {action} in collection {collection!r}: {exc}") from exc
 
 
-def store_holder(state_dir: Path) -> str | None:
-    """The pid holding the embedded store's lock, or None when it is free."""
-    return lock_holder(state_dir / "chroma.lock")
-
-
 def _lock_store(state_dir: Path) -> FileLock:
     lock = FileLock(state_dir / "chroma.lock")
     if not lock.acquire():
         raise StoreLocked(
             f"the embedded store at {state_dir / 'chroma'} is open in another kbsync process "
-            f"(pid {store_holder(state_dir)}); Chroma is not process-safe. Stop that process, or let the running "
+            f"(pid {lock_holder(state_dir / 'chroma.lock')}); Chroma is not process-safe. Stop that process, or let the running "
             f"daemon do the work"
         )
     return lock
@@ -315,9 +310,6 @@ class Store:
             raise ModelMismatch(f"collection {name!r} holds {model} vectors, kbsync embeds with {MODEL_NAME}")
         self._collections[name] = collection
         return collection
-
-    def exists(self, name: str) -> bool:
-        return self._collection(name, create=False) is not None
 
     def collections(self) -> list[str]:
         """Names of every collection in the store (kbsync's and any other)."""
