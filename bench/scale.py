@@ -15,10 +15,10 @@ PostgreSQL state and a Chroma server: chunks/s of each (on 2 cores the embedder 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,14 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import corpus_articles, model_dir  # noqa: E402
+from bench._daemon import BenchDaemon, free_port, percentile  # noqa: E402
 from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot  # noqa: E402
-from tests.servers.chroma import ChromaServer, free_port  # noqa: E402
+from tests.servers.chroma import ChromaServer  # noqa: E402
 
 ADMIN = "bench-admin-token"
 QUESTIONS = [q["q"] for q in json.loads((REPO / "bench" / "retrieval_questions.json").read_text())]
@@ -73,59 +72,31 @@ def settings_text(base: str, portals: list[str], *, state_url: str = "", chroma:
     )
 
 
-class Daemon:
-    def __init__(self, folder: Path, config: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        env = {**os.environ, "BENCH_TOKEN": AGENT_TOKEN, "KBSYNC_ADMIN_TOKEN": ADMIN, "KBSYNC_SERVER__PORT": str(self.port)}
-        self.log = open(folder / f"daemon-{self.port}.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kbsync", "--config", str(config), "run"], env=env, stdout=self.log, stderr=self.log
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=3600)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError(f"daemon did not start; see {self.log.name}")
+class ScaleDaemon(BenchDaemon):
+    """bench/_daemon.py's daemon, plus what this benchmark reads: peak RSS and query timings."""
+
+    def __init__(self, config: Path) -> None:
+        port = free_port()
+        env = {"BENCH_TOKEN": AGENT_TOKEN, "KBSYNC_ADMIN_TOKEN": ADMIN, "KBSYNC_SERVER__PORT": str(port)}
+        super().__init__(config, port, env, ADMIN)
+        self.http.headers["Authorization"] = f"Bearer {ADMIN}"
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+        """VmHWM: the kernel's own count of the process's peak resident memory."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
-
-    def wait_startup(self, projects: int) -> dict:
-        """Until every project's startup reconcile finished; returns the status."""
-        while True:
-            status = self.client.get("/v1/status").json()
-            runs = [p["last_runs"].get("reconcile") for p in status["projects"]]
-            if len(runs) == projects and all(r and r["outcome"] and r["outcome"] != "busy" for r in runs):
-                return status
-            time.sleep(0.5)
 
     def query_times(self, count: int) -> list[float]:
         times = []
         for n in range(count):
             body = {"tenant": "bench", "project": "p0", "query": QUESTIONS[n % len(QUESTIONS)], "k": 5}
             started = time.perf_counter()
-            self.client.post("/v1/query", json=body).raise_for_status()
+            self.http.post("/v1/query", json=body, timeout=60).raise_for_status()
             times.append(time.perf_counter() - started)
         return times
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
-        self.log.close()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run_size(articles: int, queries: int) -> None:
@@ -137,16 +108,14 @@ def run_size(articles: int, queries: int) -> None:
             config = folder / "settings.toml"
             config.write_text(settings_text(chatwoot.base_url, ["scale"]))
             started = time.perf_counter()
-            daemon = Daemon(folder, config)
-            status = daemon.wait_startup(1)
-            initial = time.perf_counter() - started
-            chunks = status["projects"][0]["chunks"]
-            rss = daemon.peak_rss_mb()
-            started = time.perf_counter()
-            (report,) = daemon.client.post("/v1/resync", json={}).json()["reports"]
-            no_change = time.perf_counter() - started
-            embedded_q = daemon.query_times(queries)
-            daemon.stop()
+            with ScaleDaemon(config) as daemon:  # returns once the start-up reconcile finished
+                initial = time.perf_counter() - started
+                chunks = daemon.status()["projects"][0]["chunks"]
+                rss = daemon.peak_rss_mb()
+                started = time.perf_counter()
+                (report,) = daemon.http.post("/v1/resync", json={}, timeout=3600).json()["reports"]
+                no_change = time.perf_counter() - started
+                embedded_q = daemon.query_times(queries)
             print(f"N={articles}: initial sync {initial:.0f} s, {chunks} chunks, {chunks / initial:.1f} chunks/s, "
                   f"peak RSS {rss:.0f} MB", flush=True)
             print(f"  no-change reconcile {no_change:.2f} s ({100 * no_change / initial:.2f}% of initial), "
@@ -159,15 +128,15 @@ def run_size(articles: int, queries: int) -> None:
                 )
                 if copy.returncode != 0:
                     raise RuntimeError(copy.stdout + copy.stderr)
-                http_config = folder / "http.toml"
+                http_folder = folder / "http"
+                http_folder.mkdir()
+                http_config = http_folder / "settings.toml"
                 http_config.write_text(settings_text(chatwoot.base_url, ["scale"], chroma=server))
-                daemon = Daemon(folder, http_config)
-                daemon.wait_startup(1)
-                http_q = daemon.query_times(queries)
-                daemon.stop()
+                with ScaleDaemon(http_config) as daemon:
+                    http_q = daemon.query_times(queries)
             for label, times in (("embedded", embedded_q), ("http", http_q)):
                 print(f"  /v1/query k=5 {label}: p50 {1000 * statistics.median(times):.1f} ms, "
-                      f"p99 {1000 * percentile(times, 0.99):.1f} ms", flush=True)
+                      f"p99 {1000 * percentile(times, 99):.1f} ms", flush=True)
 
 
 def run_replicas(articles: int) -> None:
@@ -190,20 +159,22 @@ def run_replicas(articles: int) -> None:
                 )
                 url = f"postgresql://kbsync@127.0.0.1:{postgres.port}/{database}"
                 with ChatwootServer(fake) as chatwoot, ChromaServer(folder / "chroma" / "data") as server:
-                    daemons = []
-                    started = time.perf_counter()
-                    for n in range(replicas):
-                        sub = folder / f"r{n}"
-                        sub.mkdir()
-                        config = sub / "settings.toml"
-                        config.write_text(settings_text(chatwoot.base_url, ["half-a", "half-b"], state_url=url,
-                                                        chroma=server))
-                        daemons.append(Daemon(sub, config))
-                    status = daemons[0].wait_startup(2)
-                    seconds = time.perf_counter() - started
-                    chunks = sum(p["chunks"] for p in status["projects"])
-                    for daemon in daemons:
-                        daemon.stop()
+                    with contextlib.ExitStack() as stack:
+                        started = time.perf_counter()
+                        daemons = []
+                        for n in range(replicas):  # all replicas start before any finishes: they share the work
+                            sub = folder / f"r{n}"
+                            sub.mkdir()
+                            config = sub / "settings.toml"
+                            config.write_text(settings_text(chatwoot.base_url, ["half-a", "half-b"], state_url=url,
+                                                            chroma=server))
+                            daemon = ScaleDaemon(config)
+                            stack.callback(daemon.__exit__)
+                            daemon.start()
+                            daemons.append(daemon)
+                        daemons[0].wait_reconciled()
+                        seconds = time.perf_counter() - started
+                        chunks = sum(p["chunks"] for p in daemons[0].status()["projects"])
                 print(f"{replicas} replica(s), {articles} articles in 2 projects: {chunks} chunks in {seconds:.0f} s "
                       f"= {chunks / seconds:.1f} chunks/s", flush=True)
     finally:
