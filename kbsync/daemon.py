@@ -26,6 +26,7 @@ import uvicorn
 from kbsync.engine import Engine, LeaseKeeper, ProjectKey, open_engine
 from kbsync.errors import KbsyncError, StoreLocked
 from kbsync.http import ApiContext, create_app
+from kbsync.memory import limit_malloc_arenas
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
 from kbsync.settings import Settings
@@ -55,23 +56,6 @@ class DaemonOptions:
     chatwoot_options: Any = None  # ChatwootClientOptions for tests
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas before the daemon's threads start (what MALLOC_ARENA_MAX does).
-
-    Each thread that allocates gets an arena of its own by default (up to 8 per core), and the embedder's large,
-    short-lived buffers fragment them: a 1000-article sync peaked at 610 MB RSS with the default and 522 MB with
-    two arenas (measured), at the same speed. Not glibc (musl, macOS): nothing to do."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return  # the operator chose
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handlers: the daemon owns SIGTERM and SIGINT."""
 
@@ -97,7 +81,7 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until a signal (0) or a dead worker (1); 3 when the HTTP server could not start."""
-        _limit_malloc_arenas()
+        limit_malloc_arenas()
         with open_engine(self.settings, chatwoot_options=self.options.chatwoot_options) as engine:
             if self.settings.chroma.mode == "embedded" and self.settings.state.url:
                 # PostgreSQL state invites replicas, but an embedded store is one machine's private copy:
