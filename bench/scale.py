@@ -116,8 +116,9 @@ def run_size(articles: int, queries: int) -> None:
                 (report,) = daemon.http.post("/v1/resync", json={}, timeout=3600).json()["reports"]
                 no_change = time.perf_counter() - started
                 embedded_q = daemon.query_times(queries)
+                rss_end = daemon.peak_rss_mb()  # VmHWM never falls: the peak of the whole life
             print(f"N={articles}: initial sync {initial:.0f} s, {chunks} chunks, {chunks / initial:.1f} chunks/s, "
-                  f"peak RSS {rss:.0f} MB", flush=True)
+                  f"peak RSS {rss:.0f} MB ({rss_end:.0f} MB after the reconcile and queries)", flush=True)
             print(f"  no-change reconcile {no_change:.2f} s ({100 * no_change / initial:.2f}% of initial), "
                   f"{report['chunks_embedded']} embeddings", flush=True)
             with ChromaServer(folder / "chroma-server" / "data") as server:
