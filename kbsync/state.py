@@ -40,7 +40,7 @@ runs = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),  # reconcile | poll | refresh
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
-    sa.Column("outcome", sa.String(16)),  # ok | partial | failed; NULL while running
+    sa.Column("outcome", sa.String(16)),  # ok | partial | failed | interrupted | abandoned; NULL while running
     sa.Column("counts", sa.Text),  # JSON of the RunReport counters
     sa.Column("error", sa.Text),
     sa.Column("owner", sa.String(200)),  # the process (host:pid) that ran it
@@ -252,13 +252,26 @@ class State:
             raise StateError(f"cannot release leases: {exc}") from exc
 
     def start_run(self, tenant: str, project: str, kind: str, owner: str = "") -> int:
-        """Record that a run began; returns its id."""
+        """Record that a run began; returns its id.
+
+        The caller holds the project's lease, so no other run of the project is live: one still open was cut off
+        before it recorded its end (its process was killed, or this database was unreachable then). It is closed
+        as `abandoned`, so `status` does not show it running for ever."""
+        now = time.time()
         try:
             with self.engine.begin() as tx:
-                result = tx.execute(
-                    sa.insert(runs).values(
-                        tenant=tenant, project=project, kind=kind, started_at=time.time(), owner=owner or None
+                tx.execute(
+                    sa.update(runs)
+                    .where(runs.c.tenant == tenant, runs.c.project == project, runs.c.finished_at.is_(None))
+                    .values(
+                        finished_at=now,
+                        outcome="abandoned",
+                        error="the run stopped before recording its end (its process was killed, or the state "
+                        "database was unreachable); the end time is when a later run found it",
                     )
+                )
+                result = tx.execute(
+                    sa.insert(runs).values(tenant=tenant, project=project, kind=kind, started_at=now, owner=owner or None)
                 )
                 return int(result.inserted_primary_key[0])  # type: ignore[index]
         except SQLAlchemyError as exc:

@@ -59,6 +59,24 @@ def test_runs_and_watermarks_round_trip(replicas) -> None:
     assert b.watermark("acme", "alpha", "chatwoot:p") == Watermark(120, 8)
 
 
+def test_a_run_cut_off_is_closed_as_abandoned_by_the_next_run_of_its_project(replicas) -> None:
+    """A replica killed mid-run (or cut off from the database) never records its run's end; the next run of that
+    project, which holds the lease, closes it so `status` does not show it running for ever. If broken: the run
+    stays open, or a run of another project is closed while it may still be working."""
+    a, b = replicas
+    cut = a.start_run("acme", "alpha", "reconcile", "host:1")
+    other = a.start_run("acme", "beta", "poll", "host:1")
+    before = time.time()
+    b.start_run("acme", "alpha", "poll", "host:2")
+    runs = b.last_runs("acme", "alpha")
+    assert runs["reconcile"].id == cut and runs["reconcile"].outcome == "abandoned"
+    assert runs["reconcile"].finished_at is not None and runs["reconcile"].finished_at >= before
+    assert "killed" in (runs["reconcile"].error or "")
+    assert runs["poll"].outcome is None  # the new run itself is running
+    (beta,) = b.last_runs("acme", "beta").values()
+    assert beta.id == other and beta.outcome is None and beta.finished_at is None
+
+
 def test_duplicate_delivery_is_detected_across_replicas(replicas) -> None:
     qa, qb = Queue(replicas[0]), Queue(replicas[1])
     first = qa.enqueue("acme", "alpha", "chatwoot:p", "article_updated", {"article_id": 1}, "delivery-1")

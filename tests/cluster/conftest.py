@@ -572,8 +572,8 @@ class Cluster:
     def assert_runs_serialized(self, *, since: float) -> list[Any]:
         """Invariant 7 across the cluster, from the run records: no two runs of one project overlap in time.
 
-        A run whose owner was killed never records its end: it counts as running until the kill. Returns the
-        runs checked."""
+        A run whose owner was killed never records its end (the next run of its project closes it as abandoned):
+        it counts as running until the kill. Returns the runs checked."""
         rows = self.runs(since=since)
         overlaps = []
         by_project: dict[tuple[str, str], list[Any]] = defaultdict(list)
@@ -582,7 +582,9 @@ class Cluster:
         for key, project_runs in by_project.items():
             spans = []
             for row in project_runs:
-                end = row.finished_at if row.finished_at is not None else self.killed.get(row.owner, math.inf)
+                end = row.finished_at if row.finished_at is not None else math.inf
+                if row.finished_at is None or row.outcome == "abandoned":
+                    end = min(end, self.killed.get(row.owner, math.inf))
                 spans.append((row.started_at, end, row))
             spans.sort(key=lambda span: span[0])
             for i, (start, end, row) in enumerate(spans):

@@ -204,8 +204,9 @@ def test_kill_9_of_the_lease_holder_mid_sync_hands_its_project_and_webhooks_to_a
     waited = takeover.started_at - killed_at
     assert waited < LEASE_SECONDS + 10, f"acme/alpha waited {waited:.0f} s for a dead replica ({LEASE_SECONDS} s lease)"
     assert all(r.outcome == "ok" for r in after), [(r.kind, r.owner, r.outcome) for r in after]
-    cut = [r for r in cluster.runs(since=started) if r.owner == owner and r.finished_at is None]
+    cut = [r for r in cluster.runs(since=started) if r.owner == owner and r.outcome == "abandoned"]
     assert [(r.tenant, r.project, r.kind) for r in cut] == [("acme", "alpha", "reconcile")]
+    assert cut[0].finished_at >= lease.expires_at, "closed by the replica that took the project over"
     cluster.assert_runs_serialized(since=cluster.created_at)
 
 
