@@ -212,6 +212,10 @@ class TenantSettings(_Section):
     api_token_env: EnvName = ""
     webhook_secret_env: EnvName = ""
     query_token_env: EnvName = ""
+    # Chatwoot throttles per client IP (rack-attack, 3000 requests a minute by default, api doc §4.3); tenants on
+    # one Chatwoot share that budget. A complete listing reads 25 articles per request, so this bounds a reconcile
+    # of N articles to at least N / 25 / rate seconds.
+    chatwoot_requests_per_second: float = Field(default=10.0, gt=0, le=1000)
     chroma: TenantChromaSettings | None = None
     projects: list[ProjectSettings] = []
 

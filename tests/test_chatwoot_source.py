@@ -68,7 +68,7 @@ def tenant_factory(server: ChatwootServer, tmp_path: Path, monkeypatch: pytest.M
     counter = iter(range(1000))
 
     def make(portal: str = CW, *, token: str = AGENT_TOKEN, locales: list[str] | None = None,
-             public_url: str = "") -> TenantSettings:
+             public_url: str = "", tenant_lines: str = "") -> TenantSettings:
         n = next(counter)
         monkeypatch.setenv(f"CW_TOKEN_{n}", token)
         locales_line = f"locales = {json.dumps(locales)}" if locales is not None else ""
@@ -80,6 +80,7 @@ id = "acme"
 chatwoot_url = "{server.base_url}"
 account_id = 1
 api_token_env = "CW_TOKEN_{n}"
+{tenant_lines}
 
 [[tenants.projects]]
 id = "alpha"
@@ -511,6 +512,20 @@ def test_rate_limit_spaces_requests_across_threads(tenant_factory: Callable[...,
         elapsed = time.monotonic() - started
     assert fake.request_count() == 9
     assert elapsed >= 8 / 40 * 0.95
+
+
+def test_the_tenant_setting_paces_a_client_built_without_options(
+    tenant_factory: Callable[..., TenantSettings], fake: FakeChatwoot
+) -> None:
+    """`chatwoot_requests_per_second` is what the daemon's clients use. If broken: the setting is ignored (the
+    10 per second default would make 6 requests take >= 0.5 s, 4 per second >= 1.25 s)."""
+    with ChatwootClient(tenant_factory(tenant_lines="chatwoot_requests_per_second = 4")) as client:
+        started = time.monotonic()
+        for _ in range(6):
+            client.portal(CW)
+        elapsed = time.monotonic() - started
+    assert fake.request_count() == 6
+    assert elapsed >= 5 / 4 * 0.95
 
 
 def test_closed_client_refuses_requests(tenant_factory: Callable[..., TenantSettings], fake: FakeChatwoot) -> None:

@@ -53,7 +53,7 @@ class ChatwootClientOptions:
     retry_budget_seconds: float = 60.0  # no new attempt starts after this much time spent on one request
     backoff_initial: float = 0.5  # first wait; doubles per attempt, plus up to this much random jitter
     backoff_max: float = 10.0
-    requests_per_second: float | None = 10.0  # per tenant, across threads; None: no limit
+    requests_per_second: float | None = 10.0  # per tenant, across threads; None: no limit (tenant setting by default)
 
 
 class _Retryable(Exception):
@@ -107,7 +107,7 @@ class ChatwootClient:
             )
         self.tenant_id = tenant.id
         self.account_id = tenant.account_id
-        self.options = options or ChatwootClientOptions()
+        self.options = options or ChatwootClientOptions(requests_per_second=tenant.chatwoot_requests_per_second)
         self._limiter = _RateLimiter(self.options.requests_per_second)
         self._backoff = tenacity.wait_exponential(
             multiplier=self.options.backoff_initial, max=self.options.backoff_max
