@@ -57,12 +57,20 @@ class BenchDaemon:
 
     def start(self) -> None:
         """Start the process and wait for /readyz (not for the start-up reconcile)."""
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (replicas started together race for the project leases)."""
         self.started = time.time()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kbsync", "--config", str(self.config), "run"],
                 cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )
+
+    def wait_ready(self) -> None:
+        """Until /readyz answers 200; stops the process if it never does."""
         try:
             self._wait(lambda: self.http.get("/readyz", timeout=2).status_code == 200, 300, "/readyz")
         except BaseException:

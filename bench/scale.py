@@ -6,10 +6,11 @@ alike), so every chunk is new and embedded. Reported per N:
 - a reconcile with nothing changed (POST /v1/resync): time and embeddings (0 expected);
 - `/v1/query` p50/p99 at k=5, embedded, then the same store copied to a `chroma run` server (copy-store, no
   re-embedding) and queried in http mode.
-With `--replicas`, the same N articles split over two projects are synced by 1 and then 2 replicas sharing a
-PostgreSQL state and a Chroma server: chunks/s of each (on 2 cores the embedder is CPU-bound; see the README).
+With `--replicas` instead, the same N articles split over two projects are synced by 1 and then 2 replicas sharing
+a PostgreSQL state and a Chroma server: chunks/s of each (on 2 cores the embedder is CPU-bound; see the README).
 
-    python bench/scale.py --articles 1000 [--articles 5000 ...] [--replicas] [--queries 200]
+    python bench/scale.py --articles 1000 [--articles 5000 ...] [--queries 200]
+    python bench/scale.py --articles 1000 --replicas
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def run_replicas(articles: int) -> None:
                     with contextlib.ExitStack() as stack:
                         started = time.perf_counter()
                         daemons = []
-                        for n in range(replicas):  # all replicas start before any finishes: they share the work
+                        for n in range(replicas):  # spawned together, they race for the projects' leases
                             sub = folder / f"r{n}"
                             sub.mkdir()
                             config = sub / "settings.toml"
@@ -171,13 +172,17 @@ def run_replicas(articles: int) -> None:
                                                             chroma=server))
                             daemon = ScaleDaemon(config)
                             stack.callback(daemon.__exit__)
-                            daemon.start()
+                            daemon.spawn()
                             daemons.append(daemon)
+                        for daemon in daemons:
+                            daemon.wait_ready()
                         daemons[0].wait_reconciled()
                         seconds = time.perf_counter() - started
-                        chunks = sum(p["chunks"] for p in daemons[0].status()["projects"])
+                        projects = daemons[0].status()["projects"]
+                        chunks = sum(p["chunks"] for p in projects)
+                        owners = len({p["last_runs"]["reconcile"]["owner"] for p in projects})
                 print(f"{replicas} replica(s), {articles} articles in 2 projects: {chunks} chunks in {seconds:.0f} s "
-                      f"= {chunks / seconds:.1f} chunks/s", flush=True)
+                      f"= {chunks / seconds:.1f} chunks/s; the projects were synced by {owners} replica(s)", flush=True)
     finally:
         postgres.destroy()
 
@@ -186,12 +191,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--articles", type=int, action="append", help="N (repeatable); default 1000")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--replicas", action="store_true", help="also compare 1 and 2 replicas (needs PostgreSQL)")
+    parser.add_argument("--replicas", action="store_true", help="compare 1 and 2 replicas instead (needs PostgreSQL)")
     args = parser.parse_args()
     for articles in args.articles or [1000]:
-        run_size(articles, args.queries)
         if args.replicas:
             run_replicas(articles)
+        else:
+            run_size(articles, args.queries)
 
 
 if __name__ == "__main__":

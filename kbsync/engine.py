@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -509,7 +509,7 @@ class Engine:
 
     def _plan(
         self, doc: Document, held: IndexedDoc | None, report: RunReport, *, rebuild: bool
-    ) -> _Pending | str | None:
+    ) -> _Pending | Literal["metadata"] | None:
         """What `doc` needs: a _Pending to chunk and write, "metadata" (same content, newer updated_at), or None."""
         doc_hash = doc.content_hash(self.chunker.fingerprint)
         if held is not None and not rebuild:
