@@ -15,9 +15,11 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import structlog
@@ -78,6 +80,9 @@ class Daemon:
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._exit_callbacks: list[Any] = []
         self._stop_timer: threading.Timer | None = None
+        self._jobs: Any = None  # the APScheduler scheduler, for deferred runs
+        self._share_changed = threading.Condition()
+        self._taken: Counter[ProjectKey] = Counter()  # projects whose scheduled runs this replica is doing
 
     def run(self) -> int:
         """Serve until a signal (0) or a dead worker (1); 3 when the HTTP server could not start."""
@@ -102,6 +107,13 @@ class Daemon:
                 claims, leases = queue.release_claims(), engine.state.release_all_leases()
                 if claims or leases:
                     log.info("state.dead_owner_released", queue_claims=claims, leases=leases)
+            if self.settings.state.url:
+                # Replicas count each other through these leases to take a fair share of the scheduled runs.
+                replica = LeaseKeeper(
+                    engine.state, f"replica:{engine.owner}", engine.owner, self.settings.state.lease_seconds
+                )
+                replica.acquire()
+                self._exit_callbacks.append(replica.release)
             metrics = Metrics(queue_depth=lambda: _queue_depth(queue))
             engine.observe(metrics.observe_run)
             app = create_app(ApiContext(self.settings, engine, queue, metrics, ready=self._ready.is_set))
@@ -208,11 +220,59 @@ class Daemon:
                 id=f"reconcile:{key}",
             )
             if self.options.startup_reconcile:
-                scheduler.add_job(self._scheduled, args=[engine, key, "reconcile"], id=f"startup:{key}")
+                # Replicas started together wait a moment to see each other before taking their shares.
+                delay = self._share_delay() if self.settings.state.url else 0.0
+                scheduler.add_job(
+                    self._scheduled, "date", run_date=datetime.now(timezone.utc) + timedelta(seconds=delay),
+                    args=[engine, key, "reconcile"], id=f"startup:{key}",
+                )
+        self._jobs = scheduler
         return scheduler
+
+    def _share_delay(self) -> float:
+        return min(5.0, self.settings.state.lease_seconds / 3)
+
+    def _take_share(self, engine: Engine, key: ProjectKey) -> bool:
+        """With replicas (PostgreSQL state): take `key` unless this replica already works its fair share of the
+        projects, ceil(projects / live replicas), waiting a moment for a share to free; False: another replica
+        should take it. Without this the first replica up took every project its run pool could hold (measured:
+        2 replicas, 2 projects, 1 replica did both). Checking and taking are one step: the pool's threads start
+        their runs at the same moment."""
+        deadline = time.monotonic() + self._share_delay()
+        with self._share_changed:
+            while True:
+                taken = engine.running() | set(self._taken)
+                if not self.settings.state.url or key in taken or len(taken) < self._share(engine):
+                    self._taken[key] += 1
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.stop.is_set():
+                    return False
+                # Also woken by time: webhook workers' runs (engine.running) end without a notification.
+                self._share_changed.wait(min(remaining, 0.5))
+
+    def _share(self, engine: Engine) -> int:
+        try:
+            replicas = max(1, engine.state.live_leases("replica:"))
+        except KbsyncError:
+            replicas = 1  # the run itself will report the database
+        return math.ceil(len(engine.projects()) / replicas)
 
     def _scheduled(self, engine: Engine, key: ProjectKey, kind: str) -> None:
         if self.stop.is_set():
+            return
+        if not self._take_share(engine, key):
+            # Try again later: by then another replica has taken it (the run then finds it busy or done) or
+            # this replica has a share free.
+            log.debug("run.deferred", tenant=key.tenant, project=key.project, kind=kind, reason="fair share")
+            when = datetime.now(timezone.utc) + timedelta(seconds=self._share_delay())
+            try:
+                self._jobs.add_job(
+                    self._scheduled, "date", run_date=when, args=[engine, key, kind], id=f"deferred:{kind}:{key}",
+                    replace_existing=True,
+                )
+            except Exception:  # the scheduler stopped meanwhile: nothing to defer to
+                log.debug("run.defer_failed", exc_info=True)
             return
         try:
             if kind == "poll":
@@ -221,6 +281,12 @@ class Daemon:
                 engine.reconcile(key)
         except Exception:  # the job's edge: one failed run never stops the scheduler
             log.exception("run.crashed", tenant=key.tenant, project=key.project, kind=kind)
+        finally:
+            with self._share_changed:
+                self._taken[key] -= 1
+                if self._taken[key] <= 0:
+                    del self._taken[key]
+                self._share_changed.notify_all()
 
     # -- webhook workers -----------------------------------------------------------------------------
 

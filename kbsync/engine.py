@@ -239,6 +239,10 @@ class Engine:
             found.append(str(exc))
         return found
 
+    def running(self) -> set[ProjectKey]:
+        """Projects this engine is working on now (it holds their leases)."""
+        return set(self._leases.copy())  # copy() is atomic; iterating a dict other threads change is not
+
     def observe(self, observer: Callable[[RunReport], None]) -> None:
         """Call `observer` with every finished run (the daemon's metrics)."""
         self._observers.append(observer)

@@ -242,6 +242,20 @@ class State:
         except SQLAlchemyError as exc:
             raise StateError(f"cannot release lease {name}: {exc}") from exc
 
+    def live_leases(self, prefix: str) -> int:
+        """How many unexpired leases have a name starting with `prefix` (e.g. the live replicas, "replica:")."""
+        try:
+            with self.engine.connect() as conn:
+                return int(
+                    conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(leases)
+                        .where(leases.c.name.startswith(prefix, autoescape=True), leases.c.expires_at >= time.time())
+                    ).scalar_one()
+                )
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot count leases: {exc}") from exc
+
     def release_all_leases(self) -> int:
         """Drop every lease; returns how many. Only for SQLite state, which one process holds alone: a lease it
         finds when it starts was left by a process that died (`kill -9`)."""
@@ -271,7 +285,9 @@ class State:
                     )
                 )
                 result = tx.execute(
-                    sa.insert(runs).values(tenant=tenant, project=project, kind=kind, started_at=now, owner=owner or None)
+                    sa.insert(runs).values(
+                        tenant=tenant, project=project, kind=kind, started_at=now, owner=owner or None
+                    )
                 )
                 return int(result.inserted_primary_key[0])  # type: ignore[index]
         except SQLAlchemyError as exc:

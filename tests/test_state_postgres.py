@@ -134,6 +134,18 @@ def test_leases_exclude_other_owners_until_they_expire(replicas) -> None:
     assert a.acquire_lease("project:acme/alpha", "replica-a", 30)
 
 
+def test_live_leases_counts_the_unexpired_ones_with_a_prefix(replicas) -> None:
+    """Replicas count each other by their `replica:` leases; an expired one (a dead replica) does not count."""
+    a, b = replicas
+    assert a.acquire_lease("replica:host:1", "host:1", 30)
+    assert b.acquire_lease("replica:host:2", "host:2", 0.2)
+    assert a.acquire_lease("project:acme/alpha", "host:1", 30)
+    assert a.live_leases("replica:") == 2
+    time.sleep(0.4)
+    assert b.live_leases("replica:") == 1
+    assert a.live_leases("replica_") == 0  # the prefix is literal, not a LIKE pattern
+
+
 def test_racing_replicas_get_a_lease_exactly_once(pg_url: str) -> None:
     states = [State.open_postgres(pg_url) for _ in range(6)]
     winners: list[int] = []

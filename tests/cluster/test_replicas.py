@@ -109,6 +109,24 @@ def resyncs_meanwhile(cluster: Cluster, stop: threading.Event) -> tuple[threadin
     return thread, outcomes
 
 
+def test_replicas_started_together_share_the_start_up_reconciles(cluster: Cluster) -> None:
+    """Design §9: scheduled work is spread by the leases. Three replicas started together, two projects: each
+    replica takes at most its fair share (ceil(2 / 3) = 1), so the projects' first reconciles run on two different
+    replicas, at once. If broken: the first replica up takes every project its run pool holds (as it did before
+    fair shares) and the others only find them busy."""
+    first: dict[tuple[str, str], Any] = {}
+    for run in cluster.runs():  # the module's own database: its first runs are the start-up ones
+        if run.kind == "reconcile":
+            first.setdefault((run.tenant, run.project), run)
+    assert set(first) == set(PROJECTS), first
+    owners = {key: run.owner for key, run in first.items()}
+    assert len(set(owners.values())) == len(PROJECTS), (
+        f"one replica took every project: {owners}; runs: "
+        + "; ".join(f"{r.kind} {r.tenant}/{r.project} {r.owner} {r.started_at:.2f}" for r in cluster.runs())
+        + f"; leases: {cluster.sql('SELECT name, expires_at FROM leases')}"
+    )
+
+
 def test_webhooks_round_robin_over_three_replicas_are_each_applied_once_in_their_tenants_server(
     healthy: Cluster,
 ) -> None:
