@@ -251,6 +251,15 @@ class Daemon:
                 # Also woken by time: webhook workers' runs (engine.running) end without a notification.
                 self._share_changed.wait(min(remaining, 0.5))
 
+    @staticmethod
+    def _done_elsewhere(engine: Engine, key: ProjectKey, kind: str, since: float) -> bool:
+        """Whether a run of `kind` that began after `since` ended well (another replica took the deferred run)."""
+        try:
+            run = engine.state.last_runs(key.tenant, key.project).get(kind)
+        except KbsyncError:
+            return False
+        return run is not None and run.started_at >= since and run.outcome == "ok"
+
     def _share(self, engine: Engine) -> int:
         try:
             replicas = max(1, engine.state.live_leases("replica:"))
@@ -258,18 +267,23 @@ class Daemon:
             replicas = 1  # the run itself will report the database
         return math.ceil(len(engine.projects()) / replicas)
 
-    def _scheduled(self, engine: Engine, key: ProjectKey, kind: str) -> None:
+    def _scheduled(self, engine: Engine, key: ProjectKey, kind: str, deferred_since: float | None = None) -> None:
         if self.stop.is_set():
             return
+        if deferred_since is not None and self._done_elsewhere(engine, key, kind, deferred_since):
+            log.info("run.skipped_done", tenant=key.tenant, project=key.project, trigger=kind,
+                     reason="another replica ran it while it was deferred")
+            return
         if not self._take_share(engine, key):
-            # Try again later: by then another replica has taken it (the run then finds it busy or done) or
-            # this replica has a share free.
+            # Try again later: by then another replica has done it (skipped then) or this replica has a share free.
             log.debug("run.deferred", tenant=key.tenant, project=key.project, kind=kind, reason="fair share")
             when = datetime.now(timezone.utc) + timedelta(seconds=self._share_delay())
+            # A run another replica began a moment before this one was due serves as well (scheduled runs jitter).
+            since = deferred_since if deferred_since is not None else time.time() - self._share_delay()
             try:
                 self._jobs.add_job(
-                    self._scheduled, "date", run_date=when, args=[engine, key, kind], id=f"deferred:{kind}:{key}",
-                    replace_existing=True,
+                    self._scheduled, "date", run_date=when, args=[engine, key, kind, since],
+                    id=f"deferred:{kind}:{key}", replace_existing=True,
                 )
             except Exception:  # the scheduler stopped meanwhile: nothing to defer to
                 log.debug("run.defer_failed", exc_info=True)

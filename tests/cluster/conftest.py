@@ -304,11 +304,13 @@ class Replica:
         return events
 
     def startup_reconciles_settled(self) -> bool:
-        """Each project's start-up reconcile of this start ran, or found the project busy on another replica."""
+        """Each project's start-up reconcile of this start ran, or found the project busy on another replica, or
+        was done by another replica while it waited for a fair share."""
         settled = {
             (e.get("tenant"), e.get("project"))
             for e in self.log_events()
-            if e.get("trigger") == "reconcile" and e.get("event") in ("run.finished", "run.skipped_busy")
+            if e.get("trigger") == "reconcile"
+            and e.get("event") in ("run.finished", "run.skipped_busy", "run.skipped_done")
         }
         return all(key in settled for key in PROJECTS)
 
