@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kbsync.embedding import default_model_dir, missing_model_files
-from kbsync.errors import StateLocked, StoreLocked, KbsyncError, SourceError
+from kbsync.errors import KbsyncError, SourceError, StateLocked, StoreLocked
 from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, Settings, TenantSettings
 
 __all__ = ["CheckResult", "run_checks"]

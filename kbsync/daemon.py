@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 import uvicorn
 
-from kbsync.engine import Engine, LeaseKeeper, ProjectKey, open_engine
+from kbsync.engine import Engine, LeaseKeeper, ProjectKey, Renewer, open_engine
 from kbsync.errors import KbsyncError, StoreLocked
 from kbsync.http import ApiContext, create_app
 from kbsync.memory import limit_malloc_arenas
@@ -373,22 +373,20 @@ class Daemon:
 @contextmanager
 def _claim_renewed(queue: Queue, item: QueueItem, owner: str, seconds: float) -> Iterator[None]:
     """Keep an item's queue claim alive while it is worked: renewed every third of its length."""
-    finished = threading.Event()
 
-    def renew() -> None:
-        while not finished.wait(seconds / 3):
-            try:
-                queue.renew(item, owner, seconds)
-            except KbsyncError as exc:  # the database is away: the claim may lapse, and the item is retried
-                log.warning("queue.renew_failed", error=str(exc))
+    def renew() -> bool:
+        try:
+            queue.renew(item, owner, seconds)
+        except KbsyncError as exc:  # the database is away: the claim may lapse, and the item is retried
+            log.warning("queue.renew_failed", error=str(exc))
+        return True
 
-    thread = threading.Thread(target=renew, name=f"kbsync-claim-{item.id}", daemon=True)
-    thread.start()
+    renewer = Renewer(renew, seconds / 3, f"kbsync-claim-{item.id}")
+    renewer.start()
     try:
         yield
     finally:
-        finished.set()
-        thread.join(timeout=5)
+        renewer.stop()
 
 
 def _queue_depth(queue: Queue) -> float:

@@ -35,7 +35,7 @@ from kbsync.sources import Document, Listing, Source
 from kbsync.state import PageCacheTable, State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, QueryHit, Store, collection_name
 
-__all__ = ["Engine", "ProjectKey", "Progress", "RunReport", "open_engine"]
+__all__ = ["Engine", "LeaseKeeper", "ProjectKey", "Progress", "Renewer", "RunReport", "open_engine"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +57,12 @@ class ProjectKey:
 
     def __str__(self) -> str:
         return f"{self.tenant}/{self.project}"
+
+
+# RunReport fields that are not counters.
+_NOT_COUNTS = frozenset(
+    {"tenant", "project", "kind", "errors", "warnings", "failed_sources", "sources", "interrupted", "busy"}
+)
 
 
 @dataclass(slots=True)
@@ -95,10 +101,7 @@ class RunReport:
         return "failed" if self.failed_sources >= self.sources > 0 or self.sources == 0 else "partial"
 
     def counts(self) -> dict[str, Any]:
-        data = asdict(self)
-        for key in ("tenant", "project", "kind", "errors", "failed_sources", "sources", "interrupted", "busy", "warnings"):
-            data.pop(key)
-        return data
+        return {key: value for key, value in asdict(self).items() if key not in _NOT_COUNTS}
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "outcome": self.outcome}
@@ -143,6 +146,28 @@ def build_sources(
     return sources
 
 
+class Renewer:
+    """Calls `renew` every `interval` seconds on a background thread until `stop()`, or until `renew` returns
+    False. What keeps leases and queue claims alive while their work runs."""
+
+    def __init__(self, renew: Callable[[], bool], interval: float, name: str) -> None:
+        self._renew, self._interval = renew, interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._done.wait(self._interval) and self._renew():
+            pass
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
 class LeaseKeeper:
     """Holds a named lease in the state database for a block, renewed in the background every third of its
     length; `lost` is set if a renewal finds it taken over (this process stalled past the expiry)."""
@@ -150,30 +175,26 @@ class LeaseKeeper:
     def __init__(self, state: State, name: str, owner: str, seconds: float) -> None:
         self.state, self.name, self.owner, self.seconds = state, name, owner, seconds
         self.lost = threading.Event()
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._renewer = Renewer(self._renew, seconds / 3, f"lease {name}")
 
     def acquire(self) -> bool:
         if not self.state.acquire_lease(self.name, self.owner, self.seconds):
             return False
-        self._thread = threading.Thread(target=self._renew, name=f"lease {self.name}", daemon=True)
-        self._thread.start()
+        self._renewer.start()
         return True
 
-    def _renew(self) -> None:
-        while not self._done.wait(self.seconds / 3):
-            try:
-                if not self.state.renew_lease(self.name, self.owner, self.seconds):
-                    self.lost.set()
-                    log.error("lease.lost", lease=self.name)
-                    return
-            except KbsyncError as exc:  # the database is away: keep trying until the lease would expire
-                log.warning("lease.renew_failed", lease=self.name, error=str(exc))
+    def _renew(self) -> bool:
+        try:
+            if not self.state.renew_lease(self.name, self.owner, self.seconds):
+                self.lost.set()
+                log.error("lease.lost", lease=self.name)
+                return False
+        except KbsyncError as exc:  # the database is away: keep trying until the lease would expire
+            log.warning("lease.renew_failed", lease=self.name, error=str(exc))
+        return True
 
     def release(self) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._renewer.stop()
         try:
             self.state.release_lease(self.name, self.owner)
         except KbsyncError as exc:  # it expires by itself
@@ -316,9 +337,7 @@ class Engine:
                 work(sources, index, report)
                 if index.complete:
                     report.chunks_total = index.chunk_count
-                    self._locales[key] = {
-                        str(m.get("locale", "")) for d in index.docs.values() for m in d.chunks.values()
-                    }
+                    self._locales[key] = index.locales()
             except Interrupted as exc:
                 report.interrupted = True
                 report.errors.append(str(exc))
@@ -609,10 +628,7 @@ class Engine:
         if locale:
             locales = self._locales.get(key)
             if locales is None:
-                index = self.store_for(key).index(key.collection)
-                locales = self._locales[key] = {
-                    str(m.get("locale", "")) for d in index.docs.values() for m in d.chunks.values()
-                }
+                locales = self._locales[key] = self.store_for(key).index(key.collection).locales()
             if locales != {locale}:
                 where = {"locale": locale}
         return self.store_for(key).query(key.collection, vector, k=k, where=where)

@@ -153,7 +153,7 @@ class State:
         if not lock.acquire():
             raise StateLocked(
                 f"the state at {state_dir} is in use by another kbsync process (pid "
-                f"{lock_holder(state_dir / 'state.lock')}): SQLite state serves one process; stop it, let the "
+                f"{lock_holder(lock.path)}): SQLite state serves one process; stop it, let the "
                 f"running daemon do the work, or share state.url = \"postgresql://...\" between replicas"
             )
         engine = sa.create_engine(f"sqlite:///{state_dir / 'state.db'}")

@@ -82,6 +82,10 @@ class ProjectIndex:
     def chunk_count(self) -> int:
         return sum(len(d.chunks) for d in self.docs.values())
 
+    def locales(self) -> set[str]:
+        """Every locale the chunks carry."""
+        return {str(m.get("locale", "")) for d in self.docs.values() for m in d.chunks.values()}
+
     def of_source(self, source: str) -> dict[str, IndexedDoc]:
         return {doc_id: doc for doc_id, doc in self.docs.items() if doc.source == source}
 
@@ -166,8 +170,8 @@ def _lock_store(state_dir: Path) -> FileLock:
     if not lock.acquire():
         raise StoreLocked(
             f"the embedded store at {state_dir / 'chroma'} is open in another kbsync process "
-            f"(pid {lock_holder(state_dir / 'chroma.lock')}); Chroma is not process-safe. Stop that process, or let the running "
-            f"daemon do the work"
+            f"(pid {lock_holder(lock.path)}); Chroma is not process-safe. Stop that process, or let the running "
+            "daemon do the work"
         )
     return lock
 
