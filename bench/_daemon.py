@@ -16,6 +16,16 @@ import httpx
 from bench._common import REPO, model_dir
 
 
+def settings_head(state_dir: Path, port: int, *, log_level: str = "warning") -> str:
+    """The top of a benchmark daemon's settings.toml: its state dir, JSON logs, its port, and schedules long
+    enough that only what the benchmark triggers runs. Tenants follow."""
+    return (
+        f'state_dir = "{state_dir}"\nlog_format = "json"\nlog_level = "{log_level}"\n\n'
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\n\n'
+        "[schedule]\npoll_interval_seconds = 3600\nreconcile_interval_minutes = 1440\njitter_seconds = 0\n\n"
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

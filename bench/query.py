@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import REPO, corpus_articles, model_dir  # noqa: E402
-from bench._daemon import BenchDaemon, free_port, percentile  # noqa: E402
+from bench._daemon import BenchDaemon, free_port, percentile, settings_head  # noqa: E402
 from kbsync.store import MAX_RECORDS_PER_WRITE, ChunkRecord, Store, collection_name  # noqa: E402
 
 TENANT, PROJECT = "bench", "query"
@@ -118,21 +118,8 @@ def build_collection(state_dir: Path, chunks: int, base: int, random_vectors: bo
 
 def settings(state_dir: Path, port: int) -> str:
     # The project has no source: the start-up reconcile reads the index and leaves the synthetic chunks alone.
-    return textwrap.dedent(
-        f"""
-        state_dir = "{state_dir}"
-        log_format = "json"
-        log_level = "warning"
-
-        [server]
-        host = "127.0.0.1"
-        port = {port}
-
-        [schedule]
-        poll_interval_seconds = 3600
-        reconcile_interval_minutes = 1440
-        jitter_seconds = 0
-
+    return settings_head(state_dir, port) + textwrap.dedent(
+        f"""\
         [[tenants]]
         id = "{TENANT}"
         query_token_env = "BENCH_QUERY_TOKEN"

@@ -33,7 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import corpus_articles  # noqa: E402
-from bench._daemon import BenchDaemon, free_port, percentile  # noqa: E402
+from bench._daemon import BenchDaemon, free_port, percentile, settings_head  # noqa: E402
 from kbsync.http import sign  # noqa: E402
 from tests.servers.chatwoot import ChatwootServer, FakeChatwoot  # noqa: E402
 
@@ -41,21 +41,8 @@ PORTAL = "bench-help"
 
 
 def settings(state_dir: Path, port: int, chatwoot_url: str) -> str:
-    return textwrap.dedent(
-        f"""
-        state_dir = "{state_dir}"
-        log_format = "json"
-        log_level = "info"
-
-        [server]
-        host = "127.0.0.1"
-        port = {port}
-
-        [schedule]
-        poll_interval_seconds = 3600
-        reconcile_interval_minutes = 1440
-        jitter_seconds = 0
-
+    return settings_head(state_dir, port, log_level="info") + textwrap.dedent(
+        f"""\
         [[tenants]]
         id = "bench"
         chatwoot_url = "{chatwoot_url}"
