@@ -541,7 +541,7 @@ class Engine:
                 report.docs_unchanged += 1  # newer wins: this version is older than the indexed one
                 log.debug("doc.older_than_indexed", doc_id=doc.doc_id)
                 return None
-            if held.doc_hash == doc_hash:
+            if held.doc_hash == doc_hash and held.intact:  # a write that failed partway is not unchanged
                 report.docs_unchanged += 1
                 return "metadata" if held.updated_at != doc.updated_at else None
         chunks = self.chunker.split(doc.doc_id, doc.title, doc.text)

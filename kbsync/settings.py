@@ -218,6 +218,10 @@ class TenantSettings(_Section):
     # one Chatwoot share that budget. A complete listing reads 25 articles per request, so this bounds a reconcile
     # of N articles to at least N / 25 / rate seconds.
     chatwoot_requests_per_second: float = Field(default=10.0, gt=0, le=1000)
+    # How long one Chatwoot request is retried (429, 5xx, timeouts) before the run reports the source failed, and
+    # the longest pause between tries (backoff from 0.5 s, doubling, with jitter).
+    chatwoot_retry_seconds: float = Field(default=60.0, ge=1, le=600)
+    chatwoot_max_backoff_seconds: float = Field(default=10.0, gt=0, le=120)
     chroma: TenantChromaSettings | None = None
     projects: list[ProjectSettings] = []
 

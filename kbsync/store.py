@@ -61,13 +61,25 @@ class ChunkRecord:
 
 @dataclass(slots=True)
 class IndexedDoc:
-    """What a collection holds of one document, read back from the chunks' own metadata."""
+    """What a collection holds of one document, read back from the chunks' own metadata.
+
+    `doc_hash` is the first chunk's; only an `intact` document (every chunk carries one hash, and as many chunks
+    are held as they count) may pass for unchanged: a write or delete that failed partway leaves one that is not.
+    `updated_at` is the oldest `doc_updated_at` of its chunks, so a metadata refresh that failed partway is done
+    again."""
 
     doc_id: str
     source: str
     doc_hash: str
     updated_at: int
     chunks: dict[str, dict[str, Any]] = field(default_factory=dict)  # chunk id -> metadata
+
+    @property
+    def intact(self) -> bool:
+        """Every held chunk carries one hash and one count, and the count is what is held."""
+        hashes = {str(m.get("doc_hash", "")) for m in self.chunks.values()}
+        counts = {int(m.get("chunk_count", 0) or 0) for m in self.chunks.values()}
+        return len(hashes) == 1 and counts == {len(self.chunks)}
 
 
 @dataclass(slots=True)
@@ -100,6 +112,7 @@ class ProjectIndex:
                 updated_at=int(metadata.get("doc_updated_at", 0) or 0),
             )
         doc.chunks[chunk_id] = dict(metadata)
+        doc.updated_at = min(doc.updated_at, int(metadata.get("doc_updated_at", 0) or 0))
 
 
 @dataclass(frozen=True, slots=True)
