@@ -476,6 +476,7 @@ class Engine:
                 progress.listed(key, source.source_id, len(listing.documents))
             for error in listing.errors:
                 report.errors.append(error.message)
+            report.warnings.extend(listing.warnings)
             report.docs_seen += len(listing.unchanged)
             report.docs_unchanged += len(listing.unchanged)
             self.sync_documents(key, listing.documents, index, report, rebuild=rebuild, progress=progress)

@@ -181,6 +181,8 @@ class FilesSourceSettings(_Section):
     kind: Literal["files"]
     path: Path
     url_base: str = ""
+    # Larger files are skipped (and reported): docs are small, a huge file is a mistake or a trap.
+    max_file_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
 
     @property
     def source_id(self) -> str:
