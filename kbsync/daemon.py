@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import signal
 import socket
 import threading
@@ -219,6 +220,7 @@ class Daemon:
                 args=[engine, key, "reconcile"],
                 id=f"reconcile:{key}",
             )
+            self._schedule_audit(scheduler, engine, key)
             if self.options.startup_reconcile:
                 # Replicas started together wait a moment to see each other before taking their shares.
                 delay = self._share_delay() if self.settings.state.url else 0.0
@@ -228,6 +230,21 @@ class Daemon:
                 )
         self._jobs = scheduler
         return scheduler
+
+    def _schedule_audit(self, scheduler: Any, engine: Engine, key: ProjectKey) -> None:
+        """Audit `key` every `reachability.audit_interval_hours`, jittered by a tenth of it (at most an hour); the
+        first one within the first tenth after start: reopening a store can change which chunks are reachable."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        hours = self.settings.reachability.audit_interval_hours
+        if hours <= 0:
+            return
+        jitter = min(3600.0, hours * 360.0)
+        first = datetime.now(timezone.utc) + timedelta(seconds=random.uniform(jitter / 2, jitter))
+        scheduler.add_job(
+            self._scheduled, IntervalTrigger(hours=hours, jitter=int(jitter)), args=[engine, key, "audit"],
+            id=f"audit:{key}", next_run_time=first,
+        )
 
     def _share_delay(self) -> float:
         return min(5.0, self.settings.state.lease_seconds / 3)
@@ -291,6 +308,8 @@ class Daemon:
         try:
             if kind == "poll":
                 engine.poll(key)
+            elif kind == "audit":
+                engine.audit(key, repair=self.settings.reachability.audit_repair)
             else:
                 engine.reconcile(key)
         except Exception:  # the job's edge: one failed run never stops the scheduler

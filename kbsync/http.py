@@ -79,6 +79,14 @@ class QueryBody(BaseModel):
     expand: int = Field(default=0, ge=0, le=3)  # neighbouring chunks on each side added as `context`
 
 
+class AuditBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str | None = None
+    project: str | None = None
+    repair: bool = False
+
+
 class ResyncBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -151,6 +159,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
         reports = []
         for key in keys:
             report = await asyncio.to_thread(ctx.engine.reconcile, key, rebuild=body.rebuild)
+            reports.append(report.as_dict())
+        return {"reports": reports}
+
+    @app.post("/v1/audit", dependencies=[Depends(admin)])
+    async def audit(body: AuditBody | None = None) -> dict[str, Any]:
+        """Query every chunk with its own vector, like `kbsync audit`; answers with the reports when done."""
+        body = body or AuditBody()
+        try:
+            keys = ctx.engine.projects(body.tenant, body.project)
+        except UnknownProject as exc:
+            raise HTTPException(404, str(exc)) from None
+        reports = []
+        for key in keys:
+            report = await asyncio.to_thread(ctx.engine.audit, key, repair=body.repair)
             reports.append(report.as_dict())
         return {"reports": reports}
 
