@@ -27,6 +27,7 @@ __all__ = [
     "EmbeddingSettings",
     "FilesSourceSettings",
     "ProjectSettings",
+    "RetrievalSettings",
     "ScheduleSettings",
     "ServerSettings",
     "Settings",
@@ -101,6 +102,13 @@ class ChunkingSettings(_Section):
     max_tokens: int = Field(default=192, ge=32, le=256)
 
 
+class RetrievalSettings(_Section):
+    # Weight of the lexical leg in the fused per-document score (0 = dense only); chosen by bench/retrieval.py.
+    lexical_weight: float = Field(default=0.4, ge=0.0, le=1.0)
+    # Chunks each leg returns before grouping per document.
+    candidates: int = Field(default=100, ge=10, le=500)
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=1, le=65535)
@@ -173,6 +181,8 @@ class FilesSourceSettings(_Section):
     kind: Literal["files"]
     path: Path
     url_base: str = ""
+    # Larger files are skipped (and reported): docs are small, a huge file is a mistake or a trap.
+    max_file_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
 
     @property
     def source_id(self) -> str:
@@ -287,6 +297,7 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     chunking: ChunkingSettings = ChunkingSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
     server: ServerSettings = ServerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     tenants: list[TenantSettings] = []
