@@ -30,10 +30,11 @@ from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.leases import LeaseKeeper
 from kbsync.memory import release_free_memory
+from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
 from kbsync.sources import Document, Source
 from kbsync.state import State, Watermark
-from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, QueryHit, Store, collection_name
+from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
 
 __all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
 
@@ -389,6 +390,7 @@ class Engine:
                 progress.listed(key, source.source_id, len(listing.documents))
             for error in listing.errors:
                 report.errors.append(error.message)
+            report.warnings.extend(listing.warnings)
             report.docs_seen += len(listing.unchanged)
             report.docs_unchanged += len(listing.unchanged)
             self.sync_documents(key, listing.documents, index, report, rebuild=rebuild, progress=progress)
@@ -454,7 +456,7 @@ class Engine:
                 report.docs_unchanged += 1  # newer wins: this version is older than the indexed one
                 log.debug("doc.older_than_indexed", doc_id=doc.doc_id)
                 return None
-            if held.doc_hash == doc_hash:
+            if held.doc_hash == doc_hash and held.intact:  # a write that failed partway is not unchanged
                 report.docs_unchanged += 1
                 return "metadata" if held.updated_at != doc.updated_at else None
         chunks = self.chunker.split(doc.doc_id, doc.title, doc.text)
@@ -533,9 +535,21 @@ class Engine:
 
     # -- query -------------------------------------------------------------------------------------------
 
-    def query(self, key: ProjectKey, text: str, *, k: int = 5, locale: str | None = None) -> list[QueryHit]:
-        """Top-k chunks of a project for `text`. A locale filter is skipped when the project holds one locale
-        (a filter matching most of a collection makes Chroma's search slow)."""
+    def query(
+        self,
+        key: ProjectKey,
+        text: str,
+        *,
+        k: int = 5,
+        locale: str | None = None,
+        group: Group = "doc",
+        expand: int = 0,
+        lexical_weight: float | None = None,
+    ) -> list[RankedHit]:
+        """Top-k documents of a project for `text`, each with its best chunk (kbsync.retrieval); `group="chunk"`
+        ranks raw chunks by the dense leg alone, `expand` adds neighbouring chunks, `lexical_weight` overrides
+        the setting. A locale filter is skipped when the project holds one locale (a filter matching most of a
+        collection makes Chroma's search slow)."""
         self._project_settings(key)
         vector = self.embedder.embed([text])[0]
         where = None
@@ -545,7 +559,12 @@ class Engine:
                 locales = self._locales[key] = self.store_for(key).index(key.collection).locales()
             if locales != {locale}:
                 where = {"locale": locale}
-        return self.store_for(key).query(key.collection, vector, k=k, where=where)
+        retrieval = Retrieval(self.store_for(key), None, self.settings.retrieval.candidates)
+        weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
+        return retrieval.search(
+            key.collection, (key.tenant, key.project), vector, text,
+            k=k, where=where, locale=locale, group=group, expand=expand, weight=weight,
+        )
 
 
 def _newest_per_id(documents: Sequence[Document]) -> list[Document]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from kbsync.errors import StateError, StateLocked
 from kbsync.locking import FileLock, lock_holder
 
-__all__ = ["STATE_LOCK", "PageCacheTable", "RunRecord", "State", "Watermark", "metadata"]
+__all__ = ["STATE_LOCK", "PageCacheTable", "RunRecord", "State", "Watermark", "db_errors", "metadata"]
 
 # Held by the one process using SQLite state under state_dir (a running daemon, or one CLI command).
 STATE_LOCK = "state.lock"
@@ -107,6 +109,16 @@ class RunRecord:
         return asdict(self)
 
 
+@contextmanager
+def db_errors(action: str) -> Iterator[None]:
+    """The one place where SQLAlchemy's errors become kbsync's: any database error in the block is raised as
+    StateError("cannot <action>: ..."), as store.py maps Chroma's. Also a decorator (`@db_errors("read runs")`)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StateError(f"cannot {action}: {exc}") from exc
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -182,11 +194,9 @@ class State:
 
     def ping(self) -> None:
         """Raise StateError when the database does not answer."""
-        try:
+        with db_errors(f"reach the state database {_where(self.engine)}"):
             with self.engine.connect() as conn:
                 conn.execute(sa.select(1))
-        except SQLAlchemyError as exc:
-            raise StateError(f"the state database {_where(self.engine)} does not answer: {exc}") from exc
 
     @property
     def dialect(self) -> str:
@@ -207,7 +217,7 @@ class State:
         An expired lease is taken over: a replica that died (`kill -9`) loses its leases after `seconds`."""
         now = time.time()
         try:
-            with self.engine.begin() as tx:
+            with db_errors(f"take lease {name}"), self.engine.begin() as tx:
                 taken = tx.execute(
                     sa.update(leases)
                     .where(leases.c.name == name, sa.or_(leases.c.owner == owner, leases.c.expires_at < now))
@@ -219,14 +229,14 @@ class State:
                     return False
                 tx.execute(sa.insert(leases).values(name=name, owner=owner, expires_at=now + seconds))
                 return True
-        except sa.exc.IntegrityError:
-            return False  # another owner inserted it first
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot take lease {name}: {exc}") from exc
+        except StateError as exc:
+            if isinstance(exc.__cause__, sa.exc.IntegrityError):
+                return False  # another owner inserted it first
+            raise
 
     def renew_lease(self, name: str, owner: str, seconds: float) -> bool:
         """Extend a lease this owner still holds; False when it was lost (expired and taken over)."""
-        try:
+        with db_errors(f"renew lease {name}"):
             with self.engine.begin() as tx:
                 return bool(
                     tx.execute(
@@ -235,19 +245,15 @@ class State:
                         .values(expires_at=time.time() + seconds)
                     ).rowcount
                 )
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot renew lease {name}: {exc}") from exc
 
     def release_lease(self, name: str, owner: str) -> None:
-        try:
+        with db_errors(f"release lease {name}"):
             with self.engine.begin() as tx:
                 tx.execute(sa.delete(leases).where(leases.c.name == name, leases.c.owner == owner))
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot release lease {name}: {exc}") from exc
 
     def live_leases(self, prefix: str) -> int:
         """How many unexpired leases have a name starting with `prefix` (e.g. the live replicas, "replica:")."""
-        try:
+        with db_errors("count leases"):
             with self.engine.connect() as conn:
                 return int(
                     conn.execute(
@@ -256,17 +262,13 @@ class State:
                         .where(leases.c.name.startswith(prefix, autoescape=True), leases.c.expires_at >= time.time())
                     ).scalar_one()
                 )
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot count leases: {exc}") from exc
 
     def release_all_leases(self) -> int:
         """Drop every lease; returns how many. Only for SQLite state, which one process holds alone: a lease it
         finds when it starts was left by a process that died (`kill -9`)."""
-        try:
+        with db_errors("release leases"):
             with self.engine.begin() as tx:
                 return int(tx.execute(sa.delete(leases)).rowcount)
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot release leases: {exc}") from exc
 
     def start_run(self, tenant: str, project: str, kind: str, owner: str = "") -> int:
         """Record that a run began; returns its id.
@@ -275,7 +277,7 @@ class State:
         before it recorded its end (its process was killed, or this database was unreachable then). It is closed
         as `abandoned`, so `status` does not show it running for ever."""
         now = time.time()
-        try:
+        with db_errors("record a run start"):
             with self.engine.begin() as tx:
                 tx.execute(
                     sa.update(runs)
@@ -293,19 +295,15 @@ class State:
                     )
                 )
                 return int(result.inserted_primary_key[0])  # type: ignore[index]
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot record a run start: {exc}") from exc
 
     def finish_run(self, run_id: int, outcome: str, counts: dict[str, Any], error: str | None) -> None:
-        try:
+        with db_errors("record a run end"):
             with self.engine.begin() as tx:
                 tx.execute(
                     sa.update(runs)
                     .where(runs.c.id == run_id)
                     .values(finished_at=time.time(), outcome=outcome, counts=json.dumps(counts), error=error)
                 )
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot record a run end: {exc}") from exc
 
     def last_runs(self, tenant: str, project: str) -> dict[str, RunRecord]:
         """The newest run of each kind for one project."""
@@ -314,11 +312,9 @@ class State:
             .where(runs.c.tenant == tenant, runs.c.project == project)
             .group_by(runs.c.kind)
         )
-        try:
+        with db_errors("read runs"):
             with self.engine.connect() as conn:
                 rows = conn.execute(sa.select(runs).where(runs.c.id.in_(latest))).mappings().all()
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot read runs: {exc}") from exc
         return {row["kind"]: _record(row) for row in rows}
 
     def last_error(self, tenant: str, project: str) -> RunRecord | None:
@@ -329,11 +325,9 @@ class State:
             .order_by(runs.c.id.desc())
             .limit(1)
         )
-        try:
+        with db_errors("read runs"):
             with self.engine.connect() as conn:
                 row = conn.execute(query).mappings().first()
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot read runs: {exc}") from exc
         return _record(row) if row else None
 
 
@@ -342,18 +336,16 @@ class State:
         query = sa.select(watermarks.c.updated_at, watermarks.c.total).where(
             watermarks.c.tenant == tenant, watermarks.c.project == project, watermarks.c.source == source
         )
-        try:
+        with db_errors("read a watermark"):
             with self.engine.connect() as conn:
                 row = conn.execute(query).first()
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot read a watermark: {exc}") from exc
         return Watermark(int(row.updated_at), None if row.total is None else int(row.total)) if row else None
 
     def set_watermark(self, tenant: str, project: str, source: str, mark: Watermark) -> None:
         """Persist a watermark (after the changes up to it were written), so a restart does not redo work."""
         values = {"updated_at": mark.updated_at, "total": mark.total, "recorded_at": time.time()}
         key = {"tenant": tenant, "project": project, "source": source}
-        try:
+        with db_errors("write a watermark"):
             with self.engine.begin() as tx:
                 updated = tx.execute(
                     sa.update(watermarks)
@@ -362,8 +354,6 @@ class State:
                 ).rowcount
                 if not updated:
                     tx.execute(sa.insert(watermarks).values(**key, **values))
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot write a watermark: {exc}") from exc
 
 
 def _where(engine: sa.Engine) -> str:
@@ -395,6 +385,7 @@ class PageCacheTable:
         self._key = (web_pages.c.tenant == tenant, web_pages.c.project == project, web_pages.c.source == source)
         self._values = {"tenant": tenant, "project": project, "source": source}
 
+    @db_errors("read page validators")
     def get(self, url: str) -> dict[str, object] | None:
         """The JSON object stored for `url`, or None."""
         with self._db.connect() as conn:
@@ -404,17 +395,17 @@ class PageCacheTable:
     def put(self, url: str, doc_id: str, validators: dict[str, object]) -> None:
         """Store `validators` for `url`, replacing what was there; `doc_id` is what `url_for` finds it by."""
         data = json.dumps(validators)
-        try:
+        with db_errors("store page validators"):
             with self._db.begin() as tx:
                 tx.execute(sa.delete(web_pages).where(*self._key, web_pages.c.url == url))
                 tx.execute(sa.insert(web_pages).values(**self._values, url=url, doc_id=doc_id, validators=data))
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot store page validators: {exc}") from exc
 
+    @db_errors("delete page validators")
     def delete(self, url: str) -> None:
         with self._db.begin() as tx:
             tx.execute(sa.delete(web_pages).where(*self._key, web_pages.c.url == url))
 
+    @db_errors("read page validators")
     def url_for(self, doc_id: str) -> str | None:
         with self._db.connect() as conn:
             row = conn.execute(
