@@ -269,15 +269,24 @@ def query(
     text: Annotated[str, typer.Argument(help="The question.")],
     k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many chunks.")] = 5,
     locale: Annotated[str | None, typer.Option(help="Only chunks of this locale.")] = None,
+    group: Annotated[
+        str, typer.Option(help="doc: the best chunk of each article, hybrid ranking; chunk: raw dense chunk ranking.")
+    ] = "doc",
+    expand: Annotated[int, typer.Option(min=0, max=3, help="Neighbouring chunks on each side added as context.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """Top-k chunks of a project for a question: score, title, heading, url. Exit 1 for an unknown project."""
+    """Top-k articles (or chunks) of a project for a question: score, title, heading, url. Exit 1 for an unknown
+    project."""
     from kbsync.engine import ProjectKey
+
+    if group not in ("doc", "chunk"):
+        _fail(f"--group must be doc or chunk, not {group!r}", EXIT_CONFIG)
 
     started = time.perf_counter()
     settings = _settings(ctx)
     if _store_is_locked(settings):
-        body = {"tenant": tenant, "project": project, "query": text, "k": k, "locale": locale}
+        body = {"tenant": tenant, "project": project, "query": text, "k": k, "locale": locale, "group": group,
+                "expand": expand}
         answer = _daemon(settings, "POST", "/v1/query", body, timeout=60)
         if answer is None:
             _no_daemon(settings)
@@ -285,7 +294,9 @@ def query(
     else:
         with _engine(ctx) as engine:
             try:
-                hits = engine.query(ProjectKey(tenant, project), text, k=k, locale=locale)
+                hits = engine.query(
+                    ProjectKey(tenant, project), text, k=k, locale=locale, group=group, expand=expand  # type: ignore[arg-type]
+                )
             except UnknownProject as exc:
                 _fail(str(exc), EXIT_FAILED)
         results = [hit.as_result() for hit in hits]
@@ -303,6 +314,9 @@ def query(
             console.print(f"   {result['url']}", highlight=False)
         snippet = " ".join(result["text"].split("\n\n", 1)[-1].split())
         console.print(f"   {snippet[:240]}{'…' if len(snippet) > 240 else ''}", highlight=False)
+        if result.get("context"):
+            indexes = ", ".join(str(c["chunk_index"]) for c in result["context"])
+            console.print(f"   + neighbouring chunks {indexes} (see --json)", highlight=False)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -75,6 +75,8 @@ class QueryBody(BaseModel):
     query: str = Field(min_length=1, max_length=4000)
     k: int = Field(default=5, ge=1, le=50)
     locale: str | None = Field(default=None, max_length=35)
+    group: Literal["doc", "chunk"] = "doc"  # doc: best chunk per article (hybrid); chunk: raw dense chunk ranking
+    expand: int = Field(default=0, ge=0, le=3)  # neighbouring chunks on each side added as `context`
 
 
 class ResyncBody(BaseModel):
@@ -119,12 +121,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def query(
         body: QueryBody, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
     ) -> dict[str, Any]:
-        """Top-k chunks of a project. A tenant's query token opens only that tenant's projects."""
+        """Top-k articles (or chunks) of a project. A tenant's query token opens only that tenant's projects."""
         _authorize_query(settings, body.tenant, credentials.credentials if credentials else None)
         started = time.perf_counter()
         try:
             hits = await asyncio.to_thread(
-                ctx.engine.query, ProjectKey(body.tenant, body.project), body.query, k=body.k, locale=body.locale
+                ctx.engine.query,
+                ProjectKey(body.tenant, body.project),
+                body.query,
+                k=body.k,
+                locale=body.locale,
+                group=body.group,
+                expand=body.expand,
             )
         except UnknownProject as exc:
             raise HTTPException(404, str(exc)) from None

@@ -27,6 +27,7 @@ __all__ = [
     "EmbeddingSettings",
     "FilesSourceSettings",
     "ProjectSettings",
+    "RetrievalSettings",
     "ScheduleSettings",
     "ServerSettings",
     "Settings",
@@ -99,6 +100,13 @@ class EmbeddingSettings(_Section):
 class ChunkingSettings(_Section):
     # 256 is the model's limit (special tokens included); the default is chosen by bench/retrieval.py.
     max_tokens: int = Field(default=192, ge=32, le=256)
+
+
+class RetrievalSettings(_Section):
+    # Weight of the lexical leg in the fused per-document score (0 = dense only); chosen by bench/retrieval.py.
+    lexical_weight: float = Field(default=0.4, ge=0.0, le=1.0)
+    # Chunks each leg returns before grouping per document.
+    candidates: int = Field(default=100, ge=10, le=500)
 
 
 class ServerSettings(_Section):
@@ -289,6 +297,7 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     chunking: ChunkingSettings = ChunkingSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
     server: ServerSettings = ServerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     tenants: list[TenantSettings] = []

@@ -472,6 +472,39 @@ class Store:
             )
         ]
 
+    def get(self, name: str, ids: Sequence[str]) -> list[QueryHit]:
+        """Chunks by id (score 0), in no particular order; ids the collection lacks are left out."""
+        collection = self._collection(name, create=False)
+        if collection is None or not ids:
+            return []
+        with _chroma_errors("read chunks", name):
+            result = collection.get(ids=list(ids), include=["documents", "metadatas"])
+        return _hits(result["ids"], result["documents"], result["metadatas"])
+
+    def neighbours(self, name: str, around: Mapping[str, Collection[int]]) -> list[QueryHit]:
+        """The chunks of each document (doc_id -> chunk indexes) in one read; missing indexes are left out."""
+        clauses: list[dict[str, Any]] = [
+            {"$and": [{"doc_id": doc_id}, {"chunk_index": {"$in": sorted(indexes)}}]}
+            for doc_id, indexes in around.items()
+            if indexes
+        ]
+        collection = self._collection(name, create=False)
+        if collection is None or not clauses:
+            return []
+        where = clauses[0] if len(clauses) == 1 else {"$or": clauses}
+        with _chroma_errors("read neighbouring chunks", name):
+            result = collection.get(where=where, include=["documents", "metadatas"])
+        return _hits(result["ids"], result["documents"], result["metadatas"])
+
+
+def _hits(ids: Sequence[str], documents: Sequence[Any] | None, metadatas: Sequence[Any] | None) -> list[QueryHit]:
+    documents = documents or [None] * len(ids)
+    metadatas = metadatas or [None] * len(ids)
+    return [
+        QueryHit(id=chunk_id, score=0.0, text=text or "", metadata=dict(metadata or {}))
+        for chunk_id, text, metadata in zip(ids, documents, metadatas)
+    ]
+
 
 def download_default_model() -> None:
     """Let Chroma fetch its default model into its cache (`~/.cache/chroma/onnx_models/...`), as it does itself

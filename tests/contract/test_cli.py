@@ -58,7 +58,8 @@ def test_resync_json_then_query_and_status(files_settings: Path, docs_dir: Path)
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     (hit,) = payload["results"]
-    assert set(hit) == {"id", "score", "text", "title", "heading", "url", "locale", "doc_id", "source", "updated_at"}
+    # The documented keys; new keys may only be added (issue 13: dense_score, lexical_score, chunk_index).
+    assert set(hit) >= {"id", "score", "text", "title", "heading", "url", "locale", "doc_id", "source", "updated_at"}
     assert hit["doc_id"] == "files:refunds.md" and hit["title"] == "Refunds" and "took_ms" in payload
 
     result = invoke(files_settings, "status", "--json")
