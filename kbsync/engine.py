@@ -150,7 +150,6 @@ class Engine:
         # Replicas sharing PostgreSQL serialize a project's writes through a lease; in one process the lock does.
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._leases: dict[ProjectKey, LeaseKeeper] = {}
-        self._locales: dict[ProjectKey, set[str]] = {}
         # Set by the daemon on shutdown: runs stop between document groups (what was written stays valid).
         self.stop_event = threading.Event()
         self._observers: list[Callable[[RunReport], None]] = []
@@ -252,7 +251,7 @@ class Engine:
                 work(sources, index, report)
                 if index.complete:
                     report.chunks_total = index.chunk_count
-                    self._locales[key] = index.locales()
+                    self.state.set_locales(key.tenant, key.project, index.locales())
             except Interrupted as exc:
                 report.interrupted = True
                 report.errors.append(str(exc))
@@ -502,6 +501,10 @@ class Engine:
         refreshed = [(doc, held, {c: {**m, "doc_updated_at": doc.updated_at} for c, m in held.chunks.items()})
                      for doc, held in touched]
         records.extend(ChunkRecord(c, "", m, None) for _, _, metas in refreshed for c, m in metas.items())
+        # Locales are recorded before the chunks carrying them are written: a query skips its locale filter only
+        # while the project's recorded locales are exactly the asked one (see `query`).
+        if records:
+            self.state.add_locales(key.tenant, key.project, {str(r.metadata["locale"]) for r in records})
         # New chunks are written before any stale one is deleted: a document never disappears while updated.
         self.store_for(key).write(key.collection, records)
         report.chunks_written += written
@@ -549,14 +552,16 @@ class Engine:
         """Top-k documents of a project for `text`, each with its best chunk (kbsync.retrieval); `group="chunk"`
         ranks raw chunks by the dense leg alone, `expand` adds neighbouring chunks, `lexical_weight` overrides
         the setting. A locale filter is skipped when the project holds one locale (a filter matching most of a
-        collection makes Chroma's search slow)."""
+        collection makes Chroma's search slow); the project's locales come from the state database, where every
+        write records them before it happens."""
         self._project_settings(key)
         vector = self.embedder.embed([text])[0]
         where = None
         if locale:
-            locales = self._locales.get(key)
-            if locales is None:
-                locales = self._locales[key] = self.store_for(key).index(key.collection).locales()
+            locales = self.state.locales(key.tenant, key.project)
+            if not locales:  # none recorded yet: a collection written before kbsync recorded locales
+                locales = self.store_for(key).index(key.collection).locales()
+                self.state.add_locales(key.tenant, key.project, locales)
             if locales != {locale}:
                 where = {"locale": locale}
         retrieval = Retrieval(self.store_for(key), None, self.settings.retrieval.candidates)

@@ -1,4 +1,4 @@
-"""Durable state: run records, poll watermarks, web page validators and project leases.
+"""Durable state: run records, poll watermarks, web page validators, project locales and project leases.
 
 SQLAlchemy Core, one schema and one code path for both dialects: SQLite under `state_dir` (one process, the
 default; a lock file refuses a second) or PostgreSQL (`state.url`, shared by every replica). All SQL of the state
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from kbsync.errors import StateError, StateLocked
@@ -83,6 +85,15 @@ web_pages = sa.Table(
     sa.Column("doc_id", sa.String(128), nullable=False),
     sa.Column("validators", sa.Text, nullable=False),  # JSON: etag, last_modified, lastmod, title
     sa.Index("web_pages_doc", "tenant", "project", "source", "doc_id"),
+)
+
+
+project_locales = sa.Table(
+    "project_locales",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("locale", sa.String(64), primary_key=True),
 )
 
 
@@ -354,6 +365,35 @@ class State:
                 ).rowcount
                 if not updated:
                     tx.execute(sa.insert(watermarks).values(**key, **values))
+
+    # -- locales ---------------------------------------------------------------------------------------
+    # A project's chunk locales, recorded before chunks of a new locale are written, so a query may drop its locale
+    # filter (slow in Chroma when it matches most of a collection) only while the project holds that locale alone.
+
+    def locales(self, tenant: str, project: str) -> set[str]:
+        """The locales recorded for a project's chunks (empty: none recorded yet)."""
+        query = sa.select(project_locales.c.locale).where(
+            project_locales.c.tenant == tenant, project_locales.c.project == project
+        )
+        with db_errors("read a project's locales"), self.engine.connect() as conn:
+            return {str(locale) for locale in conn.execute(query).scalars()}
+
+    def add_locales(self, tenant: str, project: str, locales: set[str]) -> None:
+        """Record locales a project's chunks now carry (before they are written); ones already recorded stay."""
+        if not locales:
+            return
+        rows = [{"tenant": tenant, "project": project, "locale": locale} for locale in sorted(locales)]
+        insert = (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(project_locales)
+        with db_errors("record a project's locales"), self.engine.begin() as tx:
+            tx.execute(insert.on_conflict_do_nothing(), rows)
+
+    def set_locales(self, tenant: str, project: str, locales: set[str]) -> None:
+        """Replace a project's recorded locales with exactly `locales` (read from its whole collection, under the
+        project's lease, so no write of another locale is under way)."""
+        where = (project_locales.c.tenant == tenant, project_locales.c.project == project)
+        with db_errors("record a project's locales"), self.engine.begin() as tx:
+            tx.execute(sa.delete(project_locales).where(*where, project_locales.c.locale.not_in(sorted(locales))))
+        self.add_locales(tenant, project, locales)
 
 
 def _where(engine: sa.Engine) -> str:
