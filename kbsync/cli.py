@@ -60,7 +60,7 @@ def _settings(ctx: typer.Context) -> Any:
 
 @contextmanager
 def _engine(ctx: typer.Context) -> Iterator[Any]:
-    from kbsync.engine import open_engine
+    from kbsync.wiring import open_engine
 
     settings = _settings(ctx)
     try:
@@ -211,22 +211,18 @@ def resync(
 
 def _store_is_locked(settings: Any) -> bool:
     """Whether another process (a running daemon) holds the embedded store or the SQLite state, checked without
-    opening either. With Chroma server mode and PostgreSQL state, any number of processes may work: project
-    leases serialize them."""
-    from kbsync.locking import lock_holder
+    opening either."""
+    from kbsync.wiring import local_owner
 
-    if settings.chroma.mode == "embedded" and lock_holder(settings.state_dir / "chroma.lock") is not None:
-        return True
-    return not settings.state.url and lock_holder(settings.state_dir / "state.lock") is not None
+    return local_owner(settings) is not None
 
 
 def _no_daemon(settings: Any) -> NoReturn:
-    from kbsync.locking import lock_holder
+    from kbsync.wiring import local_owner
 
-    holder = lock_holder(settings.state_dir / "chroma.lock") or lock_holder(settings.state_dir / "state.lock")
     _fail(
         f"the store at {settings.state_dir} is open in another kbsync process "
-        f"(pid {holder}) and no daemon answers on "
+        f"(pid {local_owner(settings) or 'unknown'}) and no daemon answers on "
         f"{settings.server.host}:{settings.server.port}; stop that process or start `kbsync run`",
         EXIT_FAILED,
     )
@@ -325,8 +321,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """Per project: last reconcile (time, result, counts), documents and chunks indexed, last error."""
-    from kbsync.state import State
     from kbsync.status import status_payload
+    from kbsync.wiring import open_for_status
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
@@ -334,26 +330,11 @@ def status(
         if answer is not None:
             _show_status(answer, as_json)
             return
-    from contextlib import ExitStack
-
-    from kbsync.engine import open_stores
-
-    with ExitStack() as stack:
-        try:
-            state = State.open(settings)
-        except KbsyncError as exc:
-            _fail(str(exc), EXIT_FAILED)
-        stack.callback(state.close)
-        store_for, store_note = None, "ok"
-        try:
-            default, tenant_stores = open_stores(settings, stack)
-            store_for = lambda tenant: tenant_stores.get(tenant, default)  # noqa: E731
-        except KbsyncError as exc:
-            store_note = str(exc)
-        try:
-            payload = status_payload(settings, state, store_for, store_note=store_note)
-        except KbsyncError as exc:
-            _fail(str(exc), EXIT_FAILED)
+    try:
+        with open_for_status(settings) as parts:
+            payload = status_payload(settings, parts.state, parts.store_for, store_note=parts.store_note)
+    except KbsyncError as exc:
+        _fail(str(exc), EXIT_FAILED)
     _show_status(payload, as_json)
 
 
@@ -415,21 +396,13 @@ def copy_store_command(
     """Copy the embedded store at <state_dir>/chroma to a Chroma server: ids, documents, metadata and vectors
     unchanged, no re-embedding, verified by counts and ids. Exit 0 ok, 1 failed. Stop the daemon first."""
     from kbsync.copystore import copy_store
-    from kbsync.store import ChromaTarget, Store
+    from kbsync.wiring import open_copy_stores
 
     if not to_http:
         _fail("name the target: --to-http", EXIT_CONFIG)
     settings = _settings(ctx)
-    target = ChromaTarget(
-        "http",
-        host or settings.chroma.host,
-        port or settings.chroma.port,
-        settings.chroma.ssl,
-        settings.chroma.database,
-        settings.chroma_token,
-    )
     try:
-        with Store.open_embedded(settings.state_dir) as source, Store.open_http(target) as destination:
+        with open_copy_stores(settings, host=host, port=port) as (source, destination, target):
             report = copy_store(source, destination)
     except KbsyncError as exc:
         _fail(str(exc), EXIT_FAILED)

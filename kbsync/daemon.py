@@ -25,13 +25,15 @@ from typing import Any
 import structlog
 import uvicorn
 
-from kbsync.engine import Engine, LeaseKeeper, ProjectKey, Renewer, open_engine
+from kbsync.engine import Engine, ProjectKey
 from kbsync.errors import KbsyncError, StoreLocked
 from kbsync.http import ApiContext, create_app
+from kbsync.leases import LeaseKeeper, Renewer
 from kbsync.memory import limit_malloc_arenas
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
 from kbsync.settings import Settings
+from kbsync.wiring import open_engine
 
 __all__ = ["Daemon", "DaemonOptions"]
 

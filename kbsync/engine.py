@@ -19,24 +19,24 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 import structlog
 
 from kbsync.chunking import Chunk, Chunker
-from kbsync.embedding import Embedder, TokenCounter, default_model_dir, missing_model_files
+from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
+from kbsync.leases import LeaseKeeper
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
-from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, ProjectSettings, Settings, TenantSettings
-from kbsync.sources import Document, Listing, Source
-from kbsync.state import PageCacheTable, State, Watermark
+from kbsync.settings import ProjectSettings, Settings, TenantSettings
+from kbsync.sources import Document, Source
+from kbsync.state import State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
 
-__all__ = ["Engine", "LeaseKeeper", "ProjectKey", "Progress", "Renewer", "RunReport", "open_engine"]
+__all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
 
 log = structlog.get_logger(__name__)
 
@@ -114,92 +114,6 @@ class Progress(Protocol):
     def listed(self, key: ProjectKey, source_id: str, total: int) -> None: ...
 
     def advanced(self, key: ProjectKey, done: int) -> None: ...
-
-
-def build_sources(
-    settings: Settings, stack: ExitStack, state: State, *, chatwoot_options: Any = None
-) -> dict[ProjectKey, list[Source]]:
-    """The configured sources of every project; one pooled Chatwoot client per tenant, closed by `stack`.
-
-    `chatwoot_options` (a ChatwootClientOptions) tunes timeouts and retries; tests shrink them."""
-    from kbsync.sources.files import FilesSource
-
-    sources: dict[ProjectKey, list[Source]] = {}
-    for tenant in settings.tenants:
-        client = None
-        for project in tenant.projects:
-            built: list[Source] = []
-            for source in project.sources:
-                if isinstance(source, FilesSourceSettings):
-                    built.append(FilesSource(source))
-                elif isinstance(source, ChatwootSourceSettings):
-                    from kbsync.sources.chatwoot import ChatwootClient, ChatwootSource
-
-                    if client is None:
-                        client = stack.enter_context(ChatwootClient(tenant, chatwoot_options))
-                    built.append(ChatwootSource(tenant, source, client))
-                else:
-                    from kbsync.sources.web import WebSource
-
-                    cache = PageCacheTable(state, tenant.id, project.id, source.source_id)
-                    built.append(WebSource(source, cache=cache))
-            sources[ProjectKey(tenant.id, project.id)] = built
-    return sources
-
-
-class Renewer:
-    """Calls `renew` every `interval` seconds on a background thread until `stop()`, or until `renew` returns
-    False. What keeps leases and queue claims alive while their work runs."""
-
-    def __init__(self, renew: Callable[[], bool], interval: float, name: str) -> None:
-        self._renew, self._interval = renew, interval
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._done.wait(self._interval) and self._renew():
-            pass
-
-    def stop(self) -> None:
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-
-class LeaseKeeper:
-    """Holds a named lease in the state database for a block, renewed in the background every third of its
-    length; `lost` is set if a renewal finds it taken over (this process stalled past the expiry)."""
-
-    def __init__(self, state: State, name: str, owner: str, seconds: float) -> None:
-        self.state, self.name, self.owner, self.seconds = state, name, owner, seconds
-        self.lost = threading.Event()
-        self._renewer = Renewer(self._renew, seconds / 3, f"lease {name}")
-
-    def acquire(self) -> bool:
-        if not self.state.acquire_lease(self.name, self.owner, self.seconds):
-            return False
-        self._renewer.start()
-        return True
-
-    def _renew(self) -> bool:
-        try:
-            if not self.state.renew_lease(self.name, self.owner, self.seconds):
-                self.lost.set()
-                log.error("lease.lost", lease=self.name)
-                return False
-        except KbsyncError as exc:  # the database is away: keep trying until the lease would expire
-            log.warning("lease.renew_failed", lease=self.name, error=str(exc))
-        return True
-
-    def release(self) -> None:
-        self._renewer.stop()
-        try:
-            self.state.release_lease(self.name, self.owner)
-        except KbsyncError as exc:  # it expires by itself
-            log.warning("lease.release_failed", lease=self.name, error=str(exc))
 
 
 @dataclass(slots=True)
@@ -695,57 +609,3 @@ def _clip(value: str, limit: int = 4000) -> str:
     """At most `limit` UTF-8 bytes, cut on a character boundary."""
     data = value.encode("utf-8")
     return value if len(data) <= limit else data[:limit].decode("utf-8", errors="ignore")
-
-
-def resolve_model_dir(settings: Settings) -> Any:
-    """`embedding.model_dir`, else Chroma's cache, downloaded by Chroma when missing (needs the internet)."""
-    if settings.embedding.model_dir is not None:
-        return settings.embedding.model_dir
-    model_dir = default_model_dir()
-    if missing_model_files(model_dir):
-        from kbsync.store import download_default_model
-
-        download_default_model()
-    return model_dir
-
-
-def open_stores(settings: Settings, stack: ExitStack) -> tuple[Store, dict[str, Store]]:
-    """The [chroma] store, and the stores of tenants with a [tenants.chroma] server; closed by `stack`.
-
-    Tenants that share one server (same host, port, ssl, database, token) share one client."""
-    from kbsync.store import ChromaTarget
-
-    opened: dict[ChromaTarget, Store] = {}
-
-    def open_target(target: ChromaTarget) -> Store:
-        if target not in opened:
-            opened[target] = stack.enter_context(Store.open(target, state_dir=settings.state_dir))
-        return opened[target]
-
-    default = open_target(ChromaTarget.of(settings, None))
-    tenant_stores = {
-        tenant.id: open_target(ChromaTarget.of(settings, tenant)) for tenant in settings.tenants if tenant.chroma
-    }
-    return default, tenant_stores
-
-
-@contextmanager
-def open_engine(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[Engine]:
-    """Open state, stores, model and source clients in order; close them in reverse (also on error)."""
-    with ExitStack() as stack:
-        state = State.open(settings)
-        stack.callback(state.close)
-        store, tenant_stores = open_stores(settings, stack)
-        model_dir = resolve_model_dir(settings)
-        embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
-        chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
-        sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options)
-        yield Engine(
-            settings,
-            store=store,
-            tenant_stores=tenant_stores,
-            embedder=embedder,
-            chunker=chunker,
-            state=state,
-            sources=sources,
-        )

@@ -23,7 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from kbsync.errors import StateError, StateLocked
 from kbsync.locking import FileLock, lock_holder
 
-__all__ = ["PageCacheTable", "RunRecord", "State", "Watermark", "db_errors", "metadata"]
+__all__ = ["STATE_LOCK", "PageCacheTable", "RunRecord", "State", "Watermark", "db_errors", "metadata"]
+
+# Held by the one process using SQLite state under state_dir (a running daemon, or one CLI command).
+STATE_LOCK = "state.lock"
 
 SCHEMA_VERSION = 1
 
@@ -172,7 +175,7 @@ class State:
     def open_sqlite(cls, state_dir: Path) -> State:
         """SQLite at `<state_dir>/state.db` (WAL: readers never block the writer), held by this process alone."""
         state_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(state_dir / "state.lock")
+        lock = FileLock(state_dir / STATE_LOCK)
         if not lock.acquire():
             raise StateLocked(
                 f"the state at {state_dir} is in use by another kbsync process (pid "
@@ -414,7 +417,8 @@ def _record(row: Any) -> RunRecord:
 
 class PageCacheTable:
     """A web source's conditional-request validators (ETag, Last-Modified, sitemap lastmod) in the state database,
-    so an unchanged page costs a 304 after a restart too. Implements kbsync.sources.web.PageCache."""
+    so an unchanged page costs a 304 after a restart too. Values are plain JSON objects: what they mean is the web
+    source's business (the composition root adapts this table to its PageCache)."""
 
     def __init__(self, state: State, tenant: str, project: str, source: str) -> None:
         self._db = state.engine
@@ -422,19 +426,19 @@ class PageCacheTable:
         self._values = {"tenant": tenant, "project": project, "source": source}
 
     @db_errors("read page validators")
-    def get(self, url: str) -> Any:
-        from kbsync.sources.web import PageValidators
-
+    def get(self, url: str) -> dict[str, object] | None:
+        """The JSON object stored for `url`, or None."""
         with self._db.connect() as conn:
             row = conn.execute(sa.select(web_pages.c.validators).where(*self._key, web_pages.c.url == url)).first()
-        return PageValidators.from_json(json.loads(row.validators)) if row else None
+        return dict(json.loads(row.validators)) if row else None
 
-    def put(self, url: str, validators: Any) -> None:
-        data = json.dumps(validators.to_json())
+    def put(self, url: str, doc_id: str, validators: dict[str, object]) -> None:
+        """Store `validators` for `url`, replacing what was there; `doc_id` is what `url_for` finds it by."""
+        data = json.dumps(validators)
         with db_errors("store page validators"):
             with self._db.begin() as tx:
                 tx.execute(sa.delete(web_pages).where(*self._key, web_pages.c.url == url))
-                tx.execute(sa.insert(web_pages).values(**self._values, url=url, doc_id=validators.doc_id, validators=data))
+                tx.execute(sa.insert(web_pages).values(**self._values, url=url, doc_id=doc_id, validators=data))
 
     @db_errors("delete page validators")
     def delete(self, url: str) -> None:
