@@ -333,7 +333,10 @@ def status(
             return
     try:
         with open_for_status(settings) as parts:
-            payload = status_payload(settings, parts.state, parts.store_for, store_note=parts.store_note)
+            from kbsync.queue import Queue  # dead webhook items are shown even while no daemon runs
+
+            queue = Queue(parts.state)
+            payload = status_payload(settings, parts.state, parts.store_for, store_note=parts.store_note, queue=queue)
     except KbsyncError as exc:
         _fail(str(exc), EXIT_FAILED)
     _show_status(payload, as_json)
@@ -366,6 +369,15 @@ def _print_status(payload: dict[str, Any]) -> None:
             (p["last_error"] or "")[:80],
         )
     console.print(table)
+    dead = (payload.get("queue") or {}).get("dead_items") or []
+    if dead:
+        console.print(f"[red]dead webhook items[/] ({payload['queue']['dead']}, newest first; not retried):")
+        for item in dead:
+            console.print(
+                f"  #{item['id']} {item['tenant']}/{item['project']} {item['event']} after {item['attempts']} "
+                f"attempt(s): {(item['error'] or '')[:160]}",
+                highlight=False,
+            )
     if payload["orphaned_collections"]:
         console.print(f"orphaned collections (no project in settings): {', '.join(payload['orphaned_collections'])}")
     if payload["store"] != "ok":

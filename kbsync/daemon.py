@@ -367,7 +367,9 @@ class Daemon:
             return
         interrupted = self.stop.is_set()
         delay = 0.0 if interrupted else min(self.options.max_backoff_seconds, 2.0 ** (item.attempts + 1))
-        status = queue.release(item, owner, error=error, retry=True, delay_seconds=delay)
+        # A permanent failure (401 bad token, 404 unknown portal) is dead at once: retrying cannot fix it.
+        permanent = report is not None and report.permanent and not interrupted
+        status = queue.release(item, owner, error=error, retry=not permanent, delay_seconds=delay)
         metrics.queue_items.labels("retried" if status == "pending" else "dead").inc()
         log.warning("queue.item_failed", status=status, attempts=item.attempts + 1, error=error)
 

@@ -280,6 +280,14 @@ class Queue:
         query = sa.select(items).where(items.c.status == "dead").order_by(items.c.id.desc()).limit(limit)
         with db_errors("read the dead queue items"), self.db.connect() as conn:
             return [
-                {"id": r.id, "tenant": r.tenant, "project": r.project, "event": r.event, "error": r.last_error}
+                {
+                    "id": r.id,
+                    "tenant": r.tenant,
+                    "project": r.project,
+                    "event": r.event,
+                    "attempts": r.attempts,
+                    "received_at": r.received_at,
+                    "error": r.last_error,
+                }
                 for r in conn.execute(query)
             ]
