@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -120,8 +120,8 @@ class Daemon:
                 self._exit_callbacks.append(replica.release)
             metrics = Metrics(queue_depth=lambda: _queue_depth(queue))
             engine.observe(metrics.observe_run)
-            context = ApiContext(self.settings, engine, queue, metrics, ready=self._ready.is_set)
-            app = create_app(replace(context, wake_workers=self._wake.set))
+            context = ApiContext(self.settings, engine, queue, metrics, self._ready.is_set, self._wake.set)
+            app = create_app(context)
             config = uvicorn.Config(
                 app,
                 host=self.settings.server.host,
