@@ -171,6 +171,9 @@ def resync(
     project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
     rebuild: Annotated[bool, typer.Option(help="Re-embed every chunk, changed or not.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+    allow_mass_delete: Annotated[
+        bool, typer.Option(help="Delete even when a source lost more than sync.max_delete_fraction of its documents.")
+    ] = False,
 ) -> None:
     """Full reconcile of every project (or the ones named): list, sync changes, delete what is gone.
 
@@ -181,7 +184,7 @@ def resync(
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
-        body = {"tenant": tenant, "project": project, "rebuild": rebuild}
+        body = {"tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete}
         answer = _daemon(settings, "POST", "/v1/resync", body, timeout=24 * 3600)
         if answer is None:
             _no_daemon(settings)
@@ -205,7 +208,9 @@ def resync(
         ) as bar:
             progress = _RichProgress(bar)
             for key in keys:
-                reports.append(engine.reconcile(key, rebuild=rebuild, progress=progress))
+                reports.append(
+                    engine.reconcile(key, rebuild=rebuild, progress=progress, allow_mass_delete=allow_mass_delete)
+                )
     _finish_resync(reports, as_json)
 
 
