@@ -63,7 +63,8 @@ class ProjectKey:
 
 # RunReport fields that are not counters.
 _NOT_COUNTS = frozenset(
-    {"tenant", "project", "kind", "errors", "warnings", "failed_sources", "sources", "interrupted", "busy"}
+    {"tenant", "project", "kind", "errors", "permanent_errors", "warnings", "failed_sources", "sources", "interrupted",
+     "busy"}
 )
 
 
@@ -85,6 +86,9 @@ class RunReport:
     chunks_total: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # The errors a retry cannot fix (SourceError.transient False: a rejected token, an unknown portal; a project
+    # without the source): the webhook worker dead-letters an item whose refresh failed with these alone.
+    permanent_errors: list[str] = field(default_factory=list)
     failed_sources: int = 0
     sources: int = 0
     requests: int = 0
@@ -101,6 +105,17 @@ class RunReport:
         if not self.errors:
             return "ok"
         return "failed" if self.failed_sources >= self.sources > 0 or self.sources == 0 else "partial"
+
+    @property
+    def permanent(self) -> bool:
+        """Whether the run failed and every error it met is permanent (retrying will not help)."""
+        return bool(self.errors) and len(self.permanent_errors) == len(self.errors)
+
+    def add_error(self, exc: KbsyncError) -> None:
+        """Record an error, keeping whether a retry can help."""
+        self.errors.append(str(exc))
+        if isinstance(exc, UnknownProject) or (isinstance(exc, SourceError) and not exc.transient):
+            self.permanent_errors.append(str(exc))
 
     def counts(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if key not in _NOT_COUNTS}
@@ -258,7 +273,7 @@ class Engine:
                 report.errors.append(str(exc))
                 log.warning("run.interrupted")
             except KbsyncError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources = report.sources
                 log.error("run.failed", error=str(exc))
             finally:
@@ -357,7 +372,7 @@ class Engine:
             try:
                 changes = changes_since(mark.updated_at)
             except SourceError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources += 1
                 log.warning("source.failed", error=str(exc))
                 return
@@ -392,7 +407,7 @@ class Engine:
             try:
                 listing = source.list(rebuild=rebuild)
             except SourceError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources += 1
                 log.warning("source.failed", error=str(exc))
                 return
