@@ -32,6 +32,7 @@ from kbsync.leases import LeaseKeeper, Renewer
 from kbsync.memory import limit_malloc_arenas
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
+from kbsync.retention import schedule_pruning
 from kbsync.settings import Settings
 from kbsync.wiring import open_engine
 
@@ -132,6 +133,7 @@ class Daemon:
             self._server = _Server(config)
             self._install_signals(engine)
             scheduler = self._scheduler(engine)
+            schedule_pruning(scheduler, engine.state, queue, self.settings.retention, engine.owner)
             workers = [
                 threading.Thread(target=self._work, args=(engine, queue, metrics, n), name=f"kbsync-worker-{n}")
                 for n in range(self.options.workers)
@@ -367,7 +369,9 @@ class Daemon:
             return
         interrupted = self.stop.is_set()
         delay = 0.0 if interrupted else min(self.options.max_backoff_seconds, 2.0 ** (item.attempts + 1))
-        status = queue.release(item, owner, error=error, retry=True, delay_seconds=delay)
+        # A permanent failure (401 bad token, 404 unknown portal) is dead at once: retrying cannot fix it.
+        permanent = report is not None and report.permanent and not interrupted
+        status = queue.release(item, owner, error=error, retry=not permanent, delay_seconds=delay)
         metrics.queue_items.labels("retried" if status == "pending" else "dead").inc()
         log.warning("queue.item_failed", status=status, attempts=item.attempts + 1, error=error)
 

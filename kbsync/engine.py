@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from kbsync.chunking import Chunk, Chunker
+from kbsync.deletion_guard import check_deletes
 from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.leases import LeaseKeeper
@@ -62,7 +63,8 @@ class ProjectKey:
 
 # RunReport fields that are not counters.
 _NOT_COUNTS = frozenset(
-    {"tenant", "project", "kind", "errors", "warnings", "failed_sources", "sources", "interrupted", "busy"}
+    {"tenant", "project", "kind", "errors", "permanent_errors", "warnings", "failed_sources", "sources", "interrupted",
+     "busy"}
 )
 
 
@@ -84,6 +86,9 @@ class RunReport:
     chunks_total: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # The errors a retry cannot fix (SourceError.transient False: a rejected token, an unknown portal; a project
+    # without the source): the webhook worker dead-letters an item whose refresh failed with these alone.
+    permanent_errors: list[str] = field(default_factory=list)
     failed_sources: int = 0
     sources: int = 0
     requests: int = 0
@@ -100,6 +105,17 @@ class RunReport:
         if not self.errors:
             return "ok"
         return "failed" if self.failed_sources >= self.sources > 0 or self.sources == 0 else "partial"
+
+    @property
+    def permanent(self) -> bool:
+        """Whether the run failed and every error it met is permanent (retrying will not help)."""
+        return bool(self.errors) and len(self.permanent_errors) == len(self.errors)
+
+    def add_error(self, exc: KbsyncError) -> None:
+        """Record an error, keeping whether a retry can help."""
+        self.errors.append(str(exc))
+        if isinstance(exc, UnknownProject) or (isinstance(exc, SourceError) and not exc.transient):
+            self.permanent_errors.append(str(exc))
 
     def counts(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if key not in _NOT_COUNTS}
@@ -257,7 +273,7 @@ class Engine:
                 report.errors.append(str(exc))
                 log.warning("run.interrupted")
             except KbsyncError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources = report.sources
                 log.error("run.failed", error=str(exc))
             finally:
@@ -274,16 +290,25 @@ class Engine:
             observer(report)
         return report
 
-    def reconcile(self, key: ProjectKey, *, rebuild: bool = False, progress: Progress | None = None) -> RunReport:
+    def reconcile(
+        self,
+        key: ProjectKey,
+        *,
+        rebuild: bool = False,
+        progress: Progress | None = None,
+        allow_mass_delete: bool = False,
+    ) -> RunReport:
         """Full reconcile of one project: every source listed, changed documents synced, vanished ones deleted.
 
         A source that fails is reported and skipped (the others still run); it deletes nothing.
-        `rebuild` re-embeds every chunk.
+        `rebuild` re-embeds every chunk. `allow_mass_delete` lifts the mass-delete breaker (kbsync.deletion_guard).
         """
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             for source in sources:
-                self._reconcile_source(key, source, index, report, rebuild=rebuild, progress=progress)
+                self._reconcile_source(
+                    key, source, index, report, rebuild=rebuild, progress=progress, allow_mass_delete=allow_mass_delete
+                )
 
         return self._run(key, "reconcile", work)
 
@@ -347,7 +372,7 @@ class Engine:
             try:
                 changes = changes_since(mark.updated_at)
             except SourceError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources += 1
                 log.warning("source.failed", error=str(exc))
                 return
@@ -375,13 +400,14 @@ class Engine:
         *,
         rebuild: bool,
         progress: Progress | None,
+        allow_mass_delete: bool = False,
     ) -> None:
         with structlog.contextvars.bound_contextvars(source=source.source_id):
             self._ensure_full(key, index)
             try:
                 listing = source.list(rebuild=rebuild)
             except SourceError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources += 1
                 log.warning("source.failed", error=str(exc))
                 return
@@ -400,10 +426,19 @@ class Engine:
                 log.warning("source.incomplete_listing", errors=len(listing.errors))
                 report.warnings.append(f"{source.source_id}: the listing was incomplete, so nothing was deleted")
                 return
-            candidates = set(index.of_source(source.source_id)) - listing.doc_ids
+            held = set(index.of_source(source.source_id))
+            candidates = held - listing.doc_ids
             if candidates:
-                gone = source.confirm_gone(candidates)
-                self._delete_documents(key, gone, index, report)
+                gone = source.confirm_gone(candidates) & held
+                verdict = check_deletes(
+                    source.source_id, source.kind, len(held), len(gone), self.settings.sync, allow=allow_mass_delete
+                )
+                if verdict.allowed:
+                    self._delete_documents(key, gone, index, report)
+                else:
+                    log.warning("source.mass_delete_refused", held=len(held), gone=len(gone))
+                    report.warnings.append(verdict.message)
+                    report.errors.append(verdict.message)  # the outcome is `partial`
             if listing.watermark is not None:
                 self.state.set_watermark(
                     key.tenant, key.project, source.source_id, Watermark(listing.watermark, listing.total)
