@@ -35,6 +35,7 @@ __all__ = [
     "Settings",
     "SourceSettings",
     "StateSettings",
+    "SyncSettings",
     "TenantChromaSettings",
     "TenantSettings",
     "WebSourceSettings",
@@ -121,6 +122,14 @@ class ScheduleSettings(_Section):
     poll_interval_seconds: int = Field(default=60, ge=5)
     reconcile_interval_minutes: int = Field(default=360, ge=1)
     jitter_seconds: int = Field(default=30, ge=0)
+
+
+class SyncSettings(_Section):
+    """The mass-delete breaker (kbsync.deletion_guard): a run deletes at most this share of a web or files source's
+    documents once it holds `mass_delete_min_docs`; `kbsync resync --allow-mass-delete` lifts it for one run."""
+
+    max_delete_fraction: float = Field(default=0.5, gt=0, le=1)
+    mass_delete_min_docs: int = Field(default=5, ge=1)
 
 
 class RetentionSettings(_Section):
@@ -315,6 +324,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     server: ServerSettings = ServerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    sync: SyncSettings = SyncSettings()
     retention: RetentionSettings = RetentionSettings()
     tenants: list[TenantSettings] = []
 
