@@ -29,6 +29,7 @@ import structlog
 from kbsync.chunking import Chunk, Chunker
 from kbsync.embedding import Embedder, TokenCounter, default_model_dir, missing_model_files
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
+from kbsync.lexical import LexicalIndex, converge_lexical
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, ProjectSettings, Settings, TenantSettings
@@ -224,8 +225,10 @@ class Engine:
         chunker: Chunker,
         state: State,
         sources: dict[ProjectKey, list[Source]],
+        lexical: LexicalIndex | None = None,
     ) -> None:
         self.settings = settings
+        self.lexical = lexical  # the lexical leg (kbsync.lexical), written right after each store write/delete
         self.store = store  # the [chroma] store
         self._tenant_stores = dict(tenant_stores or {})  # tenants with a [tenants.chroma] server of their own
         self.embedder = embedder
@@ -371,6 +374,7 @@ class Engine:
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             for source in sources:
                 self._reconcile_source(key, source, index, report, rebuild=rebuild, progress=progress)
+            self._converge_lexical(key, index, report)
 
         return self._run(key, "reconcile", work)
 
@@ -590,8 +594,10 @@ class Engine:
         records.extend(ChunkRecord(c, "", m, None) for _, _, metas in refreshed for c, m in metas.items())
         # New chunks are written before any stale one is deleted: a document never disappears while updated.
         self.store_for(key).write(key.collection, records)
+        self._lexical_write(key, records)
         report.chunks_written += written
         self.store_for(key).delete(key.collection, stale)
+        self._lexical_delete(key, stale)
         report.chunks_deleted += len(stale)
         for doc, held, metas in refreshed:
             held.chunks.update(metas)
@@ -613,11 +619,30 @@ class Engine:
         if not held:
             return
         self.store_for(key).delete(key.collection, [c for doc in held for c in sorted(doc.chunks)])
+        self._lexical_delete(key, [c for doc in held for c in sorted(doc.chunks)])
         for doc in held:
             del index.docs[doc.doc_id]
             report.docs_deleted += 1
             report.chunks_deleted += len(doc.chunks)
             log.info("doc.deleted", doc_id=doc.doc_id, chunks=len(doc.chunks))
+
+    def _lexical_write(self, key: ProjectKey, records: Sequence[ChunkRecord]) -> None:
+        if self.lexical is not None:  # metadata-only refreshes carry no text and leave the rows as they are
+            self.lexical.write(key.tenant, key.project, [(r.id, r.text, r.metadata) for r in records if r.text])
+
+    def _lexical_delete(self, key: ProjectKey, chunk_ids: Sequence[str]) -> None:
+        if self.lexical is not None:
+            self.lexical.delete(key.tenant, key.project, chunk_ids)
+
+    def _converge_lexical(self, key: ProjectKey, index: ProjectIndex, report: RunReport) -> None:
+        """Make the lexical rows match the collection (a failed write, or a store older than the lexical leg)."""
+        if self.lexical is None or not index.complete:
+            return
+        added, removed = converge_lexical(self.lexical, self.store_for(key), key.tenant, key.project,
+                                          key.collection, index)
+        if added or removed:
+            log.info("lexical.converged", added=added, removed=removed)
+            report.warnings.append(f"lexical index repaired: {added} rows added, {removed} removed")
 
     # -- query -------------------------------------------------------------------------------------------
 
@@ -645,7 +670,7 @@ class Engine:
                 locales = self._locales[key] = self.store_for(key).index(key.collection).locales()
             if locales != {locale}:
                 where = {"locale": locale}
-        retrieval = Retrieval(self.store_for(key), None, self.settings.retrieval.candidates)
+        retrieval = Retrieval(self.store_for(key), self.lexical, self.settings.retrieval.candidates)
         weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
         return retrieval.search(
             key.collection, (key.tenant, key.project), vector, text,
@@ -743,4 +768,5 @@ def open_engine(settings: Settings, *, chatwoot_options: Any = None) -> Iterator
             chunker=chunker,
             state=state,
             sources=sources,
+            lexical=LexicalIndex(state),
         )

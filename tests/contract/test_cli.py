@@ -113,3 +113,25 @@ def test_commands_fail_cleanly_while_another_process_owns_the_store(files_settin
         assert result.exit_code == 1 and "another kbsync process" in result.stderr
     else:
         assert result.exit_code == 0 and "another kbsync process" in result.stdout
+
+
+def test_check_reports_a_lexical_index_that_disagrees_with_the_store(files_settings: Path, docs_dir, monkeypatch) -> None:
+    from kbsync.lexical import LexicalIndex
+    from kbsync.settings import load_settings
+    from kbsync.state import State
+
+    monkeypatch.setenv("KBSYNC_ADMIN_TOKEN", "t")
+    (docs_dir / "refunds.md").write_text("# Refunds\n\nRefunds are paid back within five business days.\n")
+    assert invoke(files_settings, "resync").exit_code == 0
+    result = invoke(files_settings, "check")
+    assert result.exit_code == 0 and "acme/alpha lexical index: 1 rows for 1 chunks" in result.stdout
+    state = State.open(load_settings(files_settings))
+    try:
+        lexical = LexicalIndex(state)
+        lexical.delete("acme", "alpha", sorted(lexical.ids("acme", "alpha")))
+    finally:
+        state.close()
+    result = invoke(files_settings, "check")
+    assert result.exit_code == 1 and "0 rows for 1 chunks: run `kbsync resync`" in result.stdout
+    assert invoke(files_settings, "resync").exit_code == 0
+    assert invoke(files_settings, "check").exit_code == 0
