@@ -31,7 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import CORPORA, corpus_articles, model_dir  # noqa: E402
-from kbsync.engine import Engine, ProjectKey, open_engine  # noqa: E402
+from kbsync.engine import Engine, ProjectKey  # noqa: E402
+from kbsync.wiring import open_engine  # noqa: E402
 from kbsync.settings import load_settings  # noqa: E402
 
 QUESTIONS = Path(__file__).with_name("retrieval_questions.json")
