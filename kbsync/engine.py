@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from kbsync.chunking import Chunk, Chunker
+from kbsync.deletion_guard import check_deletes
 from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.leases import LeaseKeeper
@@ -292,16 +293,25 @@ class Engine:
             observer(report)
         return report
 
-    def reconcile(self, key: ProjectKey, *, rebuild: bool = False, progress: Progress | None = None) -> RunReport:
+    def reconcile(
+        self,
+        key: ProjectKey,
+        *,
+        rebuild: bool = False,
+        progress: Progress | None = None,
+        allow_mass_delete: bool = False,
+    ) -> RunReport:
         """Full reconcile of one project: every source listed, changed documents synced, vanished ones deleted.
 
         A source that fails is reported and skipped (the others still run); it deletes nothing.
-        `rebuild` re-embeds every chunk.
+        `rebuild` re-embeds every chunk. `allow_mass_delete` lifts the mass-delete breaker (kbsync.deletion_guard).
         """
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             for source in sources:
-                self._reconcile_source(key, source, index, report, rebuild=rebuild, progress=progress)
+                self._reconcile_source(
+                    key, source, index, report, rebuild=rebuild, progress=progress, allow_mass_delete=allow_mass_delete
+                )
             self._converge_lexical(key, index, report)
 
         return self._run(key, "reconcile", work)
@@ -394,6 +404,7 @@ class Engine:
         *,
         rebuild: bool,
         progress: Progress | None,
+        allow_mass_delete: bool = False,
     ) -> None:
         with structlog.contextvars.bound_contextvars(source=source.source_id):
             self._ensure_full(key, index)
@@ -419,10 +430,19 @@ class Engine:
                 log.warning("source.incomplete_listing", errors=len(listing.errors))
                 report.warnings.append(f"{source.source_id}: the listing was incomplete, so nothing was deleted")
                 return
-            candidates = set(index.of_source(source.source_id)) - listing.doc_ids
+            held = set(index.of_source(source.source_id))
+            candidates = held - listing.doc_ids
             if candidates:
-                gone = source.confirm_gone(candidates)
-                self._delete_documents(key, gone, index, report)
+                gone = source.confirm_gone(candidates) & held
+                verdict = check_deletes(
+                    source.source_id, source.kind, len(held), len(gone), self.settings.sync, allow=allow_mass_delete
+                )
+                if verdict.allowed:
+                    self._delete_documents(key, gone, index, report)
+                else:
+                    log.warning("source.mass_delete_refused", held=len(held), gone=len(gone))
+                    report.warnings.append(verdict.message)
+                    report.errors.append(verdict.message)  # the outcome is `partial`
             if listing.watermark is not None:
                 self.state.set_watermark(
                     key.tenant, key.project, source.source_id, Watermark(listing.watermark, listing.total)

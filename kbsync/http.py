@@ -85,6 +85,7 @@ class ResyncBody(BaseModel):
     tenant: str | None = None
     project: str | None = None
     rebuild: bool = False
+    allow_mass_delete: bool = False
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -150,7 +151,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise HTTPException(404, str(exc)) from None
         reports = []
         for key in keys:
-            report = await asyncio.to_thread(ctx.engine.reconcile, key, rebuild=body.rebuild)
+            report = await asyncio.to_thread(
+                ctx.engine.reconcile, key, rebuild=body.rebuild, allow_mass_delete=body.allow_mass_delete
+            )
             reports.append(report.as_dict())
         return {"reports": reports}
 
