@@ -33,9 +33,10 @@ from kbsync.leases import LeaseKeeper
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
-from kbsync.sources import Document, Source
+from kbsync.sources import Document, ListingObserver, Polling, Source
 from kbsync.state import State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
+from kbsync.webhooks import WebhookEvent
 
 __all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
 
@@ -324,7 +325,7 @@ class Engine:
 
         return self._run(key, "poll", work, full_index=False)
 
-    def refresh(self, key: ProjectKey, source_id: str, event: str, doc_id: str | None = None) -> RunReport:
+    def refresh(self, key: ProjectKey, source_id: str, event: WebhookEvent, doc_id: str | None = None) -> RunReport:
         """Apply one webhook event (fetch-on-notify: the source is the truth, the payload only a hint).
 
         `portal_updated` reconciles the source; an article event polls it; a deleted article still held after the
@@ -334,11 +335,11 @@ class Engine:
             source = next((s for s in sources if s.source_id == source_id), None)
             if source is None:
                 raise UnknownProject(f"project {key} has no source {source_id}")
-            if event == "portal_updated":
+            if event == WebhookEvent.PORTAL_UPDATED:
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
                 return
             self._poll_source(key, source, index, report)
-            if event == "article_deleted" and doc_id is not None:
+            if event == WebhookEvent.ARTICLE_DELETED and doc_id is not None:
                 self._ensure_docs(key, index, {doc_id})
                 if doc_id in index.docs:
                     self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
@@ -361,8 +362,7 @@ class Engine:
             index.complete = True
 
     def _poll_source(self, key: ProjectKey, source: Source, index: ProjectIndex, report: RunReport) -> None:
-        changes_since = getattr(source, "changes_since", None)
-        if changes_since is None:
+        if not isinstance(source, Polling):
             return  # files and web sources are read by reconcile
         with structlog.contextvars.bound_contextvars(source=source.source_id):
             mark = self.state.watermark(key.tenant, key.project, source.source_id)
@@ -370,7 +370,7 @@ class Engine:
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
                 return
             try:
-                changes = changes_since(mark.updated_at)
+                changes = source.changes_since(mark.updated_at)
             except SourceError as exc:
                 report.add_error(exc)
                 report.failed_sources += 1
@@ -419,9 +419,8 @@ class Engine:
             report.docs_seen += len(listing.unchanged)
             report.docs_unchanged += len(listing.unchanged)
             self.sync_documents(key, listing.documents, index, report, rebuild=rebuild, progress=progress)
-            applied = getattr(source, "applied", None)
-            if applied is not None:
-                applied(listing, index.docs.keys())
+            if isinstance(source, ListingObserver):
+                source.applied(listing, index.docs.keys())
             if not listing.complete:
                 log.warning("source.incomplete_listing", errors=len(listing.errors))
                 report.warnings.append(f"{source.source_id}: the listing was incomplete, so nothing was deleted")

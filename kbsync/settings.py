@@ -19,6 +19,7 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kbsync.errors import ConfigError
+from kbsync.webhooks import chatwoot_source_id
 
 __all__ = [
     "ChatwootSourceSettings",
@@ -153,7 +154,7 @@ class ChatwootSourceSettings(_Section):
     @property
     def source_id(self) -> str:
         """The value of the `source` metadata key on this source's chunks."""
-        return f"chatwoot:{self.portal}"
+        return chatwoot_source_id(self.portal)
 
 
 class WebSourceSettings(_Section):
