@@ -32,6 +32,7 @@ from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, ProjectSettings, Settings, TenantSettings
+from kbsync.settings import ConfluenceSourceSettings, NotionSourceSettings
 from kbsync.sources import Document, Listing, Source
 from kbsync.state import PageCacheTable, State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
@@ -117,11 +118,13 @@ class Progress(Protocol):
 
 
 def build_sources(
-    settings: Settings, stack: ExitStack, state: State, *, chatwoot_options: Any = None
+    settings: Settings, stack: ExitStack, state: State, *, chatwoot_options: Any = None, api_options: Any = None
 ) -> dict[ProjectKey, list[Source]]:
-    """The configured sources of every project; one pooled Chatwoot client per tenant, closed by `stack`.
+    """The configured sources of every project; one pooled Chatwoot client per tenant, one pooled client per
+    Confluence or Notion source, closed by `stack`.
 
-    `chatwoot_options` (a ChatwootClientOptions) tunes timeouts and retries; tests shrink them."""
+    `chatwoot_options` (a ChatwootClientOptions) and `api_options` (an HttpOptions, for Confluence and Notion)
+    tune timeouts and retries; tests shrink them."""
     from kbsync.sources.files import FilesSource
 
     sources: dict[ProjectKey, list[Source]] = {}
@@ -138,6 +141,10 @@ def build_sources(
                     if client is None:
                         client = stack.enter_context(ChatwootClient(tenant, chatwoot_options))
                     built.append(ChatwootSource(tenant, source, client))
+                elif isinstance(source, ConfluenceSourceSettings | NotionSourceSettings):
+                    from kbsync.sources.apis import open_api_source
+
+                    built.append(open_api_source(source, stack, options=api_options))
                 else:
                     from kbsync.sources.web import WebSource
 
@@ -444,6 +451,9 @@ class Engine:
             # The source itself says these are no longer published: no second look is needed.
             gone = {d for d in changes.gone if d in index.docs and index.docs[d].source == source.source_id}
             self._delete_documents(key, gone, index, report)
+            applied_changes = getattr(source, "applied_changes", None)  # the change gate of API sources
+            if applied_changes is not None:
+                applied_changes(changes, index.docs.keys())
             if mark.total is not None and changes.all_articles_count < mark.total:
                 log.info("source.total_dropped", was=mark.total, now=changes.all_articles_count)
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
@@ -725,7 +735,7 @@ def open_stores(settings: Settings, stack: ExitStack) -> tuple[Store, dict[str, 
 
 
 @contextmanager
-def open_engine(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[Engine]:
+def open_engine(settings: Settings, *, chatwoot_options: Any = None, api_options: Any = None) -> Iterator[Engine]:
     """Open state, stores, model and source clients in order; close them in reverse (also on error)."""
     with ExitStack() as stack:
         state = State.open(settings)
@@ -734,7 +744,7 @@ def open_engine(settings: Settings, *, chatwoot_options: Any = None) -> Iterator
         model_dir = resolve_model_dir(settings)
         embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
         chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
-        sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options)
+        sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options, api_options=api_options)
         yield Engine(
             settings,
             store=store,
