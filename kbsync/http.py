@@ -222,8 +222,8 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         return "rejected", _error(400, str(exc))
     if account_id != tenant.account_id:
         return "rejected", _error(403, f"account {account_id} is not tenant {tenant_id!r}'s account")
-    project = _project_of_portal(tenant, portal)
-    if project is None:
+    projects = _projects_of_portal(tenant, portal)
+    if not projects:
         return "rejected", _error(404, f"portal {portal!r} is not configured for tenant {tenant_id!r}")
     source_id = ChatwootSourceSettings(kind="chatwoot", portal=portal).source_id
     payload = {"portal": portal, "article_id": article_id}
@@ -233,7 +233,7 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         enqueued = await asyncio.to_thread(
             ctx.queue.enqueue,
             tenant_id,
-            project,
+            projects,
             source_id,
             name,
             payload,
@@ -247,7 +247,7 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
     wake = getattr(request.app.state, "wake_workers", None)
     if wake is not None:
         wake()
-    log.info("webhook.queued", tenant=tenant_id, project=project, webhook_event=name, article_id=article_id)
+    log.info("webhook.queued", tenant=tenant_id, projects=projects, webhook_event=name, article_id=article_id)
     return "queued", JSONResponse({"status": "queued"}, status_code=202)
 
 
@@ -298,9 +298,10 @@ def _event_fields(event: dict[str, Any], *, needs_article: bool) -> tuple[int, s
     return account["id"], slug, article_id
 
 
-def _project_of_portal(tenant: TenantSettings, portal: str) -> str | None:
-    for project in tenant.projects:
-        for source in project.sources:
-            if isinstance(source, ChatwootSourceSettings) and source.portal == portal:
-                return project.id
-    return None
+def _projects_of_portal(tenant: TenantSettings, portal: str) -> list[str]:
+    """Every project of the tenant that reads `portal` (one portal in several projects is a supported layout)."""
+    return [
+        project.id
+        for project in tenant.projects
+        if any(isinstance(s, ChatwootSourceSettings) and s.portal == portal for s in project.sources)
+    ]

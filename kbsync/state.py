@@ -1,4 +1,4 @@
-"""Durable state: run records, poll watermarks, web page validators and project leases.
+"""Durable state: run records, poll watermarks, web page validators, project locales and project leases.
 
 SQLAlchemy Core, one schema and one code path for both dialects: SQLite under `state_dir` (one process, the
 default; a lock file refuses a second) or PostgreSQL (`state.url`, shared by every replica). All SQL of the state
@@ -16,12 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from kbsync.errors import StateError, StateLocked
 from kbsync.locking import FileLock, lock_holder
 
-__all__ = ["PageCacheTable", "RunRecord", "State", "Watermark", "db_errors", "metadata"]
+__all__ = ["STATE_LOCK", "PageCacheTable", "RunRecord", "State", "Watermark", "db_errors", "metadata"]
+
+# Held by the one process using SQLite state under state_dir (a running daemon, or one CLI command).
+STATE_LOCK = "state.lock"
 
 SCHEMA_VERSION = 1
 
@@ -80,6 +85,15 @@ web_pages = sa.Table(
     sa.Column("doc_id", sa.String(128), nullable=False),
     sa.Column("validators", sa.Text, nullable=False),  # JSON: etag, last_modified, lastmod, title
     sa.Index("web_pages_doc", "tenant", "project", "source", "doc_id"),
+)
+
+
+project_locales = sa.Table(
+    "project_locales",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("locale", sa.String(64), primary_key=True),
 )
 
 
@@ -161,7 +175,7 @@ class State:
     def open_sqlite(cls, state_dir: Path) -> State:
         """SQLite at `<state_dir>/state.db` (WAL: readers never block the writer), held by this process alone."""
         state_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(state_dir / "state.lock")
+        lock = FileLock(state_dir / STATE_LOCK)
         if not lock.acquire():
             raise StateLocked(
                 f"the state at {state_dir} is in use by another kbsync process (pid "
@@ -352,6 +366,35 @@ class State:
                 if not updated:
                     tx.execute(sa.insert(watermarks).values(**key, **values))
 
+    # -- locales ---------------------------------------------------------------------------------------
+    # A project's chunk locales, recorded before chunks of a new locale are written, so a query may drop its locale
+    # filter (slow in Chroma when it matches most of a collection) only while the project holds that locale alone.
+
+    def locales(self, tenant: str, project: str) -> set[str]:
+        """The locales recorded for a project's chunks (empty: none recorded yet)."""
+        query = sa.select(project_locales.c.locale).where(
+            project_locales.c.tenant == tenant, project_locales.c.project == project
+        )
+        with db_errors("read a project's locales"), self.engine.connect() as conn:
+            return {str(locale) for locale in conn.execute(query).scalars()}
+
+    def add_locales(self, tenant: str, project: str, locales: set[str]) -> None:
+        """Record locales a project's chunks now carry (before they are written); ones already recorded stay."""
+        if not locales:
+            return
+        rows = [{"tenant": tenant, "project": project, "locale": locale} for locale in sorted(locales)]
+        insert = (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(project_locales)
+        with db_errors("record a project's locales"), self.engine.begin() as tx:
+            tx.execute(insert.on_conflict_do_nothing(), rows)
+
+    def set_locales(self, tenant: str, project: str, locales: set[str]) -> None:
+        """Replace a project's recorded locales with exactly `locales` (read from its whole collection, under the
+        project's lease, so no write of another locale is under way)."""
+        where = (project_locales.c.tenant == tenant, project_locales.c.project == project)
+        with db_errors("record a project's locales"), self.engine.begin() as tx:
+            tx.execute(sa.delete(project_locales).where(*where, project_locales.c.locale.not_in(sorted(locales))))
+        self.add_locales(tenant, project, locales)
+
 
 def _where(engine: sa.Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
@@ -374,7 +417,8 @@ def _record(row: Any) -> RunRecord:
 
 class PageCacheTable:
     """A web source's conditional-request validators (ETag, Last-Modified, sitemap lastmod) in the state database,
-    so an unchanged page costs a 304 after a restart too. Implements kbsync.sources.web.PageCache."""
+    so an unchanged page costs a 304 after a restart too. Values are plain JSON objects: what they mean is the web
+    source's business (the composition root adapts this table to its PageCache)."""
 
     def __init__(self, state: State, tenant: str, project: str, source: str) -> None:
         self._db = state.engine
@@ -382,19 +426,19 @@ class PageCacheTable:
         self._values = {"tenant": tenant, "project": project, "source": source}
 
     @db_errors("read page validators")
-    def get(self, url: str) -> Any:
-        from kbsync.sources.web import PageValidators
-
+    def get(self, url: str) -> dict[str, object] | None:
+        """The JSON object stored for `url`, or None."""
         with self._db.connect() as conn:
             row = conn.execute(sa.select(web_pages.c.validators).where(*self._key, web_pages.c.url == url)).first()
-        return PageValidators.from_json(json.loads(row.validators)) if row else None
+        return dict(json.loads(row.validators)) if row else None
 
-    def put(self, url: str, validators: Any) -> None:
-        data = json.dumps(validators.to_json())
+    def put(self, url: str, doc_id: str, validators: dict[str, object]) -> None:
+        """Store `validators` for `url`, replacing what was there; `doc_id` is what `url_for` finds it by."""
+        data = json.dumps(validators)
         with db_errors("store page validators"):
             with self._db.begin() as tx:
                 tx.execute(sa.delete(web_pages).where(*self._key, web_pages.c.url == url))
-                tx.execute(sa.insert(web_pages).values(**self._values, url=url, doc_id=validators.doc_id, validators=data))
+                tx.execute(sa.insert(web_pages).values(**self._values, url=url, doc_id=doc_id, validators=data))
 
     @db_errors("delete page validators")
     def delete(self, url: str) -> None:

@@ -23,6 +23,7 @@ from kbsync.memory import release_free_memory
 
 __all__ = [
     "MAX_RECORDS_PER_WRITE",
+    "STORE_LOCK",
     "ChromaTarget",
     "ChunkRecord",
     "IndexedDoc",
@@ -32,6 +33,8 @@ __all__ = [
     "collection_name",
 ]
 
+# Held under state_dir by the one process that has the embedded store open.
+STORE_LOCK = "chroma.lock"
 # Chroma Cloud's quotas, kept in every mode so the same data fits a Cloud deployment unchanged; 300 records per
 # write also keeps every call far below the local 5461 batch limit.
 MAX_RECORDS_PER_WRITE = 300
@@ -179,7 +182,7 @@ def _chroma_errors(action: str, collection: str) -> Iterator[None]:
 
 
 def _lock_store(state_dir: Path) -> FileLock:
-    lock = FileLock(state_dir / "chroma.lock")
+    lock = FileLock(state_dir / STORE_LOCK)
     if not lock.acquire():
         raise StoreLocked(
             f"the embedded store at {state_dir / 'chroma'} is open in another kbsync process "

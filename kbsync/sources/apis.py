@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 from kbsync.settings import ConfluenceSourceSettings, NotionSourceSettings
+from kbsync.sources import Source
 from kbsync.sources._http import HttpOptions
 
 __all__ = ["open_api_source"]
@@ -12,7 +13,7 @@ __all__ = ["open_api_source"]
 
 def open_api_source(
     settings: ConfluenceSourceSettings | NotionSourceSettings, stack: ExitStack, *, options: HttpOptions | None = None
-) -> object:
+) -> Source:
     """The source for `settings`, its client registered on `stack`. `options` replace the default timeouts and
     retries (the source's own pace is kept unless `options` set one)."""
     if isinstance(settings, ConfluenceSourceSettings):
