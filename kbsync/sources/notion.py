@@ -201,7 +201,8 @@ class NotionSource:
         page of results (for `kbsync check`)."""
         root = self.root()
         if root.kind == "database":
-            body = self.client.request_json("POST", f"/v1/databases/{root.id}/query", json_body={"page_size": PAGE_SIZE})
+            path = f"/v1/databases/{root.id}/query"
+            body = self.client.request_json("POST", path, json_body={"page_size": PAGE_SIZE})
             return len(body.get("results") or []) if isinstance(body, dict) else 0
         return sum(1 for b in self._block_list(root.id) if b.get("type") in _CHILD_KINDS)
 
@@ -216,7 +217,8 @@ class NotionSource:
             return []
         doc_id = self.doc_id(page_id)
         known = self._children.get(page_id)
-        if not rebuild and known is not None and self._versions.unchanged(doc_id, page["last_edited_time"], _edited(page)):
+        same = self._versions.unchanged(doc_id, page["last_edited_time"], _edited(page))
+        if not rebuild and known is not None and same:
             walk.unchanged.add(doc_id)
             return known
         read_at = time.time()
@@ -358,7 +360,8 @@ def _check_page(page: Any, url: str, source: str) -> None:
     try:
         _edited(page)
     except (KeyError, TypeError, ValueError):
-        raise SourceRejected(f"unexpected page {page['id']}: no ISO `last_edited_time`", source=source, url=url) from None
+        problem = f"unexpected page {page['id']}: no ISO `last_edited_time`"
+        raise SourceRejected(problem, source=source, url=url) from None
 
 
 def _child_refs(blocks: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:

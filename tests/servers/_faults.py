@@ -50,11 +50,19 @@ class FaultBook:
             self._faults.clear()
             self._hooks.clear()
 
-    def before(self, path_contains: str, callback: Callable[[], None], *, query_contains: str = "", times: int = 1) -> None:
+    def before(
+        self, path_contains: str, callback: Callable[[], None], *, query_contains: str = "", times: int = 1
+    ) -> None:
         """Run `callback` just before answering the next `times` matching requests (content that changes
         between two pages of a listing)."""
         with self._lock:
             self._hooks.append((path_contains, query_contains, times, callback))
+
+    @property
+    def pending(self) -> int:
+        """Faults not yet fired."""
+        with self._lock:
+            return len(self._faults)
 
     def count(self, path_contains: str = "", method: str | None = None) -> int:
         with self._lock:

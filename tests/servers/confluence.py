@@ -109,7 +109,9 @@ class FakeConfluence:
                                               labels=list(labels or []))
             return page_id
 
-    def load_corpus(self, space: str, path: Path, *, count: int | None = None, labels: list[str] | None = None) -> list[str]:
+    def load_corpus(
+        self, space: str, path: Path, *, count: int | None = None, labels: list[str] | None = None
+    ) -> list[str]:
         """Pages from a corpus file's articles (cycled to `count` pages with numbered titles)."""
         articles = json.loads(path.read_text(encoding="utf-8"))["articles"]
         articles = [a for a in articles if a.get("status") == "published"] or articles
@@ -125,7 +127,8 @@ class FakeConfluence:
                     '</ac:rich-text-body></ac:structured-macro>'
                     '<p><ac:image><ri:attachment ri:filename="screen.png"/></ac:image></p>' + body
                 )
-            ids.append(self.add_page(space, title, body, labels=labels, updated=self.clock - 86_400 * 60 + index * 3600))
+            updated = self.clock - 86_400 * 60 + index * 3600  # an hour apart: a one-day poll window holds 24
+            ids.append(self.add_page(space, title, body, labels=labels, updated=updated))
         return ids
 
     def edit(self, space: str, page_id: str, *, body: str | None = None, title: str | None = None) -> None:
@@ -176,8 +179,8 @@ class FakeConfluence:
             "version": {"createdAt": _iso(page.updated), "message": "", "number": page.version, "minorEdit": False,
                         "authorId": "557058:abc"},
             "body": {"storage": {"value": page.body, "representation": "storage"}} if body else {},
-            "_links": {"webui": f"/spaces/{space}/pages/{page.id}/{slug}", "editui": f"/pages/resumedraft.action?draftId={page.id}",
-                       "tinyui": f"/x/{page.id}"},
+            "_links": {"webui": f"/spaces/{space}/pages/{page.id}/{slug}",
+                       "editui": f"/pages/resumedraft.action?draftId={page.id}", "tinyui": f"/x/{page.id}"},
         }
 
 
@@ -307,7 +310,8 @@ def create_app(fake: FakeConfluence) -> FastAPI:
                 })
         links = {"base": fake.base_url + base, "context": base}
         if start + limit < len(pages) and limit:
-            links["next"] = f"/rest/api/search?{urlencode({'cql': cql, 'limit': limit, 'cursor': _cursor(str(start + limit))})}"
+            query = urlencode({"cql": cql, "limit": limit, "cursor": _cursor(str(start + limit))})
+            links["next"] = f"/rest/api/search?{query}"
         return {"results": results, "start": start, "limit": limit, "size": len(results), "totalSize": len(pages),
                 "cqlQuery": cql, "_links": links}
 

@@ -366,7 +366,8 @@ def create_app(fake: FakeNotion) -> FastAPI:
             rows = sorted((p for p in fake.pages.values() if p.parent.get("database_id") == key
                            and not (p.archived or p.in_trash)), key=lambda p: p.id)
             items = [fake.render_page(p) for p in rows]
-            return _listing(items, body.get("start_cursor"), int(body.get("page_size") or _MAX_PAGE), "page_or_database")
+            size = int(body.get("page_size") or _MAX_PAGE)
+            return _listing(items, body.get("start_cursor"), size, "page_or_database")
 
     @app.post("/v1/search")
     async def search(request: Request) -> Any:
