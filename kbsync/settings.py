@@ -19,6 +19,7 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kbsync.errors import ConfigError
+from kbsync.webhooks import chatwoot_source_id
 
 __all__ = [
     "ChatwootSourceSettings",
@@ -29,12 +30,14 @@ __all__ = [
     "FilesSourceSettings",
     "NotionSourceSettings",
     "ProjectSettings",
+    "RetentionSettings",
     "RetrievalSettings",
     "ScheduleSettings",
     "ServerSettings",
     "Settings",
     "SourceSettings",
     "StateSettings",
+    "SyncSettings",
     "TenantChromaSettings",
     "TenantSettings",
     "WebSourceSettings",
@@ -123,6 +126,27 @@ class ScheduleSettings(_Section):
     jitter_seconds: int = Field(default=30, ge=0)
 
 
+class SyncSettings(_Section):
+    """The mass-delete breaker (kbsync.deletion_guard): a run deletes at most this share of a web or files source's
+    documents once it holds `mass_delete_min_docs`; `kbsync resync --allow-mass-delete` lifts it for one run."""
+
+    max_delete_fraction: float = Field(default=0.5, gt=0, le=1)
+    mass_delete_min_docs: int = Field(default=5, ge=1)
+
+
+class RetentionSettings(_Section):
+    """How long finished records are kept in the state database; pruned by the daemon (kbsync/retention.py)."""
+
+    runs_days: float = Field(default=30, gt=0)  # run records older than this go (the newest of each kind stays)
+    runs_per_project: int = Field(default=10_000, ge=10)  # and at most this many per project (a 60 s poll: 1440/day)
+    done_items_days: float = Field(default=7, gt=0)  # applied webhook queue items
+    dead_items_days: float = Field(default=30, gt=0)  # dead webhook queue items (shown by `kbsync status` until then)
+    # Delivery ids deduplicate webhooks; a replay older than the 300 s signature window is refused anyway.
+    deliveries_days: float = Field(default=1, ge=0.01)
+    interval_minutes: int = Field(default=60, ge=1)  # how often the daemon prunes (jittered)
+    batch_rows: int = Field(default=1000, ge=1, le=100_000)  # rows per DELETE: short transactions, no long locks
+
+
 class ChatwootSourceSettings(_Section):
     kind: Literal["chatwoot"]
     portal: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
@@ -132,7 +156,7 @@ class ChatwootSourceSettings(_Section):
     @property
     def source_id(self) -> str:
         """The value of the `source` metadata key on this source's chunks."""
-        return f"chatwoot:{self.portal}"
+        return chatwoot_source_id(self.portal)
 
 
 class WebSourceSettings(_Section):
@@ -385,6 +409,8 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     server: ServerSettings = ServerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    sync: SyncSettings = SyncSettings()
+    retention: RetentionSettings = RetentionSettings()
     tenants: list[TenantSettings] = []
 
     _admin_token: SecretStr | None = PrivateAttr(default=None)
