@@ -30,6 +30,7 @@ from kbsync.deletion_guard import check_deletes
 from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.leases import LeaseKeeper
+from kbsync.lexical import LexicalIndex, converge_lexical
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
@@ -155,8 +156,10 @@ class Engine:
         chunker: Chunker,
         state: State,
         sources: dict[ProjectKey, list[Source]],
+        lexical: LexicalIndex | None = None,
     ) -> None:
         self.settings = settings
+        self.lexical = lexical  # the lexical leg (kbsync.lexical), written right after each store write/delete
         self.store = store  # the [chroma] store
         self._tenant_stores = dict(tenant_stores or {})  # tenants with a [tenants.chroma] server of their own
         self.embedder = embedder
@@ -310,6 +313,7 @@ class Engine:
                 self._reconcile_source(
                     key, source, index, report, rebuild=rebuild, progress=progress, allow_mass_delete=allow_mass_delete
                 )
+            self._converge_lexical(key, index, report)
 
         return self._run(key, "reconcile", work)
 
@@ -544,8 +548,10 @@ class Engine:
             self.state.add_locales(key.tenant, key.project, {str(r.metadata["locale"]) for r in records})
         # New chunks are written before any stale one is deleted: a document never disappears while updated.
         self.store_for(key).write(key.collection, records)
+        self._lexical_write(key, records)
         report.chunks_written += written
         self.store_for(key).delete(key.collection, stale)
+        self._lexical_delete(key, stale)
         report.chunks_deleted += len(stale)
         for doc, held, metas in refreshed:
             held.chunks.update(metas)
@@ -567,11 +573,30 @@ class Engine:
         if not held:
             return
         self.store_for(key).delete(key.collection, [c for doc in held for c in sorted(doc.chunks)])
+        self._lexical_delete(key, [c for doc in held for c in sorted(doc.chunks)])
         for doc in held:
             del index.docs[doc.doc_id]
             report.docs_deleted += 1
             report.chunks_deleted += len(doc.chunks)
             log.info("doc.deleted", doc_id=doc.doc_id, chunks=len(doc.chunks))
+
+    def _lexical_write(self, key: ProjectKey, records: Sequence[ChunkRecord]) -> None:
+        if self.lexical is not None:  # metadata-only refreshes carry no text and leave the rows as they are
+            self.lexical.write(key.tenant, key.project, [(r.id, r.text, r.metadata) for r in records if r.text])
+
+    def _lexical_delete(self, key: ProjectKey, chunk_ids: Sequence[str]) -> None:
+        if self.lexical is not None:
+            self.lexical.delete(key.tenant, key.project, chunk_ids)
+
+    def _converge_lexical(self, key: ProjectKey, index: ProjectIndex, report: RunReport) -> None:
+        """Make the lexical rows match the collection (a failed write, or a store older than the lexical leg)."""
+        if self.lexical is None or not index.complete:
+            return
+        added, removed = converge_lexical(self.lexical, self.store_for(key), key.tenant, key.project,
+                                          key.collection, index)
+        if added or removed:
+            log.info("lexical.converged", added=added, removed=removed)
+            report.warnings.append(f"lexical index repaired: {added} rows added, {removed} removed")
 
     # -- query -------------------------------------------------------------------------------------------
 
@@ -601,7 +626,7 @@ class Engine:
                 self.state.add_locales(key.tenant, key.project, locales)
             if locales != {locale}:
                 where = {"locale": locale}
-        retrieval = Retrieval(self.store_for(key), None, self.settings.retrieval.candidates)
+        retrieval = Retrieval(self.store_for(key), self.lexical, self.settings.retrieval.candidates)
         weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
         return retrieval.search(
             key.collection, (key.tenant, key.project), vector, text,

@@ -16,6 +16,7 @@ from kbsync.chunking import Chunker
 from kbsync.embedding import Embedder, TokenCounter, default_model_dir, missing_model_files
 from kbsync.engine import Engine, ProjectKey
 from kbsync.errors import KbsyncError
+from kbsync.lexical import LexicalIndex
 from kbsync.locking import lock_holder
 from kbsync.settings import ChatwootSourceSettings, ConfluenceSourceSettings, FilesSourceSettings, NotionSourceSettings
 from kbsync.settings import Settings, TenantSettings
@@ -182,6 +183,7 @@ def open_engine(
             chunker=chunker,
             state=state,
             sources=sources,
+            lexical=LexicalIndex(state),
         )
 
 
