@@ -386,6 +386,9 @@ class Engine:
             # The source itself says these are no longer published: no second look is needed.
             gone = {d for d in changes.gone if d in index.docs and index.docs[d].source == source.source_id}
             self._delete_documents(key, gone, index, report)
+            applied_changes = getattr(source, "applied_changes", None)  # the change gate of API sources
+            if applied_changes is not None:
+                applied_changes(changes, index.docs.keys())
             if mark.total is not None and changes.all_articles_count < mark.total:
                 log.info("source.total_dropped", was=mark.total, now=changes.all_articles_count)
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
