@@ -14,13 +14,13 @@ import structlog
 
 from kbsync.errors import SourceError, SourceRejected
 from kbsync.settings import WebSourceSettings
+from kbsync.markdown import first_h1
 from kbsync.sources import DocError, Document, Listing
 from kbsync.sources.web.cache import MemoryPageCache, PageCache, PageValidators
 from kbsync.sources.web.crawl import Crawl, Response
 from kbsync.sources.web.discovery import Discovery, Target, discover
 from kbsync.sources.web.options import CrawlStats, FetchOptions
 from kbsync.sources.web.pages import (
-    MD_H1,
     conditional_headers,
     decode_body,
     extract,
@@ -244,8 +244,7 @@ class WebSource:
         text = decode_body(response.body, response.headers)
         if fmt == "markdown":
             markdown = text.lstrip("\ufeff")
-            heading = MD_H1.search(markdown)
-            title, url, locale = (heading.group(1).strip() if heading else ""), response.url, ""
+            title, url, locale = first_h1(markdown), response.url, ""
         else:
             markdown, title = extract(text, self.source_id, response.url)
             head = parse_head(text)
