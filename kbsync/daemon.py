@@ -34,15 +34,16 @@ from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
 from kbsync.retention import schedule_pruning
 from kbsync.settings import Settings
+from kbsync.webhooks import POLLED_EVENTS, WebhookEvent
 from kbsync.wiring import open_engine
 
 __all__ = ["Daemon", "DaemonOptions"]
 
 log = structlog.get_logger(__name__)
 
-POLL_EVENTS = frozenset(
-    {"article_created", "article_updated", "article_published", "article_unpublished", "article_archived"}
-)
+# What a successful refresh after one of these events covers: the earlier items of these events (a poll applied
+# them too). After any other event (a deletion's second look, a portal reconcile), every earlier item.
+_COVERED_BY_POLL = frozenset(event.value for event in POLLED_EVENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +120,8 @@ class Daemon:
                 self._exit_callbacks.append(replica.release)
             metrics = Metrics(queue_depth=lambda: _queue_depth(queue))
             engine.observe(metrics.observe_run)
-            app = create_app(ApiContext(self.settings, engine, queue, metrics, ready=self._ready.is_set))
-            app.state.wake_workers = self._wake.set
+            context = ApiContext(self.settings, engine, queue, metrics, self._ready.is_set, self._wake.set)
+            app = create_app(context)
             config = uvicorn.Config(
                 app,
                 host=self.settings.server.host,
@@ -339,7 +340,7 @@ class Daemon:
         ):
             with _claim_renewed(queue, item, owner, claim_seconds):
                 try:
-                    report = engine.refresh(key, item.source, item.event, item.payload.get("doc_id"))
+                    report = engine.refresh(key, item.source, WebhookEvent(item.event), item.payload.get("doc_id"))
                     error = None if report.outcome == "ok" else "; ".join(report.errors) or report.outcome
                 except Exception as exc:  # the loop's edge: one bad item never stops the worker
                     log.exception("queue.item_crashed")
@@ -362,7 +363,7 @@ class Daemon:
             queue.release(item, owner, error="project busy", retry=True, delay_seconds=1.0, count=False)
             return
         if error is None:
-            covered = None if item.event in ("article_deleted", "portal_updated") else POLL_EVENTS
+            covered = _COVERED_BY_POLL if item.event in _COVERED_BY_POLL else None
             closed = queue.done(item, owner, covered_until=started, cover_events=covered)
             metrics.queue_items.labels("applied").inc(closed)
             log.info("queue.item_applied", covered=closed - 1, latency_s=round(time.time() - item.received_at, 3))

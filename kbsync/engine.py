@@ -26,15 +26,18 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from kbsync.chunking import Chunk, Chunker
+from kbsync.deletion_guard import check_deletes
 from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.leases import LeaseKeeper
+from kbsync.lexical import LexicalIndex, converge_lexical
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
-from kbsync.sources import Document, Source
+from kbsync.sources import Document, ListingObserver, Polling, Source
 from kbsync.state import State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
+from kbsync.webhooks import WebhookEvent
 
 __all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
 
@@ -153,8 +156,10 @@ class Engine:
         chunker: Chunker,
         state: State,
         sources: dict[ProjectKey, list[Source]],
+        lexical: LexicalIndex | None = None,
     ) -> None:
         self.settings = settings
+        self.lexical = lexical  # the lexical leg (kbsync.lexical), written right after each store write/delete
         self.store = store  # the [chroma] store
         self._tenant_stores = dict(tenant_stores or {})  # tenants with a [tenants.chroma] server of their own
         self.embedder = embedder
@@ -312,16 +317,26 @@ class Engine:
         except KbsyncError as exc:
             log.warning("counts.not_forgotten", error=str(exc))
 
-    def reconcile(self, key: ProjectKey, *, rebuild: bool = False, progress: Progress | None = None) -> RunReport:
+    def reconcile(
+        self,
+        key: ProjectKey,
+        *,
+        rebuild: bool = False,
+        progress: Progress | None = None,
+        allow_mass_delete: bool = False,
+    ) -> RunReport:
         """Full reconcile of one project: every source listed, changed documents synced, vanished ones deleted.
 
         A source that fails is reported and skipped (the others still run); it deletes nothing.
-        `rebuild` re-embeds every chunk.
+        `rebuild` re-embeds every chunk. `allow_mass_delete` lifts the mass-delete breaker (kbsync.deletion_guard).
         """
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             for source in sources:
-                self._reconcile_source(key, source, index, report, rebuild=rebuild, progress=progress)
+                self._reconcile_source(
+                    key, source, index, report, rebuild=rebuild, progress=progress, allow_mass_delete=allow_mass_delete
+                )
+            self._converge_lexical(key, index, report)
 
         return self._run(key, "reconcile", work)
 
@@ -337,7 +352,7 @@ class Engine:
 
         return self._run(key, "poll", work, full_index=False)
 
-    def refresh(self, key: ProjectKey, source_id: str, event: str, doc_id: str | None = None) -> RunReport:
+    def refresh(self, key: ProjectKey, source_id: str, event: WebhookEvent, doc_id: str | None = None) -> RunReport:
         """Apply one webhook event (fetch-on-notify: the source is the truth, the payload only a hint).
 
         `portal_updated` reconciles the source; an article event polls it; a deleted article still held after the
@@ -347,11 +362,11 @@ class Engine:
             source = next((s for s in sources if s.source_id == source_id), None)
             if source is None:
                 raise UnknownProject(f"project {key} has no source {source_id}")
-            if event == "portal_updated":
+            if event == WebhookEvent.PORTAL_UPDATED:
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
                 return
             self._poll_source(key, source, index, report)
-            if event == "article_deleted" and doc_id is not None:
+            if event == WebhookEvent.ARTICLE_DELETED and doc_id is not None:
                 self._ensure_docs(key, index, {doc_id})
                 if doc_id in index.docs:
                     self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
@@ -374,8 +389,7 @@ class Engine:
             index.complete = True
 
     def _poll_source(self, key: ProjectKey, source: Source, index: ProjectIndex, report: RunReport) -> None:
-        changes_since = getattr(source, "changes_since", None)
-        if changes_since is None:
+        if not isinstance(source, Polling):
             return  # files and web sources are read by reconcile
         with structlog.contextvars.bound_contextvars(source=source.source_id):
             mark = self.state.watermark(key.tenant, key.project, source.source_id)
@@ -383,7 +397,7 @@ class Engine:
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
                 return
             try:
-                changes = changes_since(mark.updated_at)
+                changes = source.changes_since(mark.updated_at)
             except SourceError as exc:
                 report.add_error(exc)
                 report.failed_sources += 1
@@ -395,6 +409,9 @@ class Engine:
             # The source itself says these are no longer published: no second look is needed.
             gone = {d for d in changes.gone if d in index.docs and index.docs[d].source == source.source_id}
             self._delete_documents(key, gone, index, report)
+            applied_changes = getattr(source, "applied_changes", None)  # the change gate of API sources
+            if applied_changes is not None:
+                applied_changes(changes, index.docs.keys())
             if mark.total is not None and changes.all_articles_count < mark.total:
                 log.info("source.total_dropped", was=mark.total, now=changes.all_articles_count)
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
@@ -413,6 +430,7 @@ class Engine:
         *,
         rebuild: bool,
         progress: Progress | None,
+        allow_mass_delete: bool = False,
     ) -> None:
         with structlog.contextvars.bound_contextvars(source=source.source_id):
             self._ensure_full(key, index)
@@ -431,17 +449,25 @@ class Engine:
             report.docs_seen += len(listing.unchanged)
             report.docs_unchanged += len(listing.unchanged)
             self.sync_documents(key, listing.documents, index, report, rebuild=rebuild, progress=progress)
-            applied = getattr(source, "applied", None)
-            if applied is not None:
-                applied(listing, index.docs.keys())
+            if isinstance(source, ListingObserver):
+                source.applied(listing, index.docs.keys())
             if not listing.complete:
                 log.warning("source.incomplete_listing", errors=len(listing.errors))
                 report.warnings.append(f"{source.source_id}: the listing was incomplete, so nothing was deleted")
                 return
-            candidates = set(index.of_source(source.source_id)) - listing.doc_ids
+            held = set(index.of_source(source.source_id))
+            candidates = held - listing.doc_ids
             if candidates:
-                gone = source.confirm_gone(candidates)
-                self._delete_documents(key, gone, index, report)
+                gone = source.confirm_gone(candidates) & held
+                verdict = check_deletes(
+                    source.source_id, source.kind, len(held), len(gone), self.settings.sync, allow=allow_mass_delete
+                )
+                if verdict.allowed:
+                    self._delete_documents(key, gone, index, report)
+                else:
+                    log.warning("source.mass_delete_refused", held=len(held), gone=len(gone))
+                    report.warnings.append(verdict.message)
+                    report.errors.append(verdict.message)  # the outcome is `partial`
             if listing.watermark is not None:
                 self.state.set_watermark(
                     key.tenant, key.project, source.source_id, Watermark(listing.watermark, listing.total)
@@ -545,8 +571,10 @@ class Engine:
             self.state.add_locales(key.tenant, key.project, {str(r.metadata["locale"]) for r in records})
         # New chunks are written before any stale one is deleted: a document never disappears while updated.
         self.store_for(key).write(key.collection, records)
+        self._lexical_write(key, records)
         report.chunks_written += written
         self.store_for(key).delete(key.collection, stale)
+        self._lexical_delete(key, stale)
         report.chunks_deleted += len(stale)
         for doc, held, metas in refreshed:
             held.chunks.update(metas)
@@ -568,11 +596,30 @@ class Engine:
         if not held:
             return
         self.store_for(key).delete(key.collection, [c for doc in held for c in sorted(doc.chunks)])
+        self._lexical_delete(key, [c for doc in held for c in sorted(doc.chunks)])
         for doc in held:
             del index.docs[doc.doc_id]
             report.docs_deleted += 1
             report.chunks_deleted += len(doc.chunks)
             log.info("doc.deleted", doc_id=doc.doc_id, chunks=len(doc.chunks))
+
+    def _lexical_write(self, key: ProjectKey, records: Sequence[ChunkRecord]) -> None:
+        if self.lexical is not None:  # metadata-only refreshes carry no text and leave the rows as they are
+            self.lexical.write(key.tenant, key.project, [(r.id, r.text, r.metadata) for r in records if r.text])
+
+    def _lexical_delete(self, key: ProjectKey, chunk_ids: Sequence[str]) -> None:
+        if self.lexical is not None:
+            self.lexical.delete(key.tenant, key.project, chunk_ids)
+
+    def _converge_lexical(self, key: ProjectKey, index: ProjectIndex, report: RunReport) -> None:
+        """Make the lexical rows match the collection (a failed write, or a store older than the lexical leg)."""
+        if self.lexical is None or not index.complete:
+            return
+        added, removed = converge_lexical(self.lexical, self.store_for(key), key.tenant, key.project,
+                                          key.collection, index)
+        if added or removed:
+            log.info("lexical.converged", added=added, removed=removed)
+            report.warnings.append(f"lexical index repaired: {added} rows added, {removed} removed")
 
     # -- query -------------------------------------------------------------------------------------------
 
@@ -602,7 +649,7 @@ class Engine:
                 self.state.add_locales(key.tenant, key.project, locales)
             if locales != {locale}:
                 where = {"locale": locale}
-        retrieval = Retrieval(self.store_for(key), None, self.settings.retrieval.candidates)
+        retrieval = Retrieval(self.store_for(key), self.lexical, self.settings.retrieval.candidates)
         weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
         return retrieval.search(
             key.collection, (key.tenant, key.project), vector, text,
