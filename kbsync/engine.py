@@ -36,7 +36,7 @@ from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
 from kbsync.sources import Document, ListingObserver, Polling, Source
 from kbsync.state import State, Watermark
-from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
+from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, check_storable, collection_name
 from kbsync.webhooks import WebhookEvent
 
 __all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
@@ -494,7 +494,13 @@ class Engine:
         for doc in _newest_per_id(documents):
             report.docs_seen += 1
             held = index.docs.get(doc.doc_id)
-            item = self._plan(doc, held, report, rebuild=rebuild)
+            # Arbitrary content meets the chunker and the store's limits here: one document fails, not the run.
+            try:
+                item = self._plan(doc, held, report, rebuild=rebuild)
+            except Exception as exc:  # noqa: BLE001
+                report.errors.append(f"{doc.source} {doc.doc_id}: cannot be chunked: {type(exc).__name__}: {exc}")
+                log.warning("doc.unchunkable", doc_id=doc.doc_id, error=f"{type(exc).__name__}: {exc}")
+                continue  # whatever the index holds of it stays
             if isinstance(item, _Pending):
                 pending.append(item)
                 fresh_count += len(item.fresh)
@@ -523,6 +529,8 @@ class Engine:
                 report.docs_unchanged += 1
                 return "metadata" if held.updated_at != doc.updated_at else None
         chunks = self.chunker.split(doc.doc_id, doc.title, doc.text)
+        for chunk in chunks:
+            check_storable(chunk.id, chunk.text)
         held_ids = set(held.chunks) if held is not None and not rebuild else set()
         return _Pending(doc, doc_hash, chunks, held, [c for c in chunks if c.id not in held_ids])
 
