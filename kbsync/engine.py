@@ -344,15 +344,14 @@ class Engine:
 
         return self._run(key, "reconcile", work)
 
-    def poll(self, key: ProjectKey, *, only_source: str | None = None) -> RunReport:
+    def poll(self, key: ProjectKey) -> RunReport:
         """Cheap change scan of the sources that can poll (Chatwoot: newest-first down to the stored watermark,
         one request when nothing changed). A source never reconciled, or whose total dropped (a hard delete,
         which leaves no trace in the list), is reconciled instead."""
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             for source in sources:
-                if only_source is None or source.source_id == only_source:
-                    self._poll_source(key, source, index, report)
+                self._poll_source(key, source, index, report)
 
         return self._run(key, "poll", work, full_index=False)
 
