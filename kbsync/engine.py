@@ -300,16 +300,20 @@ class Engine:
     def _record_counts(self, key: ProjectKey, index: ProjectIndex, report: RunReport) -> None:
         """Keep the project's document and chunk counts in the state database, for `status`: exact from a whole
         index, else the last counts moved by what this run added and deleted (a poll that changed nothing
-        writes nothing)."""
-        if index.complete:
-            self.state.set_counts(key.tenant, key.project, (len(index.docs), index.chunk_count))
-            return
-        if not (report.docs_added or report.docs_deleted or report.chunks_written or report.chunks_deleted):
-            return
-        held = self.state.counts(key.tenant, key.project)
-        docs = None if held is None else held[0] + report.docs_added - report.docs_deleted
-        chunks = self.store_for(key).count(key.collection)  # Chroma counts without reading metadata
-        self.state.set_counts(key.tenant, key.project, None if docs is None else (docs, chunks))
+        writes nothing). Counts are informational: failing to record them never fails the run."""
+        try:
+            if index.complete:
+                self.state.set_counts(key.tenant, key.project, (len(index.docs), index.chunk_count))
+                return
+            if not (report.docs_added or report.docs_deleted or report.chunks_written or report.chunks_deleted):
+                return
+            held = self.state.counts(key.tenant, key.project)
+            docs = None if held is None else held[0] + report.docs_added - report.docs_deleted
+            chunks = self.store_for(key).count(key.collection)  # Chroma counts without reading metadata
+            self.state.set_counts(key.tenant, key.project, None if docs is None else (docs, chunks))
+        except KbsyncError as exc:
+            log.warning("counts.not_recorded", error=str(exc))
+            self._forget_counts(key)
 
     def _forget_counts(self, key: ProjectKey) -> None:
         try:
