@@ -26,21 +26,25 @@ from typing import Any
 import structlog
 import uvicorn
 
-from kbsync.engine import Engine, LeaseKeeper, ProjectKey, Renewer, open_engine
+from kbsync.engine import Engine, ProjectKey
 from kbsync.errors import KbsyncError, StoreLocked
 from kbsync.http import ApiContext, create_app
+from kbsync.leases import LeaseKeeper, Renewer
 from kbsync.memory import limit_malloc_arenas
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
+from kbsync.retention import schedule_pruning
 from kbsync.settings import Settings
+from kbsync.webhooks import POLLED_EVENTS, WebhookEvent
+from kbsync.wiring import open_engine
 
 __all__ = ["Daemon", "DaemonOptions"]
 
 log = structlog.get_logger(__name__)
 
-POLL_EVENTS = frozenset(
-    {"article_created", "article_updated", "article_published", "article_unpublished", "article_archived"}
-)
+# What a successful refresh after one of these events covers: the earlier items of these events (a poll applied
+# them too). After any other event (a deletion's second look, a portal reconcile), every earlier item.
+_COVERED_BY_POLL = frozenset(event.value for event in POLLED_EVENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +121,8 @@ class Daemon:
                 self._exit_callbacks.append(replica.release)
             metrics = Metrics(queue_depth=lambda: _queue_depth(queue))
             engine.observe(metrics.observe_run)
-            app = create_app(ApiContext(self.settings, engine, queue, metrics, ready=self._ready.is_set))
-            app.state.wake_workers = self._wake.set
+            context = ApiContext(self.settings, engine, queue, metrics, self._ready.is_set, self._wake.set)
+            app = create_app(context)
             config = uvicorn.Config(
                 app,
                 host=self.settings.server.host,
@@ -131,6 +135,7 @@ class Daemon:
             self._server = _Server(config)
             self._install_signals(engine)
             scheduler = self._scheduler(engine)
+            schedule_pruning(scheduler, engine.state, queue, self.settings.retention, engine.owner)
             workers = [
                 threading.Thread(target=self._work, args=(engine, queue, metrics, n), name=f"kbsync-worker-{n}")
                 for n in range(self.options.workers)
@@ -354,7 +359,7 @@ class Daemon:
         ):
             with _claim_renewed(queue, item, owner, claim_seconds):
                 try:
-                    report = engine.refresh(key, item.source, item.event, item.payload.get("doc_id"))
+                    report = engine.refresh(key, item.source, WebhookEvent(item.event), item.payload.get("doc_id"))
                     error = None if report.outcome == "ok" else "; ".join(report.errors) or report.outcome
                 except Exception as exc:  # the loop's edge: one bad item never stops the worker
                     log.exception("queue.item_crashed")
@@ -377,14 +382,16 @@ class Daemon:
             queue.release(item, owner, error="project busy", retry=True, delay_seconds=1.0, count=False)
             return
         if error is None:
-            covered = None if item.event in ("article_deleted", "portal_updated") else POLL_EVENTS
+            covered = _COVERED_BY_POLL if item.event in _COVERED_BY_POLL else None
             closed = queue.done(item, owner, covered_until=started, cover_events=covered)
             metrics.queue_items.labels("applied").inc(closed)
             log.info("queue.item_applied", covered=closed - 1, latency_s=round(time.time() - item.received_at, 3))
             return
         interrupted = self.stop.is_set()
         delay = 0.0 if interrupted else min(self.options.max_backoff_seconds, 2.0 ** (item.attempts + 1))
-        status = queue.release(item, owner, error=error, retry=True, delay_seconds=delay)
+        # A permanent failure (401 bad token, 404 unknown portal) is dead at once: retrying cannot fix it.
+        permanent = report is not None and report.permanent and not interrupted
+        status = queue.release(item, owner, error=error, retry=not permanent, delay_seconds=delay)
         metrics.queue_items.labels("retried" if status == "pending" else "dead").inc()
         log.warning("queue.item_failed", status=status, attempts=item.attempts + 1, error=error)
 

@@ -19,8 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -28,16 +27,20 @@ import structlog
 
 from kbsync import reachability
 from kbsync.chunking import Chunk, Chunker
-from kbsync.embedding import Embedder, TokenCounter, default_model_dir, missing_model_files
+from kbsync.deletion_guard import check_deletes
+from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
+from kbsync.leases import LeaseKeeper
+from kbsync.lexical import LexicalIndex, converge_lexical
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
-from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, ProjectSettings, Settings, TenantSettings
-from kbsync.sources import Document, Listing, Source
-from kbsync.state import PageCacheTable, State, Watermark
-from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
+from kbsync.settings import ProjectSettings, Settings, TenantSettings
+from kbsync.sources import ChangesObserver, Document, ListingObserver, Polling, Source
+from kbsync.state import State, Watermark
+from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, check_storable, collection_name
+from kbsync.webhooks import WebhookEvent
 
-__all__ = ["Engine", "LeaseKeeper", "ProjectKey", "Progress", "Renewer", "RunReport", "open_engine"]
+__all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +66,8 @@ class ProjectKey:
 
 # RunReport fields that are not counters.
 _NOT_COUNTS = frozenset(
-    {"tenant", "project", "kind", "errors", "warnings", "failed_sources", "sources", "interrupted", "busy"}
+    {"tenant", "project", "kind", "errors", "permanent_errors", "warnings", "failed_sources", "sources", "interrupted",
+     "busy"}
 )
 
 
@@ -85,6 +89,9 @@ class RunReport:
     chunks_total: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # The errors a retry cannot fix (SourceError.transient False: a rejected token, an unknown portal; a project
+    # without the source): the webhook worker dead-letters an item whose refresh failed with these alone.
+    permanent_errors: list[str] = field(default_factory=list)
     failed_sources: int = 0
     sources: int = 0
     requests: int = 0
@@ -108,6 +115,17 @@ class RunReport:
             return "ok"
         return "failed" if self.failed_sources >= self.sources > 0 or self.sources == 0 else "partial"
 
+    @property
+    def permanent(self) -> bool:
+        """Whether the run failed and every error it met is permanent (retrying will not help)."""
+        return bool(self.errors) and len(self.permanent_errors) == len(self.errors)
+
+    def add_error(self, exc: KbsyncError) -> None:
+        """Record an error, keeping whether a retry can help."""
+        self.errors.append(str(exc))
+        if isinstance(exc, UnknownProject) or (isinstance(exc, SourceError) and not exc.transient):
+            self.permanent_errors.append(str(exc))
+
     def counts(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if key not in _NOT_COUNTS}
 
@@ -121,92 +139,6 @@ class Progress(Protocol):
     def listed(self, key: ProjectKey, source_id: str, total: int) -> None: ...
 
     def advanced(self, key: ProjectKey, done: int) -> None: ...
-
-
-def build_sources(
-    settings: Settings, stack: ExitStack, state: State, *, chatwoot_options: Any = None
-) -> dict[ProjectKey, list[Source]]:
-    """The configured sources of every project; one pooled Chatwoot client per tenant, closed by `stack`.
-
-    `chatwoot_options` (a ChatwootClientOptions) tunes timeouts and retries; tests shrink them."""
-    from kbsync.sources.files import FilesSource
-
-    sources: dict[ProjectKey, list[Source]] = {}
-    for tenant in settings.tenants:
-        client = None
-        for project in tenant.projects:
-            built: list[Source] = []
-            for source in project.sources:
-                if isinstance(source, FilesSourceSettings):
-                    built.append(FilesSource(source))
-                elif isinstance(source, ChatwootSourceSettings):
-                    from kbsync.sources.chatwoot import ChatwootClient, ChatwootSource
-
-                    if client is None:
-                        client = stack.enter_context(ChatwootClient(tenant, chatwoot_options))
-                    built.append(ChatwootSource(tenant, source, client))
-                else:
-                    from kbsync.sources.web import WebSource
-
-                    cache = PageCacheTable(state, tenant.id, project.id, source.source_id)
-                    built.append(WebSource(source, cache=cache))
-            sources[ProjectKey(tenant.id, project.id)] = built
-    return sources
-
-
-class Renewer:
-    """Calls `renew` every `interval` seconds on a background thread until `stop()`, or until `renew` returns
-    False. What keeps leases and queue claims alive while their work runs."""
-
-    def __init__(self, renew: Callable[[], bool], interval: float, name: str) -> None:
-        self._renew, self._interval = renew, interval
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._done.wait(self._interval) and self._renew():
-            pass
-
-    def stop(self) -> None:
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-
-class LeaseKeeper:
-    """Holds a named lease in the state database for a block, renewed in the background every third of its
-    length; `lost` is set if a renewal finds it taken over (this process stalled past the expiry)."""
-
-    def __init__(self, state: State, name: str, owner: str, seconds: float) -> None:
-        self.state, self.name, self.owner, self.seconds = state, name, owner, seconds
-        self.lost = threading.Event()
-        self._renewer = Renewer(self._renew, seconds / 3, f"lease {name}")
-
-    def acquire(self) -> bool:
-        if not self.state.acquire_lease(self.name, self.owner, self.seconds):
-            return False
-        self._renewer.start()
-        return True
-
-    def _renew(self) -> bool:
-        try:
-            if not self.state.renew_lease(self.name, self.owner, self.seconds):
-                self.lost.set()
-                log.error("lease.lost", lease=self.name)
-                return False
-        except KbsyncError as exc:  # the database is away: keep trying until the lease would expire
-            log.warning("lease.renew_failed", lease=self.name, error=str(exc))
-        return True
-
-    def release(self) -> None:
-        self._renewer.stop()
-        try:
-            self.state.release_lease(self.name, self.owner)
-        except KbsyncError as exc:  # it expires by itself
-            log.warning("lease.release_failed", lease=self.name, error=str(exc))
 
 
 @dataclass(slots=True)
@@ -231,8 +163,10 @@ class Engine:
         chunker: Chunker,
         state: State,
         sources: dict[ProjectKey, list[Source]],
+        lexical: LexicalIndex | None = None,
     ) -> None:
         self.settings = settings
+        self.lexical = lexical  # the lexical leg (kbsync.lexical), written right after each store write/delete
         self.store = store  # the [chroma] store
         self._tenant_stores = dict(tenant_stores or {})  # tenants with a [tenants.chroma] server of their own
         self.embedder = embedder
@@ -243,7 +177,6 @@ class Engine:
         # Replicas sharing PostgreSQL serialize a project's writes through a lease; in one process the lock does.
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._leases: dict[ProjectKey, LeaseKeeper] = {}
-        self._locales: dict[ProjectKey, set[str]] = {}
         # Set by the daemon on shutdown: runs stop between document groups (what was written stays valid).
         self.stop_event = threading.Event()
         self._observers: list[Callable[[RunReport], None]] = []
@@ -345,15 +278,18 @@ class Engine:
                 work(sources, index, report)
                 if index.complete:
                     report.chunks_total = index.chunk_count
-                    self._locales[key] = index.locales()
+                    self.state.set_locales(key.tenant, key.project, index.locales())
+                self._record_counts(key, index, report)
             except Interrupted as exc:
+                self._record_counts(key, index, report)  # what was applied before the stop is counted
                 report.interrupted = True
                 report.errors.append(str(exc))
                 log.warning("run.interrupted")
             except KbsyncError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources = report.sources
                 log.error("run.failed", error=str(exc))
+                self._forget_counts(key)  # a write may have failed midway: recounted by status or the next run
             finally:
                 report.seconds = round(time.monotonic() - started, 3)
                 try:
@@ -368,32 +304,65 @@ class Engine:
             observer(report)
         return report
 
-    def reconcile(self, key: ProjectKey, *, rebuild: bool = False, progress: Progress | None = None) -> RunReport:
+    def _record_counts(self, key: ProjectKey, index: ProjectIndex, report: RunReport) -> None:
+        """Keep the project's document and chunk counts in the state database, for `status`: exact from a whole
+        index, else the last counts moved by what this run added and deleted (a poll that changed nothing
+        writes nothing). Counts are informational: failing to record them never fails the run."""
+        try:
+            if index.complete:
+                self.state.set_counts(key.tenant, key.project, (len(index.docs), index.chunk_count))
+                return
+            if not (report.docs_added or report.docs_deleted or report.chunks_written or report.chunks_deleted):
+                return
+            held = self.state.counts(key.tenant, key.project)
+            docs = None if held is None else held[0] + report.docs_added - report.docs_deleted
+            chunks = self.store_for(key).count(key.collection)  # Chroma counts without reading metadata
+            self.state.set_counts(key.tenant, key.project, None if docs is None else (docs, chunks))
+        except KbsyncError as exc:
+            log.warning("counts.not_recorded", error=str(exc))
+            self._forget_counts(key)
+
+    def _forget_counts(self, key: ProjectKey) -> None:
+        try:
+            self.state.set_counts(key.tenant, key.project, None)
+        except KbsyncError as exc:
+            log.warning("counts.not_forgotten", error=str(exc))
+
+    def reconcile(
+        self,
+        key: ProjectKey,
+        *,
+        rebuild: bool = False,
+        progress: Progress | None = None,
+        allow_mass_delete: bool = False,
+    ) -> RunReport:
         """Full reconcile of one project: every source listed, changed documents synced, vanished ones deleted.
 
         A source that fails is reported and skipped (the others still run); it deletes nothing.
-        `rebuild` re-embeds every chunk.
+        `rebuild` re-embeds every chunk. `allow_mass_delete` lifts the mass-delete breaker (kbsync.deletion_guard).
         """
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             for source in sources:
-                self._reconcile_source(key, source, index, report, rebuild=rebuild, progress=progress)
+                self._reconcile_source(
+                    key, source, index, report, rebuild=rebuild, progress=progress, allow_mass_delete=allow_mass_delete
+                )
+            self._converge_lexical(key, index, report)
 
         return self._run(key, "reconcile", work)
 
-    def poll(self, key: ProjectKey, *, only_source: str | None = None) -> RunReport:
+    def poll(self, key: ProjectKey) -> RunReport:
         """Cheap change scan of the sources that can poll (Chatwoot: newest-first down to the stored watermark,
         one request when nothing changed). A source never reconciled, or whose total dropped (a hard delete,
         which leaves no trace in the list), is reconciled instead."""
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             for source in sources:
-                if only_source is None or source.source_id == only_source:
-                    self._poll_source(key, source, index, report)
+                self._poll_source(key, source, index, report)
 
         return self._run(key, "poll", work, full_index=False)
 
-    def refresh(self, key: ProjectKey, source_id: str, event: str, doc_id: str | None = None) -> RunReport:
+    def refresh(self, key: ProjectKey, source_id: str, event: WebhookEvent, doc_id: str | None = None) -> RunReport:
         """Apply one webhook event (fetch-on-notify: the source is the truth, the payload only a hint).
 
         `portal_updated` reconciles the source; an article event polls it; a deleted article still held after the
@@ -403,11 +372,11 @@ class Engine:
             source = next((s for s in sources if s.source_id == source_id), None)
             if source is None:
                 raise UnknownProject(f"project {key} has no source {source_id}")
-            if event == "portal_updated":
+            if event == WebhookEvent.PORTAL_UPDATED:
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
                 return
             self._poll_source(key, source, index, report)
-            if event == "article_deleted" and doc_id is not None:
+            if event == WebhookEvent.ARTICLE_DELETED and doc_id is not None:
                 self._ensure_docs(key, index, {doc_id})
                 if doc_id in index.docs:
                     self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
@@ -430,8 +399,7 @@ class Engine:
             index.complete = True
 
     def _poll_source(self, key: ProjectKey, source: Source, index: ProjectIndex, report: RunReport) -> None:
-        changes_since = getattr(source, "changes_since", None)
-        if changes_since is None:
+        if not isinstance(source, Polling):
             return  # files and web sources are read by reconcile
         with structlog.contextvars.bound_contextvars(source=source.source_id):
             mark = self.state.watermark(key.tenant, key.project, source.source_id)
@@ -439,9 +407,9 @@ class Engine:
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
                 return
             try:
-                changes = changes_since(mark.updated_at)
+                changes = source.changes_since(mark.updated_at)
             except SourceError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources += 1
                 log.warning("source.failed", error=str(exc))
                 return
@@ -451,6 +419,8 @@ class Engine:
             # The source itself says these are no longer published: no second look is needed.
             gone = {d for d in changes.gone if d in index.docs and index.docs[d].source == source.source_id}
             self._delete_documents(key, gone, index, report)
+            if isinstance(source, ChangesObserver):  # the change gate of API sources
+                source.applied_changes(changes, index.docs.keys())
             if mark.total is not None and changes.all_articles_count < mark.total:
                 log.info("source.total_dropped", was=mark.total, now=changes.all_articles_count)
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
@@ -469,13 +439,14 @@ class Engine:
         *,
         rebuild: bool,
         progress: Progress | None,
+        allow_mass_delete: bool = False,
     ) -> None:
         with structlog.contextvars.bound_contextvars(source=source.source_id):
             self._ensure_full(key, index)
             try:
                 listing = source.list(rebuild=rebuild)
             except SourceError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources += 1
                 log.warning("source.failed", error=str(exc))
                 return
@@ -487,17 +458,25 @@ class Engine:
             report.docs_seen += len(listing.unchanged)
             report.docs_unchanged += len(listing.unchanged)
             self.sync_documents(key, listing.documents, index, report, rebuild=rebuild, progress=progress)
-            applied = getattr(source, "applied", None)
-            if applied is not None:
-                applied(listing, index.docs.keys())
+            if isinstance(source, ListingObserver):
+                source.applied(listing, index.docs.keys())
             if not listing.complete:
                 log.warning("source.incomplete_listing", errors=len(listing.errors))
                 report.warnings.append(f"{source.source_id}: the listing was incomplete, so nothing was deleted")
                 return
-            candidates = set(index.of_source(source.source_id)) - listing.doc_ids
+            held = set(index.of_source(source.source_id))
+            candidates = held - listing.doc_ids
             if candidates:
-                gone = source.confirm_gone(candidates)
-                self._delete_documents(key, gone, index, report)
+                gone = source.confirm_gone(candidates) & held
+                verdict = check_deletes(
+                    source.source_id, source.kind, len(held), len(gone), self.settings.sync, allow=allow_mass_delete
+                )
+                if verdict.allowed:
+                    self._delete_documents(key, gone, index, report)
+                else:
+                    log.warning("source.mass_delete_refused", held=len(held), gone=len(gone))
+                    report.warnings.append(verdict.message)
+                    report.errors.append(verdict.message)  # the outcome is `partial`
             if listing.watermark is not None:
                 self.state.set_watermark(
                     key.tenant, key.project, source.source_id, Watermark(listing.watermark, listing.total)
@@ -524,7 +503,13 @@ class Engine:
         for doc in _newest_per_id(documents):
             report.docs_seen += 1
             held = index.docs.get(doc.doc_id)
-            item = self._plan(doc, held, report, rebuild=rebuild)
+            # Arbitrary content meets the chunker and the store's limits here: one document fails, not the run.
+            try:
+                item = self._plan(doc, held, report, rebuild=rebuild)
+            except Exception as exc:  # noqa: BLE001
+                report.errors.append(f"{doc.source} {doc.doc_id}: cannot be chunked: {type(exc).__name__}: {exc}")
+                log.warning("doc.unchunkable", doc_id=doc.doc_id, error=f"{type(exc).__name__}: {exc}")
+                continue  # whatever the index holds of it stays
             if isinstance(item, _Pending):
                 pending.append(item)
                 fresh_count += len(item.fresh)
@@ -553,6 +538,8 @@ class Engine:
                 report.docs_unchanged += 1
                 return "metadata" if held.updated_at != doc.updated_at else None
         chunks = self.chunker.split(doc.doc_id, doc.title, doc.text)
+        for chunk in chunks:
+            check_storable(chunk.id, chunk.text)
         held_ids = set(held.chunks) if held is not None and not rebuild else set()
         return _Pending(doc, doc_hash, chunks, held, [c for c in chunks if c.id not in held_ids])
 
@@ -595,10 +582,16 @@ class Engine:
         refreshed = [(doc, held, {c: {**m, "doc_updated_at": doc.updated_at} for c, m in held.chunks.items()})
                      for doc, held in touched]
         records.extend(ChunkRecord(c, "", m, None) for _, _, metas in refreshed for c, m in metas.items())
+        # Locales are recorded before the chunks carrying them are written: a query skips its locale filter only
+        # while the project's recorded locales are exactly the asked one (see `query`).
+        if records:
+            self.state.add_locales(key.tenant, key.project, {str(r.metadata["locale"]) for r in records})
         # New chunks are written before any stale one is deleted: a document never disappears while updated.
         self.store_for(key).write(key.collection, records)
+        self._lexical_write(key, records)
         report.chunks_written += written
         self.store_for(key).delete(key.collection, stale)
+        self._lexical_delete(key, stale)
         report.chunks_deleted += len(stale)
         if self.settings.reachability.verify_writes:
             self._verify(key, records, report)
@@ -646,11 +639,30 @@ class Engine:
         if not held:
             return
         self.store_for(key).delete(key.collection, [c for doc in held for c in sorted(doc.chunks)])
+        self._lexical_delete(key, [c for doc in held for c in sorted(doc.chunks)])
         for doc in held:
             del index.docs[doc.doc_id]
             report.docs_deleted += 1
             report.chunks_deleted += len(doc.chunks)
             log.info("doc.deleted", doc_id=doc.doc_id, chunks=len(doc.chunks))
+
+    def _lexical_write(self, key: ProjectKey, records: Sequence[ChunkRecord]) -> None:
+        if self.lexical is not None:  # metadata-only refreshes carry no text and leave the rows as they are
+            self.lexical.write(key.tenant, key.project, [(r.id, r.text, r.metadata) for r in records if r.text])
+
+    def _lexical_delete(self, key: ProjectKey, chunk_ids: Sequence[str]) -> None:
+        if self.lexical is not None:
+            self.lexical.delete(key.tenant, key.project, chunk_ids)
+
+    def _converge_lexical(self, key: ProjectKey, index: ProjectIndex, report: RunReport) -> None:
+        """Make the lexical rows match the collection (a failed write, or a store older than the lexical leg)."""
+        if self.lexical is None or not index.complete:
+            return
+        added, removed = converge_lexical(self.lexical, self.store_for(key), key.tenant, key.project,
+                                          key.collection, index)
+        if added or removed:
+            log.info("lexical.converged", added=added, removed=removed)
+            report.warnings.append(f"lexical index repaired: {added} rows added, {removed} removed")
 
     # -- query -------------------------------------------------------------------------------------------
 
@@ -668,17 +680,19 @@ class Engine:
         """Top-k documents of a project for `text`, each with its best chunk (kbsync.retrieval); `group="chunk"`
         ranks raw chunks by the dense leg alone, `expand` adds neighbouring chunks, `lexical_weight` overrides
         the setting. A locale filter is skipped when the project holds one locale (a filter matching most of a
-        collection makes Chroma's search slow)."""
+        collection makes Chroma's search slow); the project's locales come from the state database, where every
+        write records them before it happens."""
         self._project_settings(key)
         vector = self.embedder.embed([text])[0]
         where = None
         if locale:
-            locales = self._locales.get(key)
-            if locales is None:
-                locales = self._locales[key] = self.store_for(key).index(key.collection).locales()
+            locales = self.state.locales(key.tenant, key.project)
+            if not locales:  # none recorded yet: a collection written before kbsync recorded locales
+                locales = self.store_for(key).index(key.collection).locales()
+                self.state.add_locales(key.tenant, key.project, locales)
             if locales != {locale}:
                 where = {"locale": locale}
-        retrieval = Retrieval(self.store_for(key), None, self.settings.retrieval.candidates)
+        retrieval = Retrieval(self.store_for(key), self.lexical, self.settings.retrieval.candidates)
         weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
         return retrieval.search(
             key.collection, (key.tenant, key.project), vector, text,
@@ -731,57 +745,3 @@ def _clip(value: str, limit: int = 4000) -> str:
     """At most `limit` UTF-8 bytes, cut on a character boundary."""
     data = value.encode("utf-8")
     return value if len(data) <= limit else data[:limit].decode("utf-8", errors="ignore")
-
-
-def resolve_model_dir(settings: Settings) -> Any:
-    """`embedding.model_dir`, else Chroma's cache, downloaded by Chroma when missing (needs the internet)."""
-    if settings.embedding.model_dir is not None:
-        return settings.embedding.model_dir
-    model_dir = default_model_dir()
-    if missing_model_files(model_dir):
-        from kbsync.store import download_default_model
-
-        download_default_model()
-    return model_dir
-
-
-def open_stores(settings: Settings, stack: ExitStack) -> tuple[Store, dict[str, Store]]:
-    """The [chroma] store, and the stores of tenants with a [tenants.chroma] server; closed by `stack`.
-
-    Tenants that share one server (same host, port, ssl, database, token) share one client."""
-    from kbsync.store import ChromaTarget
-
-    opened: dict[ChromaTarget, Store] = {}
-
-    def open_target(target: ChromaTarget) -> Store:
-        if target not in opened:
-            opened[target] = stack.enter_context(Store.open(target, state_dir=settings.state_dir))
-        return opened[target]
-
-    default = open_target(ChromaTarget.of(settings, None))
-    tenant_stores = {
-        tenant.id: open_target(ChromaTarget.of(settings, tenant)) for tenant in settings.tenants if tenant.chroma
-    }
-    return default, tenant_stores
-
-
-@contextmanager
-def open_engine(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[Engine]:
-    """Open state, stores, model and source clients in order; close them in reverse (also on error)."""
-    with ExitStack() as stack:
-        state = State.open(settings)
-        stack.callback(state.close)
-        store, tenant_stores = open_stores(settings, stack)
-        model_dir = resolve_model_dir(settings)
-        embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
-        chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
-        sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options)
-        yield Engine(
-            settings,
-            store=store,
-            tenant_stores=tenant_stores,
-            embedder=embedder,
-            chunker=chunker,
-            state=state,
-            sources=sources,
-        )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,29 +24,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from kbsync import __version__
 from kbsync.engine import Engine, ProjectKey
 from kbsync.errors import KbsyncError, UnknownProject
+from kbsync.http_errors import error_response, install_error_handlers
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue
-from kbsync.settings import ChatwootSourceSettings, Settings, TenantSettings
-from kbsync.sources import make_doc_id
+from kbsync.settings import Settings, TenantSettings
 from kbsync.status import status_payload
+from kbsync.webhooks import parse_notice, projects_of_portal
 
-__all__ = ["ARTICLE_EVENTS", "ApiContext", "create_app", "sign"]
+__all__ = ["ApiContext", "create_app", "sign"]
 
 log = structlog.get_logger(__name__)
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
 SIGNATURE_WINDOW_SECONDS = 300
-ARTICLE_EVENTS = frozenset(
-    {
-        "article_created",
-        "article_updated",
-        "article_published",
-        "article_unpublished",
-        "article_archived",
-        "article_deleted",
-    }
-)
-PORTAL_EVENTS = frozenset({"portal_updated"})
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -65,6 +54,7 @@ class ApiContext:
     queue: Queue
     metrics: Metrics
     ready: Callable[[], bool]
+    wake_workers: Callable[[], None] = lambda: None  # tells idle webhook workers an item was queued
 
 
 class QueryBody(BaseModel):
@@ -93,10 +83,11 @@ class ResyncBody(BaseModel):
     tenant: str | None = None
     project: str | None = None
     rebuild: bool = False
+    allow_mass_delete: bool = False
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return error_response(status, message)
 
 
 def _same(secret: Any, presented: str | None) -> bool:
@@ -109,6 +100,7 @@ def _same(secret: Any, presented: str | None) -> bool:
 def create_app(ctx: ApiContext) -> FastAPI:
     """The FastAPI application over one daemon's engine and queue."""
     app = FastAPI(title="kbsync", version=__version__, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
     bearer = HTTPBearer(auto_error=False)
     settings = ctx.settings
 
@@ -158,7 +150,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise HTTPException(404, str(exc)) from None
         reports = []
         for key in keys:
-            report = await asyncio.to_thread(ctx.engine.reconcile, key, rebuild=body.rebuild)
+            report = await asyncio.to_thread(
+                ctx.engine.reconcile, key, rebuild=body.rebuild, allow_mass_delete=body.allow_mass_delete
+            )
             reports.append(report.as_dict())
         return {"reports": reports}
 
@@ -232,32 +226,26 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         log.warning("webhook.rejected", tenant=tenant_id, reason=problem)
         return "rejected", _error(401, problem)
     try:
-        event = _parse_event(body)
+        notice = parse_notice(body)
     except ValueError as exc:
         return "rejected", _error(400, str(exc))
-    name = event["event"]
-    if name not in ARTICLE_EVENTS and name not in PORTAL_EVENTS:
+    if notice is None:
         return "ignored", JSONResponse({"status": "ignored"}, status_code=200)
-    try:
-        account_id, portal, article_id = _event_fields(event, needs_article=name in ARTICLE_EVENTS)
-    except ValueError as exc:
-        return "rejected", _error(400, str(exc))
-    if account_id != tenant.account_id:
-        return "rejected", _error(403, f"account {account_id} is not tenant {tenant_id!r}'s account")
-    project = _project_of_portal(tenant, portal)
-    if project is None:
-        return "rejected", _error(404, f"portal {portal!r} is not configured for tenant {tenant_id!r}")
-    source_id = ChatwootSourceSettings(kind="chatwoot", portal=portal).source_id
-    payload = {"portal": portal, "article_id": article_id}
-    if article_id is not None:
-        payload["doc_id"] = make_doc_id("chatwoot", f"{portal}:{article_id}")
+    if notice.account_id != tenant.account_id:
+        return "rejected", _error(403, f"account {notice.account_id} is not tenant {tenant_id!r}'s account")
+    projects = projects_of_portal(tenant, notice.portal)
+    if not projects:
+        return "rejected", _error(404, f"portal {notice.portal!r} is not configured for tenant {tenant_id!r}")
+    payload: dict[str, str | int | None] = {"portal": notice.portal, "article_id": notice.article_id}
+    if notice.doc_id is not None:
+        payload["doc_id"] = notice.doc_id
     try:
         enqueued = await asyncio.to_thread(
             ctx.queue.enqueue,
             tenant_id,
-            project,
-            source_id,
-            name,
+            projects,
+            notice.source_id,
+            notice.event.value,
             payload,
             request.headers.get("x-chatwoot-delivery") or None,
         )
@@ -266,10 +254,14 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         return "unavailable", _error(503, "the event could not be stored; retry later")
     if enqueued.duplicate:
         return "duplicate", JSONResponse({"status": "duplicate"}, status_code=200)
-    wake = getattr(request.app.state, "wake_workers", None)
-    if wake is not None:
-        wake()
-    log.info("webhook.queued", tenant=tenant_id, project=project, webhook_event=name, article_id=article_id)
+    ctx.wake_workers()
+    log.info(
+        "webhook.queued",
+        tenant=tenant_id,
+        projects=projects,
+        webhook_event=notice.event.value,
+        article_id=notice.article_id,
+    )
     return "queued", JSONResponse({"status": "queued"}, status_code=202)
 
 
@@ -290,39 +282,4 @@ def _signature_problem(tenant: TenantSettings, headers: Any, body: bytes) -> str
     expected = sign(tenant.webhook_secret.get_secret_value(), timestamp, body)
     if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
         return "signature does not match"
-    return None
-
-
-def _parse_event(body: bytes) -> dict[str, Any]:
-    try:
-        event = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"body is not JSON: {exc}") from None
-    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-        raise ValueError("body must be a JSON object with a string `event`")
-    return event
-
-
-def _event_fields(event: dict[str, Any], *, needs_article: bool) -> tuple[int, str, int | None]:
-    account = event.get("account")
-    if not isinstance(account, dict) or not isinstance(account.get("id"), int) or isinstance(account.get("id"), bool):
-        raise ValueError("`account.id` must be an integer")
-    portal = event.get("portal")
-    slug = portal.get("slug") if isinstance(portal, dict) else None
-    if not isinstance(slug, str) or not slug:
-        raise ValueError("`portal.slug` must be a non-empty string")
-    article_id = None
-    if needs_article:
-        article = event.get("article")
-        article_id = article.get("id") if isinstance(article, dict) else None
-        if not isinstance(article_id, int) or isinstance(article_id, bool) or article_id < 1:
-            raise ValueError("`article.id` must be a positive integer")
-    return account["id"], slug, article_id
-
-
-def _project_of_portal(tenant: TenantSettings, portal: str) -> str | None:
-    for project in tenant.projects:
-        for source in project.sources:
-            if isinstance(source, ChatwootSourceSettings) and source.portal == portal:
-                return project.id
     return None

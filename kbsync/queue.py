@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kbsync.errors import StateError
-from kbsync.state import State, db_errors, metadata
+from kbsync.state import State, db_errors, delete_in_batches, metadata
 
 __all__ = ["Enqueued", "Queue", "QueueItem"]
 
@@ -66,10 +67,30 @@ class QueueItem:
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    """Outcome of `enqueue`: the new item's id, or `duplicate=True` for a delivery id seen before."""
+    """Outcome of `enqueue`: the new item's id (the first one's, `item_ids` all of them), or `duplicate=True` for a
+    delivery id seen before."""
 
     item_id: int | None
     duplicate: bool
+    item_ids: tuple[int, ...] = ()
+
+
+def _new_item(
+    tenant: str, project: str, source: str, event: str, payload: dict[str, Any], delivery_id: str | None, now: float
+) -> dict[str, Any]:
+    """The columns of a freshly received, pending item."""
+    return {
+        "delivery_id": delivery_id,
+        "tenant": tenant,
+        "project": project,
+        "source": source,
+        "event": event,
+        "payload": json.dumps(payload),
+        "received_at": now,
+        "status": "pending",
+        "attempts": 0,
+        "not_before": 0.0,
+    }
 
 
 def _item(row: Any) -> QueueItem:
@@ -96,29 +117,28 @@ class Queue:
             metadata.create_all(self.db, tables=[deliveries, items])
 
     def enqueue(
-        self, tenant: str, project: str, source: str, event: str, payload: dict[str, Any], delivery_id: str | None
+        self,
+        tenant: str,
+        project: str | Sequence[str],
+        source: str,
+        event: str,
+        payload: dict[str, Any],
+        delivery_id: str | None,
     ) -> Enqueued:
-        """Store one event durably (committed when this returns); a repeated delivery id is a duplicate."""
+        """Store one event durably (committed when this returns); a repeated delivery id is a duplicate. Several
+        projects (a portal that more than one project reads) get one item each, in one transaction."""
+        projects = [project] if isinstance(project, str) else list(project)
         now = time.time()
         try:
             with self.db.begin() as tx:
                 if delivery_id:
                     tx.execute(sa.insert(deliveries).values(tenant=tenant, delivery_id=delivery_id, received_at=now))
-                result = tx.execute(
-                    sa.insert(items).values(
-                        tenant=tenant,
-                        project=project,
-                        source=source,
-                        event=event,
-                        payload=json.dumps(payload),
-                        delivery_id=delivery_id,
-                        received_at=now,
-                        status="pending",
-                        attempts=0,
-                        not_before=0.0,
-                    )
-                )
-                return Enqueued(int(result.inserted_primary_key[0]), False)  # type: ignore[index]
+                ids = []
+                for name in projects:
+                    row = _new_item(tenant, name, source, event, payload, delivery_id, now)
+                    inserted = tx.execute(sa.insert(items).values(**row)).inserted_primary_key
+                    ids.append(int(inserted[0]))  # type: ignore[index]
+                return Enqueued(ids[0] if ids else None, False, tuple(ids))
         except IntegrityError:
             return Enqueued(None, True)
         except SQLAlchemyError as exc:
@@ -256,11 +276,31 @@ class Queue:
                 counts = {status: int(n) for status, n in conn.execute(query)}
         return {"pending": counts.get("pending", 0), "dead": counts.get("dead", 0)}
 
+    def prune(self, *, done_before: float, dead_before: float, deliveries_before: float, batch: int) -> int:
+        """Delete applied items received before `done_before`, dead ones before `dead_before` and delivery ids
+        before `deliveries_before`, `batch` rows per statement; pending items always stay. Returns rows deleted."""
+        finished = sa.or_(
+            sa.and_(items.c.status == "done", items.c.received_at < done_before),
+            sa.and_(items.c.status == "dead", items.c.received_at < dead_before),
+        )
+        deleted = delete_in_batches(self.db, items, [items.c.id], [finished], batch)
+        key = [deliveries.c.tenant, deliveries.c.delivery_id]
+        old = [deliveries.c.received_at < deliveries_before]
+        return deleted + delete_in_batches(self.db, deliveries, key, old, batch)
+
     def dead(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest dead items (for status)."""
         query = sa.select(items).where(items.c.status == "dead").order_by(items.c.id.desc()).limit(limit)
         with db_errors("read the dead queue items"), self.db.connect() as conn:
             return [
-                {"id": r.id, "tenant": r.tenant, "project": r.project, "event": r.event, "error": r.last_error}
+                {
+                    "id": r.id,
+                    "tenant": r.tenant,
+                    "project": r.project,
+                    "event": r.event,
+                    "attempts": r.attempts,
+                    "received_at": r.received_at,
+                    "error": r.last_error,
+                }
                 for r in conn.execute(query)
             ]

@@ -1,4 +1,4 @@
-"""Durable state: run records, poll watermarks, web page validators and project leases.
+"""Durable state: run records, poll watermarks, web page validators, project locales and project leases.
 
 SQLAlchemy Core, one schema and one code path for both dialects: SQLite under `state_dir` (one process, the
 default; a lock file refuses a second) or PostgreSQL (`state.url`, shared by every replica). All SQL of the state
@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from kbsync.errors import StateError, StateLocked
 from kbsync.locking import FileLock, lock_holder
 
-__all__ = ["PageCacheTable", "RunRecord", "State", "Watermark", "db_errors", "metadata"]
+__all__ = ["STATE_LOCK", "PageCacheTable", "RunRecord", "State", "Watermark", "db_errors", "metadata"]
+
+# Held by the one process using SQLite state under state_dir (a running daemon, or one CLI command).
+STATE_LOCK = "state.lock"
 
 SCHEMA_VERSION = 1
 
@@ -83,6 +88,26 @@ web_pages = sa.Table(
 )
 
 
+project_locales = sa.Table(
+    "project_locales",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("locale", sa.String(64), primary_key=True),
+)
+
+
+project_counts = sa.Table(
+    "project_counts",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("docs", sa.Integer, nullable=False),
+    sa.Column("chunks", sa.Integer, nullable=False),
+    sa.Column("recorded_at", sa.Float, nullable=False),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Watermark:
     updated_at: int
@@ -114,6 +139,23 @@ def db_errors(action: str) -> Iterator[None]:
         yield
     except SQLAlchemyError as exc:
         raise StateError(f"cannot {action}: {exc}") from exc
+
+
+def delete_in_batches(
+    engine: sa.Engine, table: sa.Table, key: Sequence[sa.Column[Any]], conditions: Sequence[Any], batch: int
+) -> int:
+    """Delete the rows of `table` matching `conditions`, at most `batch` rows (chosen by their `key` columns) per
+    statement and transaction, so a large prune never holds a long lock on a database the daemon is writing.
+    Returns how many rows went."""
+    keys = key[0] if len(key) == 1 else sa.tuple_(*key)
+    total = 0
+    while True:
+        chosen = sa.select(*key).where(*conditions).limit(batch)
+        with db_errors(f"prune {table.name}"), engine.begin() as tx:
+            deleted = int(tx.execute(sa.delete(table).where(keys.in_(chosen))).rowcount)
+        total += deleted
+        if deleted < batch:
+            return total
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -161,7 +203,7 @@ class State:
     def open_sqlite(cls, state_dir: Path) -> State:
         """SQLite at `<state_dir>/state.db` (WAL: readers never block the writer), held by this process alone."""
         state_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(state_dir / "state.lock")
+        lock = FileLock(state_dir / STATE_LOCK)
         if not lock.acquire():
             raise StateLocked(
                 f"the state at {state_dir} is in use by another kbsync process (pid "
@@ -352,6 +394,100 @@ class State:
                 if not updated:
                     tx.execute(sa.insert(watermarks).values(**key, **values))
 
+    # -- retention (kbsync/retention.py decides what and when) -----------------------------------------------
+
+    def prune_runs(self, *, before: float, keep_per_project: int, batch: int) -> int:
+        """Delete finished runs that started before `before`, and each project's runs beyond its newest
+        `keep_per_project`; the newest run of each project and kind always stays (what `status` shows). Returns
+        how many went."""
+        newest = sa.select(sa.func.max(runs.c.id)).group_by(runs.c.tenant, runs.c.project, runs.c.kind)
+        kept = (runs.c.finished_at.is_not(None), runs.c.id.not_in(newest))
+        deleted = delete_in_batches(self.engine, runs, [runs.c.id], [*kept, runs.c.started_at < before], batch)
+        crowded = (
+            sa.select(runs.c.tenant, runs.c.project)
+            .group_by(runs.c.tenant, runs.c.project)
+            .having(sa.func.count() > keep_per_project)
+        )
+        with db_errors("count runs"), self.engine.connect() as conn:
+            projects = conn.execute(crowded).all()
+        for tenant, project in projects:
+            of_project = (runs.c.tenant == tenant, runs.c.project == project)
+            cutoff = sa.select(runs.c.id).where(*of_project).order_by(runs.c.id.desc()).offset(keep_per_project)
+            with db_errors("read runs"), self.engine.connect() as conn:
+                oldest_kept = conn.execute(cutoff.limit(1)).scalar()
+            if oldest_kept is not None:
+                conditions = [*of_project, *kept, runs.c.id <= oldest_kept]
+                deleted += delete_in_batches(self.engine, runs, [runs.c.id], conditions, batch)
+        return deleted
+
+    def prune_leases(self, *, expired_before: float, spare: str = "") -> int:
+        """Delete leases that expired before `expired_before`, except `spare` (the pruner's own); they were left
+        by processes that died. An expired lease is free to take anyway: this only keeps the table small (each
+        replica start makes a new `replica:<host>:<pid>` name)."""
+        stale = sa.delete(leases).where(leases.c.expires_at < expired_before, leases.c.name != spare)
+        with db_errors("prune leases"), self.engine.begin() as tx:
+            return int(tx.execute(stale).rowcount)
+
+    def size_bytes(self) -> int | None:
+        """The database's size on disk (SQLite file, PostgreSQL database), for bench/ and status; None if unknown."""
+        query = (
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
+            if self.dialect == "sqlite"
+            else "SELECT pg_database_size(current_database())"
+        )
+        with db_errors("read the database size"), self.engine.connect() as conn:
+            value = conn.execute(sa.text(query)).scalar()
+        return int(value) if value is not None else None
+
+    # -- counts: what `status` shows, kept here so it never reads every chunk's metadata ----------------------
+
+    def counts(self, tenant: str, project: str) -> tuple[int, int] | None:
+        """The (docs, chunks) a project's collection held after its last run, or None when not known."""
+        query = sa.select(project_counts.c.docs, project_counts.c.chunks).where(
+            project_counts.c.tenant == tenant, project_counts.c.project == project
+        )
+        with db_errors("read a project's counts"), self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return (int(row.docs), int(row.chunks)) if row else None
+
+    def set_counts(self, tenant: str, project: str, counts: tuple[int, int] | None) -> None:
+        """Record a project's (docs, chunks); None forgets them (a run that failed midway: recounted later)."""
+        where = (project_counts.c.tenant == tenant, project_counts.c.project == project)
+        with db_errors("record a project's counts"), self.engine.begin() as tx:
+            tx.execute(sa.delete(project_counts).where(*where))
+            if counts is not None:
+                values = {"docs": counts[0], "chunks": counts[1], "recorded_at": time.time()}
+                tx.execute(sa.insert(project_counts).values(tenant=tenant, project=project, **values))
+
+    # -- locales ---------------------------------------------------------------------------------------
+    # A project's chunk locales, recorded before chunks of a new locale are written, so a query may drop its locale
+    # filter (slow in Chroma when it matches most of a collection) only while the project holds that locale alone.
+
+    def locales(self, tenant: str, project: str) -> set[str]:
+        """The locales recorded for a project's chunks (empty: none recorded yet)."""
+        query = sa.select(project_locales.c.locale).where(
+            project_locales.c.tenant == tenant, project_locales.c.project == project
+        )
+        with db_errors("read a project's locales"), self.engine.connect() as conn:
+            return {str(locale) for locale in conn.execute(query).scalars()}
+
+    def add_locales(self, tenant: str, project: str, locales: set[str]) -> None:
+        """Record locales a project's chunks now carry (before they are written); ones already recorded stay."""
+        if not locales:
+            return
+        rows = [{"tenant": tenant, "project": project, "locale": locale} for locale in sorted(locales)]
+        insert = (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(project_locales)
+        with db_errors("record a project's locales"), self.engine.begin() as tx:
+            tx.execute(insert.on_conflict_do_nothing(), rows)
+
+    def set_locales(self, tenant: str, project: str, locales: set[str]) -> None:
+        """Replace a project's recorded locales with exactly `locales` (read from its whole collection, under the
+        project's lease, so no write of another locale is under way)."""
+        where = (project_locales.c.tenant == tenant, project_locales.c.project == project)
+        with db_errors("record a project's locales"), self.engine.begin() as tx:
+            tx.execute(sa.delete(project_locales).where(*where, project_locales.c.locale.not_in(sorted(locales))))
+        self.add_locales(tenant, project, locales)
+
 
 def _where(engine: sa.Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
@@ -374,7 +510,8 @@ def _record(row: Any) -> RunRecord:
 
 class PageCacheTable:
     """A web source's conditional-request validators (ETag, Last-Modified, sitemap lastmod) in the state database,
-    so an unchanged page costs a 304 after a restart too. Implements kbsync.sources.web.PageCache."""
+    so an unchanged page costs a 304 after a restart too. Values are plain JSON objects: what they mean is the web
+    source's business (the composition root adapts this table to its PageCache)."""
 
     def __init__(self, state: State, tenant: str, project: str, source: str) -> None:
         self._db = state.engine
@@ -382,19 +519,19 @@ class PageCacheTable:
         self._values = {"tenant": tenant, "project": project, "source": source}
 
     @db_errors("read page validators")
-    def get(self, url: str) -> Any:
-        from kbsync.sources.web import PageValidators
-
+    def get(self, url: str) -> dict[str, object] | None:
+        """The JSON object stored for `url`, or None."""
         with self._db.connect() as conn:
             row = conn.execute(sa.select(web_pages.c.validators).where(*self._key, web_pages.c.url == url)).first()
-        return PageValidators.from_json(json.loads(row.validators)) if row else None
+        return dict(json.loads(row.validators)) if row else None
 
-    def put(self, url: str, validators: Any) -> None:
-        data = json.dumps(validators.to_json())
+    def put(self, url: str, doc_id: str, validators: dict[str, object]) -> None:
+        """Store `validators` for `url`, replacing what was there; `doc_id` is what `url_for` finds it by."""
+        data = json.dumps(validators)
         with db_errors("store page validators"):
             with self._db.begin() as tx:
                 tx.execute(sa.delete(web_pages).where(*self._key, web_pages.c.url == url))
-                tx.execute(sa.insert(web_pages).values(**self._values, url=url, doc_id=validators.doc_id, validators=data))
+                tx.execute(sa.insert(web_pages).values(**self._values, url=url, doc_id=doc_id, validators=data))
 
     @db_errors("delete page validators")
     def delete(self, url: str) -> None:

@@ -24,20 +24,30 @@ from kbsync.memory import release_free_memory
 
 __all__ = [
     "MAX_RECORDS_PER_WRITE",
+    "STORE_LOCK",
     "ChromaTarget",
     "ChunkRecord",
     "IndexedDoc",
     "ProjectIndex",
     "QueryHit",
     "Store",
+    "check_storable",
     "collection_name",
 ]
 
+# Held under state_dir by the one process that has the embedded store open.
+STORE_LOCK = "chroma.lock"
 # Chroma Cloud's quotas, kept in every mode so the same data fits a Cloud deployment unchanged; 300 records per
 # write also keeps every call far below the local 5461 batch limit.
 MAX_RECORDS_PER_WRITE = 300
 MAX_DOCUMENT_BYTES = 16 * 1024
 MAX_ID_BYTES = 128
+
+
+def check_storable(chunk_id: str, text: str) -> None:
+    """Raise StoreError when a chunk exceeds Chroma Cloud's limits (id <= 128 bytes, document < 16 KB)."""
+    if len(chunk_id.encode()) > MAX_ID_BYTES or len(text.encode()) >= MAX_DOCUMENT_BYTES:
+        raise StoreError(f"chunk {chunk_id[:80]!r} exceeds Chroma Cloud's limits (id <= 128 bytes, document < 16 KB)")
 # Records per metadata read. What Chroma frees after a read stays in the C heap until trimmed: reading 15,000
 # records' metadata peaked at +70 MB in pages of 1000 without trimming, +28 MB trimmed, +16 MB in trimmed pages
 # of 500, at 4% more time (measured).
@@ -180,7 +190,7 @@ def _chroma_errors(action: str, collection: str) -> Iterator[None]:
 
 
 def _lock_store(state_dir: Path) -> FileLock:
-    lock = FileLock(state_dir / "chroma.lock")
+    lock = FileLock(state_dir / STORE_LOCK)
     if not lock.acquire():
         raise StoreLocked(
             f"the embedded store at {state_dir / 'chroma'} is open in another kbsync process "
@@ -382,10 +392,7 @@ class Store:
         Raises StoreError on any failure; the caller deletes stale chunks only after this returned.
         """
         for record in records:
-            if len(record.id.encode()) > MAX_ID_BYTES or len(record.text.encode()) >= MAX_DOCUMENT_BYTES:
-                raise StoreError(
-                    f"chunk {record.id[:80]!r} exceeds Chroma Cloud's limits (id <= 128 bytes, document < 16 KB)"
-                )
+            check_storable(record.id, record.text)
         collection = self._collection(name)
         new = [r for r in records if r.embedding is not None]
         kept = [r for r in records if r.embedding is None]

@@ -30,10 +30,11 @@ from typing import Any
 
 import pytest
 
-from kbsync.engine import Engine, ProjectKey, RunReport, open_engine
+from kbsync.engine import Engine, ProjectKey, RunReport
 from kbsync.settings import load_settings
 from kbsync.sources.chatwoot import ChatwootClientOptions
 from kbsync.store import ProjectIndex
+from kbsync.wiring import open_engine
 from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot, corpus_path
 
 __all__ = [

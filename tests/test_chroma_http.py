@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kbsync.cli import app
-from kbsync.engine import ProjectKey, open_engine
+from kbsync.engine import ProjectKey
 from kbsync.settings import load_settings
+from kbsync.wiring import open_engine
 from tests.servers.chroma import ChromaServer
 
 KEY = ProjectKey("acme", "alpha")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kbsync.engine import Engine, ProjectKey, open_engine
+from kbsync.engine import Engine, ProjectKey
 from kbsync.settings import load_settings
 from kbsync.store import MAX_RECORDS_PER_WRITE
+from kbsync.wiring import open_engine
 from tests.store_faults import fail_nth, heal
 
 KEY = ProjectKey("acme", "alpha")

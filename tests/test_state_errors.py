@@ -36,7 +36,7 @@ VALIDATORS = PageValidators(doc_id="web:1", etag='"x"')
 
 CALLS: dict[str, Callable[[State, Queue, PageCacheTable], Any]] = {
     "page_cache.get": lambda s, q, c: c.get("https://docs.example/a"),
-    "page_cache.put": lambda s, q, c: c.put("https://docs.example/a", VALIDATORS),
+    "page_cache.put": lambda s, q, c: c.put("https://docs.example/a", VALIDATORS.doc_id, VALIDATORS.to_json()),
     "page_cache.delete": lambda s, q, c: c.delete("https://docs.example/a"),
     "page_cache.url_for": lambda s, q, c: c.url_for("web:1"),
     "queue.dead": lambda s, q, c: q.dead(),

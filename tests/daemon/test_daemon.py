@@ -219,6 +219,31 @@ def test_repeated_delivery_id_is_a_duplicate(stack: Stack, daemon: DaemonProcess
     daemon.wait_queryable(marker, timeout=QUERYABLE_WITHIN)
 
 
+@pytest.mark.parametrize("status", [401, 404])
+def test_a_permanent_failure_is_dead_at_once_and_shown_in_status(
+    status: int, stack: Stack, daemon: DaemonProcess
+) -> None:
+    """A refresh that fails with a bad token (401) or an unknown portal (404) cannot succeed on a retry: the item
+    is dead after its first attempt (issue 14) and `kbsync status` lists it. If broken: it stays pending and is
+    retried with backoff 8 times (the run report had flattened `SourceError.transient` into strings)."""
+    before = daemon.status()["queue"]["dead"]
+    stack.fake.fail(path_contains=f"/portals/{GLOBEX_PORTAL}", status=status, times=None)
+    try:
+        response = daemon.webhook("article_updated", stack.globex_ids[0], tenant="globex", portal=GLOBEX_PORTAL,
+                                  account=2)
+        assert response.status_code == 202, response.text
+        queue = wait_for(lambda: (q := daemon.status()["queue"])["dead"] > before and q, 10, "the item to be dead")
+    finally:
+        stack.fake.reset_faults()
+    item = queue["dead_items"][0]
+    assert (item["tenant"], item["project"], item["attempts"]) == ("globex", "beta", 1)
+    assert ("token rejected" if status == 401 else "not found") in item["error"]
+    assert queue["pending"] == 0
+    shown = stack.cli("status")
+    assert shown.returncode == 0, shown.stderr
+    assert "dead webhook items" in shown.stdout and f"#{item['id']} globex/beta" in shown.stdout
+
+
 def test_out_of_order_events_leave_the_newest_text(stack: Stack, daemon: DaemonProcess) -> None:
     """Invariant 5: the webhook of the newer edit arrives first, the older one after it; the index ends with the
     newer text (fetch-on-notify + doc_updated_at). If broken, the late old event brings the old text back."""
@@ -416,6 +441,16 @@ def test_cli_audit_asks_the_daemon_and_the_result_reaches_status_and_metrics(
     assert gauge is not None and float(gauge.group(1)) == 0  # set by the audit (absent before one ran)
 
 
+def test_the_daemon_prunes_the_state_database_soon_after_it_starts(stack: Stack, daemon: DaemonProcess) -> None:
+    """Retention (issue 14) runs on the daemon's schedule, first soon after a start (a daemon restarted more often
+    than `[retention] interval_minutes` still prunes). If broken: no `retention.pruned` line ever appears."""
+    line = wait_for(
+        lambda: next((json.loads(raw) for raw in daemon.log_text().splitlines() if "retention.pruned" in raw), None),
+        30, "the first prune",
+    )
+    assert line["skipped"] is False and {"runs", "queue_rows", "leases"} <= set(line)
+
+
 def test_cli_status_and_query_ask_the_running_daemon(stack: Stack, daemon: DaemonProcess) -> None:
     """design §4/§6: the daemon owns the embedded store; `kbsync status` and `kbsync query` ask it over HTTP with
     $KBSYNC_ADMIN_TOKEN instead of opening the store."""
@@ -431,7 +466,7 @@ def test_cli_status_and_query_ask_the_running_daemon(stack: Stack, daemon: Daemo
     assert 1 <= len(results) <= 3 and all(r["doc_id"].startswith(f"chatwoot:{ACME_PORTAL}:") for r in results)
 
     unknown = stack.cli("query", "acme", "nope", "anything")
-    assert unknown.returncode == 1
+    assert unknown.returncode == 1 and "no project acme/nope" in unknown.stderr  # read from the error body
 
     refused = stack.cli("status", "--json", admin_token=False)
     assert refused.returncode == 1

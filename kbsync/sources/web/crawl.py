@@ -20,6 +20,7 @@ import httpx
 import tenacity
 
 from kbsync.errors import SourceRejected, SourceUnavailable
+from kbsync.sources.web.body import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_decoded
 from kbsync.sources.web.options import USER_AGENT_TOKEN, CrawlStats, FetchOptions
 from kbsync.sources.web.pages import page_format
 from kbsync.sources.web.politeness import HostGate
@@ -33,6 +34,7 @@ _ACCEPT = "text/html,application/xhtml+xml;q=0.9,text/markdown;q=0.9,text/plain;
 # Never sent, whatever the client passed in carries.
 _CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "api_access_token", "x-api-key")
 _NO_AUTH = httpx.Auth()
+_RAW_CHUNK = 16 * 1024  # undecoded bytes per read: what one inflate call may expand
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -223,7 +225,14 @@ class Crawl:
     def _request_once(self, url: str, kind: Kind, headers: dict[str, str]) -> tuple[int, httpx.Headers, bytes]:
         self.guard(url)
         request = self.client.build_request(
-            "GET", url, headers={"User-Agent": self.options.user_agent, "Accept": _ACCEPT, **headers}
+            "GET",
+            url,
+            headers={
+                "User-Agent": self.options.user_agent,
+                "Accept": _ACCEPT,
+                "Accept-Encoding": ACCEPT_ENCODING,
+                **headers,
+            },
         )
         for name in _CREDENTIAL_HEADERS:
             request.headers.pop(name, None)
@@ -271,12 +280,15 @@ class Crawl:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit and "content-encoding" not in response.headers:
             raise OutOfScope(f"larger than {limit} bytes", source=self.source_id, url=url)
-        body = bytearray()
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > limit:
-                raise OutOfScope(f"larger than {limit} bytes", source=self.source_id, url=url)
-        return status, response.headers, bytes(body)
+        try:
+            body = read_decoded(
+                response.iter_raw(_RAW_CHUNK), response.headers.get("content-encoding", ""), limit
+            )
+        except BodyTooLarge as exc:
+            raise OutOfScope(str(exc), source=self.source_id, url=url) from None
+        except BadEncoding as exc:
+            raise SourceRejected(str(exc), source=self.source_id, url=url) from None
+        return status, response.headers, body
 
     # -- threads
 
