@@ -334,7 +334,9 @@ def audit(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
     project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
     repair: Annotated[bool, typer.Option(help="Rebuild the collections with unreachable chunks.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Query every chunk with its own vector and report those no query returns (chroma-core/chroma#7758).
 
