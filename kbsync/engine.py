@@ -170,27 +170,43 @@ class Renewer:
 
 class LeaseKeeper:
     """Holds a named lease in the state database for a block, renewed in the background every third of its
-    length; `lost` is set if a renewal finds it taken over (this process stalled past the expiry)."""
+    length; `lost` is set if a renewal finds it taken over (this process stalled past the expiry). `held()` also
+    keeps a local deadline (fencing): a replica cut off from the database, its renewals failing or hanging, stops
+    writing when the lease may have passed to another replica (a renewal that gets through again restores it
+    only while nobody took it meanwhile)."""
 
     def __init__(self, state: State, name: str, owner: str, seconds: float) -> None:
         self.state, self.name, self.owner, self.seconds = state, name, owner, seconds
         self.lost = threading.Event()
+        self._valid_until = 0.0  # time.monotonic(): the lease is not counted on past it
         self._renewer = Renewer(self._renew, seconds / 3, f"lease {name}")
 
     def acquire(self) -> bool:
+        asked = time.monotonic()
         if not self.state.acquire_lease(self.name, self.owner, self.seconds):
             return False
+        self._extend(asked)
         self._renewer.start()
         return True
 
+    def held(self) -> bool:
+        """Whether this process may still write under the lease: not lost, and last renewed within its length."""
+        return not self.lost.is_set() and time.monotonic() < self._valid_until
+
+    def _extend(self, asked: float) -> None:
+        # Counted from before the request, less a tenth for clock skew between replicas (expiry is wall time).
+        self._valid_until = asked + self.seconds * 0.9
+
     def _renew(self) -> bool:
+        asked = time.monotonic()
         try:
             if not self.state.renew_lease(self.name, self.owner, self.seconds):
                 self.lost.set()
                 log.error("lease.lost", lease=self.name)
                 return False
-        except KbsyncError as exc:  # the database is away: keep trying until the lease would expire
-            log.warning("lease.renew_failed", lease=self.name, error=str(exc))
+            self._extend(asked)
+        except KbsyncError as exc:  # the database is away: keep trying (a run stops writing once not `held()`)
+            log.warning("lease.renew_failed", lease=self.name, error=str(exc), expired=not self.held())
         return True
 
     def release(self) -> None:
@@ -272,8 +288,8 @@ class Engine:
         if self.stop_event.is_set():
             raise Interrupted("kbsync is stopping; the run was interrupted (the next run converges)")
         lease = self._leases.get(key)
-        if lease is not None and lease.lost.is_set():
-            raise Interrupted(f"the lease of {key} was lost to another replica; the run stopped")
+        if lease is not None and not lease.held():
+            raise Interrupted(f"the lease of {key} was lost or not renewed before it expired; the run stopped")
 
     # -- projects ----------------------------------------------------------------------------------------
 
@@ -306,16 +322,22 @@ class Engine:
         work: Callable[[list[Source], ProjectIndex, RunReport], None],
         *,
         full_index: bool = True,
+        wait: bool = True,
     ) -> RunReport:
         """Run `work` on one project under its lock and lease, recorded in the state database and told to
         observers. Without `full_index`, `work` gets an empty index and reads what it needs (`_ensure_docs`,
-        `_ensure_full`): a poll that finds nothing changed reads nothing from the store."""
+        `_ensure_full`): a poll that finds nothing changed reads nothing from the store. Without `wait`, a project
+        another thread of this process is running is not waited for: the report comes back `busy` at once."""
         self._project_settings(key)
         report = RunReport(key.tenant, key.project, kind)
         started = time.monotonic()
-        with self._locks[key], structlog.contextvars.bound_contextvars(
+        with _locked(self._locks[key], wait) as locked, structlog.contextvars.bound_contextvars(
             tenant=key.tenant, project=key.project, trigger=kind
         ):
+            if not locked:
+                report.busy = True
+                log.info("run.skipped_busy", reason="another run of the project is in progress in this process")
+                return report
             lease = LeaseKeeper(self.state, f"project:{key}", self.owner, self.settings.state.lease_seconds)
             if not lease.acquire():
                 report.busy = True
@@ -385,11 +407,14 @@ class Engine:
 
         return self._run(key, "poll", work, full_index=False)
 
-    def refresh(self, key: ProjectKey, source_id: str, event: str, doc_id: str | None = None) -> RunReport:
+    def refresh(
+        self, key: ProjectKey, source_id: str, event: str, doc_id: str | None = None, *, wait: bool = True
+    ) -> RunReport:
         """Apply one webhook event (fetch-on-notify: the source is the truth, the payload only a hint).
 
         `portal_updated` reconciles the source; an article event polls it; a deleted article still held after the
-        poll makes a complete listing (the second look of invariant 2) decide."""
+        poll makes a complete listing (the second look of invariant 2) decide. `wait=False`: `busy` at once while
+        the project is running here (webhook workers try again later instead of blocking on a long run)."""
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             source = next((s for s in sources if s.source_id == source_id), None)
@@ -404,7 +429,7 @@ class Engine:
                 if doc_id in index.docs:
                     self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
 
-        return self._run(key, "refresh", work, full_index=False)
+        return self._run(key, "refresh", work, full_index=False, wait=wait)
 
     def _ensure_docs(self, key: ProjectKey, index: ProjectIndex, doc_ids: set[str]) -> None:
         """Read the chunks of `doc_ids` into a partial index (those not read yet)."""
@@ -632,6 +657,17 @@ class Engine:
             if locales != {locale}:
                 where = {"locale": locale}
         return self.store_for(key).query(key.collection, vector, k=k, where=where)
+
+
+@contextmanager
+def _locked(lock: threading.Lock, wait: bool) -> Iterator[bool]:
+    """Hold `lock` for the block if it could be taken (waiting for it when `wait`); yields whether it was."""
+    taken = lock.acquire(blocking=wait)
+    try:
+        yield taken
+    finally:
+        if taken:
+            lock.release()
 
 
 def _newest_per_id(documents: Sequence[Document]) -> list[Document]:
