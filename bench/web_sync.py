@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kbsync.logging import configure_logging  # noqa: E402
 from kbsync.settings import WebSourceSettings  # noqa: E402
 from kbsync.sources import Listing  # noqa: E402
-import kbsync.sources.web as web_module  # noqa: E402
+import kbsync.sources.web.pages as web_pages  # noqa: E402
 from kbsync.sources.web import FetchOptions, MemoryPageCache, WebSource  # noqa: E402
 from tests.servers.web import DocsSite, DocsSiteServer  # noqa: E402
 
@@ -36,7 +36,7 @@ class TimedExtraction:
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._extract = web_module.html_to_markdown
+        self._extract = web_pages.html_to_markdown
 
     def __call__(self, html: str) -> tuple[str, str]:
         started = time.perf_counter()
@@ -47,7 +47,7 @@ class TimedExtraction:
 
 
 EXTRACTION = TimedExtraction()
-web_module.html_to_markdown = EXTRACTION  # type: ignore[assignment]  # measurement only
+web_pages.html_to_markdown = EXTRACTION  # type: ignore[assignment]  # measurement only
 
 
 def _crawl(source: WebSource, **kwargs: Any) -> tuple[Listing, dict[str, Any]]:

@@ -75,13 +75,11 @@ def _store_checks(settings: Settings) -> Iterator[CheckResult]:
     """Each store answers: the embedded one (unless another process owns it) and every Chroma server."""
     from contextlib import ExitStack
 
-    from kbsync.store import ChromaTarget, Store
+    from kbsync.store import Store
+    from kbsync.wiring import store_targets
 
-    targets = {ChromaTarget.of(settings, None): "store"}
-    for tenant in settings.tenants:
-        if tenant.chroma is not None:
-            targets.setdefault(ChromaTarget.of(settings, tenant), f"store of tenant {tenant.id}")
-    for target, name in targets.items():
+    for number, (target, tenants) in enumerate(store_targets(settings).items()):
+        name = "store" if number == 0 else f"store of tenant {tenants[0]}"
         with ExitStack() as stack:
             try:
                 store = stack.enter_context(Store.open(target, state_dir=settings.state_dir))
@@ -97,10 +95,10 @@ def _store_checks(settings: Settings) -> Iterator[CheckResult]:
 
 
 def _state_check(settings: Settings) -> CheckResult:
-    from kbsync.state import State
+    from kbsync.wiring import open_state
 
     try:
-        state = State.open(settings)
+        state = open_state(settings)
     except StateLocked as exc:
         return CheckResult("state", True, f"owned by a running kbsync process: {exc}")
     except KbsyncError as exc:

@@ -10,8 +10,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -20,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kbsync import __version__
+from kbsync.cli_options import ConfigOption, JsonOption, LogLevelOption, cli_state
 from kbsync.errors import ConfigError, KbsyncError, UnknownProject
 
 app = typer.Typer(
@@ -33,34 +32,28 @@ app = typer.Typer(
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
-@dataclass
-class _Context:
-    config: Path
-    settings: Any  # kbsync.settings.Settings, loaded lazily so `--help` never reads the file
-
-
 def _fail(message: str, code: int) -> NoReturn:
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def _settings(ctx: typer.Context) -> Any:
-    state: _Context = ctx.obj
+    state = cli_state(ctx)
     if state.settings is None:
         from kbsync.logging import configure_logging
-        from kbsync.settings import load_settings
+        from kbsync.settings import config_path, load_settings
 
         try:
-            state.settings = load_settings(state.config)
+            state.settings = load_settings(config_path(state.config))
         except ConfigError as exc:
             _fail(str(exc), EXIT_CONFIG)
-        configure_logging(state.settings.log_format, state.settings.log_level)
+        configure_logging(state.settings.log_format, state.log_level or state.settings.log_level)
     return state.settings
 
 
 @contextmanager
 def _engine(ctx: typer.Context) -> Iterator[Any]:
-    from kbsync.engine import open_engine
+    from kbsync.wiring import open_engine
 
     settings = _settings(ctx)
     try:
@@ -83,23 +76,23 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     ctx: typer.Context,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="Settings file (default: $KBSYNC_CONFIG, else ./settings.toml)."),
-    ] = None,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = None,
+    as_json: JsonOption = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    from kbsync.settings import config_path
-
-    ctx.obj = _Context(config=config_path(config), settings=None)
+    """--config, --log-level and --json may also follow the subcommand (the callbacks of kbsync.cli_options
+    keep them)."""
 
 
 @app.command()
 def run(
     ctx: typer.Context,
     workers: Annotated[int, typer.Option(min=1, max=32, help="Webhook worker threads.")] = 2,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """The daemon: scheduler (poll, reconcile) + webhook workers + HTTP API on server.host:port.
 
@@ -107,6 +100,8 @@ def run(
     """
     from kbsync.daemon import Daemon, DaemonOptions
 
+    if cli_state(ctx).as_json:
+        _fail("--json does not apply to `kbsync run` (it logs; set log_format = \"json\")", EXIT_CONFIG)
     settings = _settings(ctx)
     try:
         code = Daemon(settings, DaemonOptions(workers=workers)).run()
@@ -170,7 +165,9 @@ def resync(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
     project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
     rebuild: Annotated[bool, typer.Option(help="Re-embed every chunk, changed or not.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Full reconcile of every project (or the ones named): list, sync changes, delete what is gone.
 
@@ -211,22 +208,18 @@ def resync(
 
 def _store_is_locked(settings: Any) -> bool:
     """Whether another process (a running daemon) holds the embedded store or the SQLite state, checked without
-    opening either. With Chroma server mode and PostgreSQL state, any number of processes may work: project
-    leases serialize them."""
-    from kbsync.locking import lock_holder
+    opening either."""
+    from kbsync.wiring import local_owner
 
-    if settings.chroma.mode == "embedded" and lock_holder(settings.state_dir / "chroma.lock") is not None:
-        return True
-    return not settings.state.url and lock_holder(settings.state_dir / "state.lock") is not None
+    return local_owner(settings) is not None
 
 
 def _no_daemon(settings: Any) -> NoReturn:
-    from kbsync.locking import lock_holder
+    from kbsync.wiring import local_owner
 
-    holder = lock_holder(settings.state_dir / "chroma.lock") or lock_holder(settings.state_dir / "state.lock")
     _fail(
         f"the store at {settings.state_dir} is open in another kbsync process "
-        f"(pid {holder}) and no daemon answers on "
+        f"(pid {local_owner(settings) or 'unknown'}) and no daemon answers on "
         f"{settings.server.host}:{settings.server.port}; stop that process or start `kbsync run`",
         EXIT_FAILED,
     )
@@ -269,15 +262,26 @@ def query(
     text: Annotated[str, typer.Argument(help="The question.")],
     k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many chunks.")] = 5,
     locale: Annotated[str | None, typer.Option(help="Only chunks of this locale.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    group: Annotated[
+        str, typer.Option(help="doc: the best chunk of each article, hybrid ranking; chunk: raw dense chunk ranking.")
+    ] = "doc",
+    expand: Annotated[int, typer.Option(min=0, max=3, help="Neighbouring chunks on each side added as context.")] = 0,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
-    """Top-k chunks of a project for a question: score, title, heading, url. Exit 1 for an unknown project."""
+    """Top-k articles (or chunks) of a project for a question: score, title, heading, url. Exit 1 for an unknown
+    project."""
     from kbsync.engine import ProjectKey
+
+    if group not in ("doc", "chunk"):
+        _fail(f"--group must be doc or chunk, not {group!r}", EXIT_CONFIG)
 
     started = time.perf_counter()
     settings = _settings(ctx)
     if _store_is_locked(settings):
-        body = {"tenant": tenant, "project": project, "query": text, "k": k, "locale": locale}
+        body = {"tenant": tenant, "project": project, "query": text, "k": k, "locale": locale, "group": group,
+                "expand": expand}
         answer = _daemon(settings, "POST", "/v1/query", body, timeout=60)
         if answer is None:
             _no_daemon(settings)
@@ -285,7 +289,9 @@ def query(
     else:
         with _engine(ctx) as engine:
             try:
-                hits = engine.query(ProjectKey(tenant, project), text, k=k, locale=locale)
+                hits = engine.query(
+                    ProjectKey(tenant, project), text, k=k, locale=locale, group=group, expand=expand  # type: ignore[arg-type]
+                )
             except UnknownProject as exc:
                 _fail(str(exc), EXIT_FAILED)
         results = [hit.as_result() for hit in hits]
@@ -303,16 +309,21 @@ def query(
             console.print(f"   {result['url']}", highlight=False)
         snippet = " ".join(result["text"].split("\n\n", 1)[-1].split())
         console.print(f"   {snippet[:240]}{'…' if len(snippet) > 240 else ''}", highlight=False)
+        if result.get("context"):
+            indexes = ", ".join(str(c["chunk_index"]) for c in result["context"])
+            console.print(f"   + neighbouring chunks {indexes} (see --json)", highlight=False)
 
 
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Per project: last reconcile (time, result, counts), documents and chunks indexed, last error."""
-    from kbsync.state import State
     from kbsync.status import status_payload
+    from kbsync.wiring import open_for_status
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
@@ -320,26 +331,14 @@ def status(
         if answer is not None:
             _show_status(answer, as_json)
             return
-    from contextlib import ExitStack
+    try:
+        with open_for_status(settings) as parts:
+            from kbsync.queue import Queue  # dead webhook items are shown even while no daemon runs
 
-    from kbsync.engine import open_stores
-
-    with ExitStack() as stack:
-        try:
-            state = State.open(settings)
-        except KbsyncError as exc:
-            _fail(str(exc), EXIT_FAILED)
-        stack.callback(state.close)
-        store_for, store_note = None, "ok"
-        try:
-            default, tenant_stores = open_stores(settings, stack)
-            store_for = lambda tenant: tenant_stores.get(tenant, default)  # noqa: E731
-        except KbsyncError as exc:
-            store_note = str(exc)
-        try:
-            payload = status_payload(settings, state, store_for, store_note=store_note)
-        except KbsyncError as exc:
-            _fail(str(exc), EXIT_FAILED)
+            queue = Queue(parts.state)
+            payload = status_payload(settings, parts.state, parts.store_for, store_note=parts.store_note, queue=queue)
+    except KbsyncError as exc:
+        _fail(str(exc), EXIT_FAILED)
     _show_status(payload, as_json)
 
 
@@ -370,6 +369,15 @@ def _print_status(payload: dict[str, Any]) -> None:
             (p["last_error"] or "")[:80],
         )
     console.print(table)
+    dead = (payload.get("queue") or {}).get("dead_items") or []
+    if dead:
+        console.print(f"[red]dead webhook items[/] ({payload['queue']['dead']}, newest first; not retried):")
+        for item in dead:
+            console.print(
+                f"  #{item['id']} {item['tenant']}/{item['project']} {item['event']} after {item['attempts']} "
+                f"attempt(s): {(item['error'] or '')[:160]}",
+                highlight=False,
+            )
     if payload["orphaned_collections"]:
         console.print(f"orphaned collections (no project in settings): {', '.join(payload['orphaned_collections'])}")
     if payload["store"] != "ok":
@@ -377,18 +385,28 @@ def _print_status(payload: dict[str, Any]) -> None:
 
 
 @app.command()
-def check(ctx: typer.Context) -> None:
+def check(
+    ctx: typer.Context,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = None,
+) -> None:
     """Validate settings, secret variables, the model, the store and every source. Exit 1 if a check failed."""
+    from dataclasses import asdict
+
     from kbsync.checks import run_checks
 
     settings = _settings(ctx)
     console = Console()
-    ok = True
+    results = []
     for result in run_checks(settings):
-        mark = "[green]ok[/]  " if result.ok else "[red]FAIL[/]"
-        console.print(f"{mark} {result.name}: {result.detail}", highlight=False, soft_wrap=True)
-        ok = ok and result.ok
-    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+        results.append(result)
+        if not as_json:
+            mark = "[green]ok[/]  " if result.ok else "[red]FAIL[/]"
+            console.print(f"{mark} {result.name}: {result.detail}", highlight=False, soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in results], indent=2))
+    raise typer.Exit(EXIT_OK if all(r.ok for r in results) else EXIT_FAILED)
 
 
 @app.command("copy-store")
@@ -397,28 +415,27 @@ def copy_store_command(
     to_http: Annotated[bool, typer.Option("--to-http", help="Copy to a Chroma server (the only target).")] = False,
     host: Annotated[str | None, typer.Option(help="Server host (default: [chroma] host).")] = None,
     port: Annotated[int | None, typer.Option(help="Server port (default: [chroma] port).")] = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Copy the embedded store at <state_dir>/chroma to a Chroma server: ids, documents, metadata and vectors
     unchanged, no re-embedding, verified by counts and ids. Exit 0 ok, 1 failed. Stop the daemon first."""
     from kbsync.copystore import copy_store
-    from kbsync.store import ChromaTarget, Store
+    from kbsync.wiring import open_copy_stores
 
     if not to_http:
         _fail("name the target: --to-http", EXIT_CONFIG)
     settings = _settings(ctx)
-    target = ChromaTarget(
-        "http",
-        host or settings.chroma.host,
-        port or settings.chroma.port,
-        settings.chroma.ssl,
-        settings.chroma.database,
-        settings.chroma_token,
-    )
     try:
-        with Store.open_embedded(settings.state_dir) as source, Store.open_http(target) as destination:
+        with open_copy_stores(settings, host=host, port=port) as (source, destination, target):
             report = copy_store(source, destination)
     except KbsyncError as exc:
         _fail(str(exc), EXIT_FAILED)
+    if as_json:
+        payload = {"target": target.describe(), "collections": report.collections, "errors": report.errors}
+        typer.echo(json.dumps({**payload, "ok": report.ok}, indent=2))
+        raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)
     console = Console()
     for name, count in report.collections.items():
         console.print(f"{name}: {count} records copied to {target.describe()}", highlight=False)

@@ -26,13 +26,15 @@ from typing import Any
 import structlog
 import uvicorn
 
-from kbsync.engine import Engine, LeaseKeeper, ProjectKey, Renewer, open_engine
+from kbsync.engine import Engine, ProjectKey
 from kbsync.errors import KbsyncError, StoreLocked
 from kbsync.http import ApiContext, create_app
+from kbsync.leases import LeaseKeeper, Renewer
 from kbsync.memory import limit_malloc_arenas
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
 from kbsync.settings import Settings
+from kbsync.wiring import open_engine
 
 __all__ = ["Daemon", "DaemonOptions"]
 
@@ -401,7 +403,9 @@ class Daemon:
             return
         interrupted = self.stop.is_set()
         delay = 0.0 if interrupted else min(self.options.max_backoff_seconds, 2.0 ** (item.attempts + 1))
-        status = queue.release(item, owner, error=error, retry=True, delay_seconds=delay)
+        # A permanent failure (401 bad token, 404 unknown portal) is dead at once: retrying cannot fix it.
+        permanent = report is not None and report.permanent and not interrupted
+        status = queue.release(item, owner, error=error, retry=not permanent, delay_seconds=delay)
         metrics.queue_items.labels("retried" if status == "pending" else "dead").inc()
         log.warning("queue.item_failed", status=status, attempts=item.attempts + 1, error=error)
 

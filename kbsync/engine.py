@@ -20,22 +20,24 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 import structlog
 
 from kbsync.chunking import Chunk, Chunker
-from kbsync.embedding import Embedder, TokenCounter, default_model_dir, missing_model_files
+from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
+from kbsync.leases import LeaseKeeper
 from kbsync.memory import release_free_memory
-from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, ProjectSettings, Settings, TenantSettings
-from kbsync.sources import Document, Listing, Source
-from kbsync.state import PageCacheTable, State, Watermark
-from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, QueryHit, Store, collection_name
+from kbsync.retrieval import Group, RankedHit, Retrieval
+from kbsync.settings import ProjectSettings, Settings, TenantSettings
+from kbsync.sources import Document, Source
+from kbsync.state import State, Watermark
+from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
 
-__all__ = ["Engine", "LeaseKeeper", "ProjectKey", "Progress", "Renewer", "RunReport", "open_engine"]
+__all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +63,8 @@ class ProjectKey:
 
 # RunReport fields that are not counters.
 _NOT_COUNTS = frozenset(
-    {"tenant", "project", "kind", "errors", "warnings", "failed_sources", "sources", "interrupted", "busy"}
+    {"tenant", "project", "kind", "errors", "permanent_errors", "warnings", "failed_sources", "sources", "interrupted",
+     "busy"}
 )
 
 
@@ -83,6 +86,9 @@ class RunReport:
     chunks_total: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # The errors a retry cannot fix (SourceError.transient False: a rejected token, an unknown portal; a project
+    # without the source): the webhook worker dead-letters an item whose refresh failed with these alone.
+    permanent_errors: list[str] = field(default_factory=list)
     failed_sources: int = 0
     sources: int = 0
     requests: int = 0
@@ -100,6 +106,17 @@ class RunReport:
             return "ok"
         return "failed" if self.failed_sources >= self.sources > 0 or self.sources == 0 else "partial"
 
+    @property
+    def permanent(self) -> bool:
+        """Whether the run failed and every error it met is permanent (retrying will not help)."""
+        return bool(self.errors) and len(self.permanent_errors) == len(self.errors)
+
+    def add_error(self, exc: KbsyncError) -> None:
+        """Record an error, keeping whether a retry can help."""
+        self.errors.append(str(exc))
+        if isinstance(exc, UnknownProject) or (isinstance(exc, SourceError) and not exc.transient):
+            self.permanent_errors.append(str(exc))
+
     def counts(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if key not in _NOT_COUNTS}
 
@@ -113,108 +130,6 @@ class Progress(Protocol):
     def listed(self, key: ProjectKey, source_id: str, total: int) -> None: ...
 
     def advanced(self, key: ProjectKey, done: int) -> None: ...
-
-
-def build_sources(
-    settings: Settings, stack: ExitStack, state: State, *, chatwoot_options: Any = None
-) -> dict[ProjectKey, list[Source]]:
-    """The configured sources of every project; one pooled Chatwoot client per tenant, closed by `stack`.
-
-    `chatwoot_options` (a ChatwootClientOptions) tunes timeouts and retries; tests shrink them."""
-    from kbsync.sources.files import FilesSource
-
-    sources: dict[ProjectKey, list[Source]] = {}
-    for tenant in settings.tenants:
-        client = None
-        for project in tenant.projects:
-            built: list[Source] = []
-            for source in project.sources:
-                if isinstance(source, FilesSourceSettings):
-                    built.append(FilesSource(source))
-                elif isinstance(source, ChatwootSourceSettings):
-                    from kbsync.sources.chatwoot import ChatwootClient, ChatwootSource
-
-                    if client is None:
-                        client = stack.enter_context(ChatwootClient(tenant, chatwoot_options))
-                    built.append(ChatwootSource(tenant, source, client))
-                else:
-                    from kbsync.sources.web import WebSource
-
-                    cache = PageCacheTable(state, tenant.id, project.id, source.source_id)
-                    built.append(WebSource(source, cache=cache))
-            sources[ProjectKey(tenant.id, project.id)] = built
-    return sources
-
-
-class Renewer:
-    """Calls `renew` every `interval` seconds on a background thread until `stop()`, or until `renew` returns
-    False. What keeps leases and queue claims alive while their work runs."""
-
-    def __init__(self, renew: Callable[[], bool], interval: float, name: str) -> None:
-        self._renew, self._interval = renew, interval
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._done.wait(self._interval) and self._renew():
-            pass
-
-    def stop(self) -> None:
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-
-class LeaseKeeper:
-    """Holds a named lease in the state database for a block, renewed in the background every third of its
-    length; `lost` is set if a renewal finds it taken over (this process stalled past the expiry). `held()` also
-    keeps a local deadline (fencing): a replica cut off from the database, its renewals failing or hanging, stops
-    writing when the lease may have passed to another replica (a renewal that gets through again restores it
-    only while nobody took it meanwhile)."""
-
-    def __init__(self, state: State, name: str, owner: str, seconds: float) -> None:
-        self.state, self.name, self.owner, self.seconds = state, name, owner, seconds
-        self.lost = threading.Event()
-        self._valid_until = 0.0  # time.monotonic(): the lease is not counted on past it
-        self._renewer = Renewer(self._renew, seconds / 3, f"lease {name}")
-
-    def acquire(self) -> bool:
-        asked = time.monotonic()
-        if not self.state.acquire_lease(self.name, self.owner, self.seconds):
-            return False
-        self._extend(asked)
-        self._renewer.start()
-        return True
-
-    def held(self) -> bool:
-        """Whether this process may still write under the lease: not lost, and last renewed within its length."""
-        return not self.lost.is_set() and time.monotonic() < self._valid_until
-
-    def _extend(self, asked: float) -> None:
-        # Counted from before the request, less a tenth for clock skew between replicas (expiry is wall time).
-        self._valid_until = asked + self.seconds * 0.9
-
-    def _renew(self) -> bool:
-        asked = time.monotonic()
-        try:
-            if not self.state.renew_lease(self.name, self.owner, self.seconds):
-                self.lost.set()
-                log.error("lease.lost", lease=self.name)
-                return False
-            self._extend(asked)
-        except KbsyncError as exc:  # the database is away: keep trying (a run stops writing once not `held()`)
-            log.warning("lease.renew_failed", lease=self.name, error=str(exc), expired=not self.held())
-        return True
-
-    def release(self) -> None:
-        self._renewer.stop()
-        try:
-            self.state.release_lease(self.name, self.owner)
-        except KbsyncError as exc:  # it expires by itself
-            log.warning("lease.release_failed", lease=self.name, error=str(exc))
 
 
 @dataclass(slots=True)
@@ -251,7 +166,6 @@ class Engine:
         # Replicas sharing PostgreSQL serialize a project's writes through a lease; in one process the lock does.
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._leases: dict[ProjectKey, LeaseKeeper] = {}
-        self._locales: dict[ProjectKey, set[str]] = {}
         # Set by the daemon on shutdown: runs stop between document groups (what was written stays valid).
         self.stop_event = threading.Event()
         self._observers: list[Callable[[RunReport], None]] = []
@@ -359,13 +273,13 @@ class Engine:
                 work(sources, index, report)
                 if index.complete:
                     report.chunks_total = index.chunk_count
-                    self._locales[key] = index.locales()
+                    self.state.set_locales(key.tenant, key.project, index.locales())
             except Interrupted as exc:
                 report.interrupted = True
                 report.errors.append(str(exc))
                 log.warning("run.interrupted")
             except KbsyncError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources = report.sources
                 log.error("run.failed", error=str(exc))
             finally:
@@ -458,7 +372,7 @@ class Engine:
             try:
                 changes = changes_since(mark.updated_at)
             except SourceError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources += 1
                 log.warning("source.failed", error=str(exc))
                 return
@@ -492,7 +406,7 @@ class Engine:
             try:
                 listing = source.list(rebuild=rebuild)
             except SourceError as exc:
-                report.errors.append(str(exc))
+                report.add_error(exc)
                 report.failed_sources += 1
                 log.warning("source.failed", error=str(exc))
                 return
@@ -500,6 +414,7 @@ class Engine:
                 progress.listed(key, source.source_id, len(listing.documents))
             for error in listing.errors:
                 report.errors.append(error.message)
+            report.warnings.extend(listing.warnings)
             report.docs_seen += len(listing.unchanged)
             report.docs_unchanged += len(listing.unchanged)
             self.sync_documents(key, listing.documents, index, report, rebuild=rebuild, progress=progress)
@@ -565,7 +480,7 @@ class Engine:
                 report.docs_unchanged += 1  # newer wins: this version is older than the indexed one
                 log.debug("doc.older_than_indexed", doc_id=doc.doc_id)
                 return None
-            if held.doc_hash == doc_hash:
+            if held.doc_hash == doc_hash and held.intact:  # a write that failed partway is not unchanged
                 report.docs_unchanged += 1
                 return "metadata" if held.updated_at != doc.updated_at else None
         chunks = self.chunker.split(doc.doc_id, doc.title, doc.text)
@@ -611,6 +526,10 @@ class Engine:
         refreshed = [(doc, held, {c: {**m, "doc_updated_at": doc.updated_at} for c, m in held.chunks.items()})
                      for doc, held in touched]
         records.extend(ChunkRecord(c, "", m, None) for _, _, metas in refreshed for c, m in metas.items())
+        # Locales are recorded before the chunks carrying them are written: a query skips its locale filter only
+        # while the project's recorded locales are exactly the asked one (see `query`).
+        if records:
+            self.state.add_locales(key.tenant, key.project, {str(r.metadata["locale"]) for r in records})
         # New chunks are written before any stale one is deleted: a document never disappears while updated.
         self.store_for(key).write(key.collection, records)
         report.chunks_written += written
@@ -644,19 +563,38 @@ class Engine:
 
     # -- query -------------------------------------------------------------------------------------------
 
-    def query(self, key: ProjectKey, text: str, *, k: int = 5, locale: str | None = None) -> list[QueryHit]:
-        """Top-k chunks of a project for `text`. A locale filter is skipped when the project holds one locale
-        (a filter matching most of a collection makes Chroma's search slow)."""
+    def query(
+        self,
+        key: ProjectKey,
+        text: str,
+        *,
+        k: int = 5,
+        locale: str | None = None,
+        group: Group = "doc",
+        expand: int = 0,
+        lexical_weight: float | None = None,
+    ) -> list[RankedHit]:
+        """Top-k documents of a project for `text`, each with its best chunk (kbsync.retrieval); `group="chunk"`
+        ranks raw chunks by the dense leg alone, `expand` adds neighbouring chunks, `lexical_weight` overrides
+        the setting. A locale filter is skipped when the project holds one locale (a filter matching most of a
+        collection makes Chroma's search slow); the project's locales come from the state database, where every
+        write records them before it happens."""
         self._project_settings(key)
         vector = self.embedder.embed([text])[0]
         where = None
         if locale:
-            locales = self._locales.get(key)
-            if locales is None:
-                locales = self._locales[key] = self.store_for(key).index(key.collection).locales()
+            locales = self.state.locales(key.tenant, key.project)
+            if not locales:  # none recorded yet: a collection written before kbsync recorded locales
+                locales = self.store_for(key).index(key.collection).locales()
+                self.state.add_locales(key.tenant, key.project, locales)
             if locales != {locale}:
                 where = {"locale": locale}
-        return self.store_for(key).query(key.collection, vector, k=k, where=where)
+        retrieval = Retrieval(self.store_for(key), None, self.settings.retrieval.candidates)
+        weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
+        return retrieval.search(
+            key.collection, (key.tenant, key.project), vector, text,
+            k=k, where=where, locale=locale, group=group, expand=expand, weight=weight,
+        )
 
 
 @contextmanager
@@ -707,57 +645,3 @@ def _clip(value: str, limit: int = 4000) -> str:
     """At most `limit` UTF-8 bytes, cut on a character boundary."""
     data = value.encode("utf-8")
     return value if len(data) <= limit else data[:limit].decode("utf-8", errors="ignore")
-
-
-def resolve_model_dir(settings: Settings) -> Any:
-    """`embedding.model_dir`, else Chroma's cache, downloaded by Chroma when missing (needs the internet)."""
-    if settings.embedding.model_dir is not None:
-        return settings.embedding.model_dir
-    model_dir = default_model_dir()
-    if missing_model_files(model_dir):
-        from kbsync.store import download_default_model
-
-        download_default_model()
-    return model_dir
-
-
-def open_stores(settings: Settings, stack: ExitStack) -> tuple[Store, dict[str, Store]]:
-    """The [chroma] store, and the stores of tenants with a [tenants.chroma] server; closed by `stack`.
-
-    Tenants that share one server (same host, port, ssl, database, token) share one client."""
-    from kbsync.store import ChromaTarget
-
-    opened: dict[ChromaTarget, Store] = {}
-
-    def open_target(target: ChromaTarget) -> Store:
-        if target not in opened:
-            opened[target] = stack.enter_context(Store.open(target, state_dir=settings.state_dir))
-        return opened[target]
-
-    default = open_target(ChromaTarget.of(settings, None))
-    tenant_stores = {
-        tenant.id: open_target(ChromaTarget.of(settings, tenant)) for tenant in settings.tenants if tenant.chroma
-    }
-    return default, tenant_stores
-
-
-@contextmanager
-def open_engine(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[Engine]:
-    """Open state, stores, model and source clients in order; close them in reverse (also on error)."""
-    with ExitStack() as stack:
-        state = State.open(settings)
-        stack.callback(state.close)
-        store, tenant_stores = open_stores(settings, stack)
-        model_dir = resolve_model_dir(settings)
-        embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
-        chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
-        sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options)
-        yield Engine(
-            settings,
-            store=store,
-            tenant_stores=tenant_stores,
-            embedder=embedder,
-            chunker=chunker,
-            state=state,
-            sources=sources,
-        )

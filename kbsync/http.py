@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -86,6 +86,8 @@ class QueryBody(BaseModel):
     query: str = Field(min_length=1, max_length=4000)
     k: int = Field(default=5, ge=1, le=50)
     locale: str | None = Field(default=None, max_length=35)
+    group: Literal["doc", "chunk"] = "doc"  # doc: best chunk per article (hybrid); chunk: raw dense chunk ranking
+    expand: int = Field(default=0, ge=0, le=3)  # neighbouring chunks on each side added as `context`
 
 
 class ResyncBody(BaseModel):
@@ -166,7 +168,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def query(
         request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
     ) -> dict[str, Any]:
-        """Top-k chunks of a project. A tenant's query token opens only that tenant's projects."""
+        """Top-k articles (or chunks) of a project. A tenant's query token opens only that tenant's projects."""
         token = credentials.credentials if credentials else None
         _known_token(settings, token)  # before the body is read
         body: QueryBody = await read_body(request, QueryBody)
@@ -174,7 +176,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
         started = time.perf_counter()
         try:
             hits = await asyncio.to_thread(
-                ctx.engine.query, ProjectKey(body.tenant, body.project), body.query, k=body.k, locale=body.locale
+                ctx.engine.query,
+                ProjectKey(body.tenant, body.project),
+                body.query,
+                k=body.k,
+                locale=body.locale,
+                group=body.group,
+                expand=body.expand,
             )
         except UnknownProject as exc:
             raise HTTPException(404, str(exc)) from None
@@ -291,8 +299,8 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         return "rejected", _error(400, str(exc))
     if account_id != tenant.account_id:
         return "rejected", _error(403, f"account {account_id} is not tenant {tenant_id!r}'s account")
-    project = _project_of_portal(tenant, portal)
-    if project is None:
+    projects = _projects_of_portal(tenant, portal)
+    if not projects:
         return "rejected", _error(404, f"portal {portal!r} is not configured for tenant {tenant_id!r}")
     source_id = ChatwootSourceSettings(kind="chatwoot", portal=portal).source_id
     payload = {"portal": portal, "article_id": article_id}
@@ -304,7 +312,7 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
             functools.partial(
                 ctx.queue.enqueue,
                 tenant_id,
-                project,
+                projects,
                 source_id,
                 name,
                 payload,
@@ -320,7 +328,7 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
     wake = getattr(request.app.state, "wake_workers", None)
     if wake is not None:
         wake()
-    log.info("webhook.queued", tenant=tenant_id, project=project, webhook_event=name, article_id=article_id)
+    log.info("webhook.queued", tenant=tenant_id, projects=projects, webhook_event=name, article_id=article_id)
     return "queued", JSONResponse({"status": "queued"}, status_code=202)
 
 
@@ -378,9 +386,10 @@ def _event_fields(event: dict[str, Any], *, needs_article: bool) -> tuple[int, s
     return account["id"], slug, article_id
 
 
-def _project_of_portal(tenant: TenantSettings, portal: str) -> str | None:
-    for project in tenant.projects:
-        for source in project.sources:
-            if isinstance(source, ChatwootSourceSettings) and source.portal == portal:
-                return project.id
-    return None
+def _projects_of_portal(tenant: TenantSettings, portal: str) -> list[str]:
+    """Every project of the tenant that reads `portal` (one portal in several projects is a supported layout)."""
+    return [
+        project.id
+        for project in tenant.projects
+        if any(isinstance(s, ChatwootSourceSettings) and s.portal == portal for s in project.sources)
+    ]

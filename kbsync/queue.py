@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kbsync.errors import StateError
-from kbsync.state import State, metadata
+from kbsync.state import State, db_errors, metadata
 
 __all__ = ["Enqueued", "Queue", "QueueItem"]
 
@@ -66,10 +67,30 @@ class QueueItem:
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    """Outcome of `enqueue`: the new item's id, or `duplicate=True` for a delivery id seen before."""
+    """Outcome of `enqueue`: the new item's id (the first one's, `item_ids` all of them), or `duplicate=True` for a
+    delivery id seen before."""
 
     item_id: int | None
     duplicate: bool
+    item_ids: tuple[int, ...] = ()
+
+
+def _new_item(
+    tenant: str, project: str, source: str, event: str, payload: dict[str, Any], delivery_id: str | None, now: float
+) -> dict[str, Any]:
+    """The columns of a freshly received, pending item."""
+    return {
+        "delivery_id": delivery_id,
+        "tenant": tenant,
+        "project": project,
+        "source": source,
+        "event": event,
+        "payload": json.dumps(payload),
+        "received_at": now,
+        "status": "pending",
+        "attempts": 0,
+        "not_before": 0.0,
+    }
 
 
 def _item(row: Any) -> QueueItem:
@@ -92,15 +113,13 @@ class Queue:
     def __init__(self, state: State, *, max_attempts: int = 8) -> None:
         self.db = state.engine
         self.max_attempts = max_attempts
-        try:
+        with db_errors("create the queue tables"):
             metadata.create_all(self.db, tables=[deliveries, items])
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot create the queue tables: {exc}") from exc
 
     def enqueue(
         self,
         tenant: str,
-        project: str,
+        project: str | Sequence[str],
         source: str,
         event: str,
         payload: dict[str, Any],
@@ -110,27 +129,19 @@ class Queue:
     ) -> Enqueued:
         """Store one event durably (committed when this returns); a repeated delivery id, or a repeated
         `fingerprint` (the hash of what was signed: the same webhook replayed under another delivery id), is a
-        duplicate."""
+        duplicate. Several projects (a portal that more than one project reads) get one item each, in one
+        transaction."""
+        projects = [project] if isinstance(project, str) else list(project)
         now = time.time()
         try:
             with self.db.begin() as tx:
                 for key in {delivery_id, fingerprint} - {None, ""}:
                     tx.execute(sa.insert(deliveries).values(tenant=tenant, delivery_id=key, received_at=now))
-                result = tx.execute(
-                    sa.insert(items).values(
-                        tenant=tenant,
-                        project=project,
-                        source=source,
-                        event=event,
-                        payload=json.dumps(payload),
-                        delivery_id=delivery_id,
-                        received_at=now,
-                        status="pending",
-                        attempts=0,
-                        not_before=0.0,
-                    )
-                )
-                return Enqueued(int(result.inserted_primary_key[0]), False)  # type: ignore[index]
+                ids = []
+                for name in projects:
+                    row = _new_item(tenant, name, source, event, payload, delivery_id, now)
+                    ids.append(int(tx.execute(sa.insert(items).values(**row)).inserted_primary_key[0]))  # type: ignore[index]
+                return Enqueued(ids[0] if ids else None, False, tuple(ids))
         except IntegrityError:
             return Enqueued(None, True)
         except SQLAlchemyError as exc:
@@ -164,7 +175,7 @@ class Queue:
             # clause and needs none: its writers are serialized).
             .with_for_update(skip_locked=True, of=candidate)
         )
-        try:
+        with db_errors("claim a queue item"):
             with self.db.begin() as tx:
                 row = tx.execute(query).first()
                 if row is None:
@@ -178,15 +189,13 @@ class Queue:
                     .values(owner=owner, claimed_until=now + lease_seconds)
                 ).rowcount
                 return _item(row) if claimed else None
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot claim a queue item: {exc}") from exc
 
     def release_claims(self) -> int:
         """Free every claim on a pending item; returns how many. Only for a process that alone works this queue
         (the daemon on its SQLite state, holding the store's exclusive lock): any claim it finds at start was left
         by a process that died (`kill -9`), and would otherwise hold the item and, through per-project
         serialization, every later item of its project until the claim expired."""
-        try:
+        with db_errors("release queue claims"):
             with self.db.begin() as tx:
                 return int(
                     tx.execute(
@@ -195,8 +204,6 @@ class Queue:
                         .values(owner=None, claimed_until=None)
                     ).rowcount
                 )
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot release queue claims: {exc}") from exc
 
     def renew(self, item: QueueItem, owner: str, lease_seconds: float) -> None:
         """Extend a live claim while its work runs."""
@@ -213,7 +220,7 @@ class Queue:
         """Mark an item applied. With `covered_until`, every pending, unclaimed item of the same source received
         before that time (and, with `cover_events`, of those events) is applied too: the refresh read the source
         after they arrived. Returns the number of items closed."""
-        try:
+        with db_errors("finish a queue item"):
             with self.db.begin() as tx:
                 closed = tx.execute(
                     sa.update(items)
@@ -236,8 +243,6 @@ class Queue:
                         .values(status="done", owner=owner, claimed_until=None)
                     ).rowcount
                 return closed
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot finish a queue item: {exc}") from exc
 
     def release(
         self, item: QueueItem, owner: str, *, error: str, retry: bool, delay_seconds: float, count: bool = True
@@ -258,11 +263,9 @@ class Queue:
         return status
 
     def _update(self, item_id: int, owner: str, **values: Any) -> None:
-        try:
+        with db_errors("update a queue item"):
             with self.db.begin() as tx:
                 tx.execute(sa.update(items).where(items.c.id == item_id, items.c.owner == owner).values(**values))
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot update a queue item: {exc}") from exc
 
     def depth(self, tenant: str | None = None, project: str | None = None) -> dict[str, int]:
         """Items per status (pending, dead), optionally for one project."""
@@ -271,18 +274,24 @@ class Queue:
             query = query.where(items.c.tenant == tenant)
         if project is not None:
             query = query.where(items.c.project == project)
-        try:
+        with db_errors("read the queue"):
             with self.db.connect() as conn:
                 counts = {status: int(n) for status, n in conn.execute(query)}
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot read the queue: {exc}") from exc
         return {"pending": counts.get("pending", 0), "dead": counts.get("dead", 0)}
 
     def dead(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest dead items (for status)."""
         query = sa.select(items).where(items.c.status == "dead").order_by(items.c.id.desc()).limit(limit)
-        with self.db.connect() as conn:
+        with db_errors("read the dead queue items"), self.db.connect() as conn:
             return [
-                {"id": r.id, "tenant": r.tenant, "project": r.project, "event": r.event, "error": r.last_error}
+                {
+                    "id": r.id,
+                    "tenant": r.tenant,
+                    "project": r.project,
+                    "event": r.event,
+                    "attempts": r.attempts,
+                    "received_at": r.received_at,
+                    "error": r.last_error,
+                }
                 for r in conn.execute(query)
             ]

@@ -27,6 +27,7 @@ __all__ = [
     "EmbeddingSettings",
     "FilesSourceSettings",
     "ProjectSettings",
+    "RetrievalSettings",
     "ScheduleSettings",
     "ServerSettings",
     "Settings",
@@ -99,6 +100,13 @@ class EmbeddingSettings(_Section):
 class ChunkingSettings(_Section):
     # 256 is the model's limit (special tokens included); the default is chosen by bench/retrieval.py.
     max_tokens: int = Field(default=192, ge=32, le=256)
+
+
+class RetrievalSettings(_Section):
+    # Weight of the lexical leg in the fused per-document score (0 = dense only); chosen by bench/retrieval.py.
+    lexical_weight: float = Field(default=0.4, ge=0.0, le=1.0)
+    # Chunks each leg returns before grouping per document.
+    candidates: int = Field(default=100, ge=10, le=500)
 
 
 class ServerSettings(_Section):
@@ -180,6 +188,8 @@ class FilesSourceSettings(_Section):
     kind: Literal["files"]
     path: Path
     url_base: str = ""
+    # Larger files are skipped (and reported): docs are small, a huge file is a mistake or a trap.
+    max_file_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
 
     @property
     def source_id(self) -> str:
@@ -223,6 +233,10 @@ class TenantSettings(_Section):
     # one Chatwoot share that budget. A complete listing reads 25 articles per request, so this bounds a reconcile
     # of N articles to at least N / 25 / rate seconds.
     chatwoot_requests_per_second: float = Field(default=10.0, gt=0, le=1000)
+    # How long one Chatwoot request is retried (429, 5xx, timeouts) before the run reports the source failed, and
+    # the longest pause between tries (backoff from 0.5 s, doubling, with jitter).
+    chatwoot_retry_seconds: float = Field(default=60.0, ge=1, le=600)
+    chatwoot_max_backoff_seconds: float = Field(default=10.0, gt=0, le=120)
     chroma: TenantChromaSettings | None = None
     projects: list[ProjectSettings] = []
 
@@ -290,6 +304,7 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     chunking: ChunkingSettings = ChunkingSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
     server: ServerSettings = ServerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     tenants: list[TenantSettings] = []

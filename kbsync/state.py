@@ -1,4 +1,4 @@
-"""Durable state: run records, poll watermarks, web page validators and project leases.
+"""Durable state: run records, poll watermarks, web page validators, project locales and project leases.
 
 SQLAlchemy Core, one schema and one code path for both dialects: SQLite under `state_dir` (one process, the
 default; a lock file refuses a second) or PostgreSQL (`state.url`, shared by every replica). All SQL of the state
@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from kbsync.errors import StateError, StateLocked
 from kbsync.locking import FileLock, lock_holder
 
-__all__ = ["PageCacheTable", "RunRecord", "State", "Watermark", "metadata"]
+__all__ = ["STATE_LOCK", "PageCacheTable", "RunRecord", "State", "Watermark", "db_errors", "metadata"]
+
+# Held by the one process using SQLite state under state_dir (a running daemon, or one CLI command).
+STATE_LOCK = "state.lock"
 
 SCHEMA_VERSION = 1
 
@@ -81,6 +88,15 @@ web_pages = sa.Table(
 )
 
 
+project_locales = sa.Table(
+    "project_locales",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("locale", sa.String(64), primary_key=True),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Watermark:
     updated_at: int
@@ -102,6 +118,16 @@ class RunRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@contextmanager
+def db_errors(action: str) -> Iterator[None]:
+    """The one place where SQLAlchemy's errors become kbsync's: any database error in the block is raised as
+    StateError("cannot <action>: ..."), as store.py maps Chroma's. Also a decorator (`@db_errors("read runs")`)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StateError(f"cannot {action}: {exc}") from exc
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -149,7 +175,7 @@ class State:
     def open_sqlite(cls, state_dir: Path) -> State:
         """SQLite at `<state_dir>/state.db` (WAL: readers never block the writer), held by this process alone."""
         state_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(state_dir / "state.lock")
+        lock = FileLock(state_dir / STATE_LOCK)
         if not lock.acquire():
             raise StateLocked(
                 f"the state at {state_dir} is in use by another kbsync process (pid "
@@ -179,11 +205,9 @@ class State:
 
     def ping(self) -> None:
         """Raise StateError when the database does not answer."""
-        try:
+        with db_errors(f"reach the state database {_where(self.engine)}"):
             with self.engine.connect() as conn:
                 conn.execute(sa.select(1))
-        except SQLAlchemyError as exc:
-            raise StateError(f"the state database {_where(self.engine)} does not answer: {exc}") from exc
 
     @property
     def dialect(self) -> str:
@@ -204,7 +228,7 @@ class State:
         An expired lease is taken over: a replica that died (`kill -9`) loses its leases after `seconds`."""
         now = time.time()
         try:
-            with self.engine.begin() as tx:
+            with db_errors(f"take lease {name}"), self.engine.begin() as tx:
                 taken = tx.execute(
                     sa.update(leases)
                     .where(leases.c.name == name, sa.or_(leases.c.owner == owner, leases.c.expires_at < now))
@@ -216,14 +240,14 @@ class State:
                     return False
                 tx.execute(sa.insert(leases).values(name=name, owner=owner, expires_at=now + seconds))
                 return True
-        except sa.exc.IntegrityError:
-            return False  # another owner inserted it first
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot take lease {name}: {exc}") from exc
+        except StateError as exc:
+            if isinstance(exc.__cause__, sa.exc.IntegrityError):
+                return False  # another owner inserted it first
+            raise
 
     def renew_lease(self, name: str, owner: str, seconds: float) -> bool:
         """Extend a lease this owner still holds; False when it was lost (expired and taken over)."""
-        try:
+        with db_errors(f"renew lease {name}"):
             with self.engine.begin() as tx:
                 return bool(
                     tx.execute(
@@ -232,19 +256,15 @@ class State:
                         .values(expires_at=time.time() + seconds)
                     ).rowcount
                 )
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot renew lease {name}: {exc}") from exc
 
     def release_lease(self, name: str, owner: str) -> None:
-        try:
+        with db_errors(f"release lease {name}"):
             with self.engine.begin() as tx:
                 tx.execute(sa.delete(leases).where(leases.c.name == name, leases.c.owner == owner))
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot release lease {name}: {exc}") from exc
 
     def live_leases(self, prefix: str) -> int:
         """How many unexpired leases have a name starting with `prefix` (e.g. the live replicas, "replica:")."""
-        try:
+        with db_errors("count leases"):
             with self.engine.connect() as conn:
                 return int(
                     conn.execute(
@@ -253,17 +273,13 @@ class State:
                         .where(leases.c.name.startswith(prefix, autoescape=True), leases.c.expires_at >= time.time())
                     ).scalar_one()
                 )
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot count leases: {exc}") from exc
 
     def release_all_leases(self) -> int:
         """Drop every lease; returns how many. Only for SQLite state, which one process holds alone: a lease it
         finds when it starts was left by a process that died (`kill -9`)."""
-        try:
+        with db_errors("release leases"):
             with self.engine.begin() as tx:
                 return int(tx.execute(sa.delete(leases)).rowcount)
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot release leases: {exc}") from exc
 
     def start_run(self, tenant: str, project: str, kind: str, owner: str = "") -> int:
         """Record that a run began; returns its id.
@@ -272,7 +288,7 @@ class State:
         before it recorded its end (its process was killed, or this database was unreachable then). It is closed
         as `abandoned`, so `status` does not show it running for ever."""
         now = time.time()
-        try:
+        with db_errors("record a run start"):
             with self.engine.begin() as tx:
                 tx.execute(
                     sa.update(runs)
@@ -290,19 +306,15 @@ class State:
                     )
                 )
                 return int(result.inserted_primary_key[0])  # type: ignore[index]
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot record a run start: {exc}") from exc
 
     def finish_run(self, run_id: int, outcome: str, counts: dict[str, Any], error: str | None) -> None:
-        try:
+        with db_errors("record a run end"):
             with self.engine.begin() as tx:
                 tx.execute(
                     sa.update(runs)
                     .where(runs.c.id == run_id)
                     .values(finished_at=time.time(), outcome=outcome, counts=json.dumps(counts), error=error)
                 )
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot record a run end: {exc}") from exc
 
     def last_runs(self, tenant: str, project: str) -> dict[str, RunRecord]:
         """The newest run of each kind for one project."""
@@ -311,11 +323,9 @@ class State:
             .where(runs.c.tenant == tenant, runs.c.project == project)
             .group_by(runs.c.kind)
         )
-        try:
+        with db_errors("read runs"):
             with self.engine.connect() as conn:
                 rows = conn.execute(sa.select(runs).where(runs.c.id.in_(latest))).mappings().all()
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot read runs: {exc}") from exc
         return {row["kind"]: _record(row) for row in rows}
 
     def last_error(self, tenant: str, project: str) -> RunRecord | None:
@@ -326,11 +336,9 @@ class State:
             .order_by(runs.c.id.desc())
             .limit(1)
         )
-        try:
+        with db_errors("read runs"):
             with self.engine.connect() as conn:
                 row = conn.execute(query).mappings().first()
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot read runs: {exc}") from exc
         return _record(row) if row else None
 
 
@@ -339,18 +347,16 @@ class State:
         query = sa.select(watermarks.c.updated_at, watermarks.c.total).where(
             watermarks.c.tenant == tenant, watermarks.c.project == project, watermarks.c.source == source
         )
-        try:
+        with db_errors("read a watermark"):
             with self.engine.connect() as conn:
                 row = conn.execute(query).first()
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot read a watermark: {exc}") from exc
         return Watermark(int(row.updated_at), None if row.total is None else int(row.total)) if row else None
 
     def set_watermark(self, tenant: str, project: str, source: str, mark: Watermark) -> None:
         """Persist a watermark (after the changes up to it were written), so a restart does not redo work."""
         values = {"updated_at": mark.updated_at, "total": mark.total, "recorded_at": time.time()}
         key = {"tenant": tenant, "project": project, "source": source}
-        try:
+        with db_errors("write a watermark"):
             with self.engine.begin() as tx:
                 updated = tx.execute(
                     sa.update(watermarks)
@@ -359,8 +365,35 @@ class State:
                 ).rowcount
                 if not updated:
                     tx.execute(sa.insert(watermarks).values(**key, **values))
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot write a watermark: {exc}") from exc
+
+    # -- locales ---------------------------------------------------------------------------------------
+    # A project's chunk locales, recorded before chunks of a new locale are written, so a query may drop its locale
+    # filter (slow in Chroma when it matches most of a collection) only while the project holds that locale alone.
+
+    def locales(self, tenant: str, project: str) -> set[str]:
+        """The locales recorded for a project's chunks (empty: none recorded yet)."""
+        query = sa.select(project_locales.c.locale).where(
+            project_locales.c.tenant == tenant, project_locales.c.project == project
+        )
+        with db_errors("read a project's locales"), self.engine.connect() as conn:
+            return {str(locale) for locale in conn.execute(query).scalars()}
+
+    def add_locales(self, tenant: str, project: str, locales: set[str]) -> None:
+        """Record locales a project's chunks now carry (before they are written); ones already recorded stay."""
+        if not locales:
+            return
+        rows = [{"tenant": tenant, "project": project, "locale": locale} for locale in sorted(locales)]
+        insert = (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(project_locales)
+        with db_errors("record a project's locales"), self.engine.begin() as tx:
+            tx.execute(insert.on_conflict_do_nothing(), rows)
+
+    def set_locales(self, tenant: str, project: str, locales: set[str]) -> None:
+        """Replace a project's recorded locales with exactly `locales` (read from its whole collection, under the
+        project's lease, so no write of another locale is under way)."""
+        where = (project_locales.c.tenant == tenant, project_locales.c.project == project)
+        with db_errors("record a project's locales"), self.engine.begin() as tx:
+            tx.execute(sa.delete(project_locales).where(*where, project_locales.c.locale.not_in(sorted(locales))))
+        self.add_locales(tenant, project, locales)
 
 
 def _where(engine: sa.Engine) -> str:
@@ -384,33 +417,35 @@ def _record(row: Any) -> RunRecord:
 
 class PageCacheTable:
     """A web source's conditional-request validators (ETag, Last-Modified, sitemap lastmod) in the state database,
-    so an unchanged page costs a 304 after a restart too. Implements kbsync.sources.web.PageCache."""
+    so an unchanged page costs a 304 after a restart too. Values are plain JSON objects: what they mean is the web
+    source's business (the composition root adapts this table to its PageCache)."""
 
     def __init__(self, state: State, tenant: str, project: str, source: str) -> None:
         self._db = state.engine
         self._key = (web_pages.c.tenant == tenant, web_pages.c.project == project, web_pages.c.source == source)
         self._values = {"tenant": tenant, "project": project, "source": source}
 
-    def get(self, url: str) -> Any:
-        from kbsync.sources.web import PageValidators
-
+    @db_errors("read page validators")
+    def get(self, url: str) -> dict[str, object] | None:
+        """The JSON object stored for `url`, or None."""
         with self._db.connect() as conn:
             row = conn.execute(sa.select(web_pages.c.validators).where(*self._key, web_pages.c.url == url)).first()
-        return PageValidators.from_json(json.loads(row.validators)) if row else None
+        return dict(json.loads(row.validators)) if row else None
 
-    def put(self, url: str, validators: Any) -> None:
-        data = json.dumps(validators.to_json())
-        try:
+    def put(self, url: str, doc_id: str, validators: dict[str, object]) -> None:
+        """Store `validators` for `url`, replacing what was there; `doc_id` is what `url_for` finds it by."""
+        data = json.dumps(validators)
+        with db_errors("store page validators"):
             with self._db.begin() as tx:
                 tx.execute(sa.delete(web_pages).where(*self._key, web_pages.c.url == url))
-                tx.execute(sa.insert(web_pages).values(**self._values, url=url, doc_id=validators.doc_id, validators=data))
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot store page validators: {exc}") from exc
+                tx.execute(sa.insert(web_pages).values(**self._values, url=url, doc_id=doc_id, validators=data))
 
+    @db_errors("delete page validators")
     def delete(self, url: str) -> None:
         with self._db.begin() as tx:
             tx.execute(sa.delete(web_pages).where(*self._key, web_pages.c.url == url))
 
+    @db_errors("read page validators")
     def url_for(self, doc_id: str) -> str | None:
         with self._db.connect() as conn:
             row = conn.execute(

@@ -23,6 +23,7 @@ from kbsync.memory import release_free_memory
 
 __all__ = [
     "MAX_RECORDS_PER_WRITE",
+    "STORE_LOCK",
     "ChromaTarget",
     "ChunkRecord",
     "IndexedDoc",
@@ -32,6 +33,8 @@ __all__ = [
     "collection_name",
 ]
 
+# Held under state_dir by the one process that has the embedded store open.
+STORE_LOCK = "chroma.lock"
 # Chroma Cloud's quotas, kept in every mode so the same data fits a Cloud deployment unchanged; 300 records per
 # write also keeps every call far below the local 5461 batch limit.
 MAX_RECORDS_PER_WRITE = 300
@@ -61,13 +64,25 @@ class ChunkRecord:
 
 @dataclass(slots=True)
 class IndexedDoc:
-    """What a collection holds of one document, read back from the chunks' own metadata."""
+    """What a collection holds of one document, read back from the chunks' own metadata.
+
+    `doc_hash` is the first chunk's; only an `intact` document (every chunk carries one hash, and as many chunks
+    are held as they count) may pass for unchanged: a write or delete that failed partway leaves one that is not.
+    `updated_at` is the oldest `doc_updated_at` of its chunks, so a metadata refresh that failed partway is done
+    again."""
 
     doc_id: str
     source: str
     doc_hash: str
     updated_at: int
     chunks: dict[str, dict[str, Any]] = field(default_factory=dict)  # chunk id -> metadata
+
+    @property
+    def intact(self) -> bool:
+        """Every held chunk carries one hash and one count, and the count is what is held."""
+        hashes = {str(m.get("doc_hash", "")) for m in self.chunks.values()}
+        counts = {int(m.get("chunk_count", 0) or 0) for m in self.chunks.values()}
+        return len(hashes) == 1 and counts == {len(self.chunks)}
 
 
 @dataclass(slots=True)
@@ -100,6 +115,7 @@ class ProjectIndex:
                 updated_at=int(metadata.get("doc_updated_at", 0) or 0),
             )
         doc.chunks[chunk_id] = dict(metadata)
+        doc.updated_at = min(doc.updated_at, int(metadata.get("doc_updated_at", 0) or 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +182,7 @@ def _chroma_errors(action: str, collection: str) -> Iterator[None]:
 
 
 def _lock_store(state_dir: Path) -> FileLock:
-    lock = FileLock(state_dir / "chroma.lock")
+    lock = FileLock(state_dir / STORE_LOCK)
     if not lock.acquire():
         raise StoreLocked(
             f"the embedded store at {state_dir / 'chroma'} is open in another kbsync process "
@@ -458,6 +474,39 @@ class Store:
                 result["ids"][0], result["distances"][0], result["documents"][0], result["metadatas"][0]
             )
         ]
+
+    def get(self, name: str, ids: Sequence[str]) -> list[QueryHit]:
+        """Chunks by id (score 0), in no particular order; ids the collection lacks are left out."""
+        collection = self._collection(name, create=False)
+        if collection is None or not ids:
+            return []
+        with _chroma_errors("read chunks", name):
+            result = collection.get(ids=list(ids), include=["documents", "metadatas"])
+        return _hits(result["ids"], result["documents"], result["metadatas"])
+
+    def neighbours(self, name: str, around: Mapping[str, Collection[int]]) -> list[QueryHit]:
+        """The chunks of each document (doc_id -> chunk indexes) in one read; missing indexes are left out."""
+        clauses: list[dict[str, Any]] = [
+            {"$and": [{"doc_id": doc_id}, {"chunk_index": {"$in": sorted(indexes)}}]}
+            for doc_id, indexes in around.items()
+            if indexes
+        ]
+        collection = self._collection(name, create=False)
+        if collection is None or not clauses:
+            return []
+        where = clauses[0] if len(clauses) == 1 else {"$or": clauses}
+        with _chroma_errors("read neighbouring chunks", name):
+            result = collection.get(where=where, include=["documents", "metadatas"])
+        return _hits(result["ids"], result["documents"], result["metadatas"])
+
+
+def _hits(ids: Sequence[str], documents: Sequence[Any] | None, metadatas: Sequence[Any] | None) -> list[QueryHit]:
+    documents = documents or [None] * len(ids)
+    metadatas = metadatas or [None] * len(ids)
+    return [
+        QueryHit(id=chunk_id, score=0.0, text=text or "", metadata=dict(metadata or {}))
+        for chunk_id, text, metadata in zip(ids, documents, metadatas)
+    ]
 
 
 def download_default_model() -> None:

@@ -30,10 +30,11 @@ from typing import Any
 
 import pytest
 
-from kbsync.engine import Engine, ProjectKey, RunReport, open_engine
+from kbsync.engine import Engine, ProjectKey, RunReport
 from kbsync.settings import load_settings
 from kbsync.sources.chatwoot import ChatwootClientOptions
 from kbsync.store import ProjectIndex
+from kbsync.wiring import open_engine
 from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot, corpus_path
 
 __all__ = [
@@ -253,11 +254,14 @@ def tenant(
     server: ChatwootServer | None = None,
     token: str = AGENT_TOKEN,
     projects: Mapping[str, Sequence[str | dict[str, Any]]] | None = None,
+    extra: Mapping[str, float | int | str] | None = None,
 ) -> dict[str, Any]:
-    """A tenant whose projects read chatwoot portals (a slug or a `source(...)`); default: alpha <- small-help."""
+    """A tenant whose projects read chatwoot portals (a slug or a `source(...)`); default: alpha <- small-help.
+    `extra`: more tenant keys (e.g. chatwoot_retry_seconds)."""
     projects = projects or {"alpha": [SMALL]}
     return {
         "id": tenant_id,
+        "extra": dict(extra or {}),
         "server": server,
         "token": token,
         "projects": {p: [s if isinstance(s, dict) else source(s) for s in srcs] for p, srcs in projects.items()},
@@ -295,6 +299,7 @@ def settings_factory(
                 f"chatwoot_url = {_toml((spec['server'] or chatwoot).base_url)}",
                 "account_id = 1",
                 f"api_token_env = {_toml(env)}",
+                *(f"{k} = {_toml(v)}" for k, v in spec.get("extra", {}).items()),
             ]
             for project, sources in spec["projects"].items():
                 lines += ["[[tenants.projects]]", f"id = {_toml(project)}"]

@@ -77,8 +77,8 @@ def files_settings(write_settings: Callable[[str], Path], docs_dir: Path) -> Pat
 
 @pytest.fixture
 def engine(files_settings: Path) -> Iterator[object]:
-    from kbsync.engine import open_engine
     from kbsync.settings import load_settings
+    from kbsync.wiring import open_engine
 
     with open_engine(load_settings(files_settings)) as opened:
         yield opened

@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kbsync.cli import app
-from kbsync.engine import ProjectKey, open_engine
+from kbsync.engine import ProjectKey
 from kbsync.settings import load_settings
+from kbsync.wiring import open_engine
 from tests.servers.chroma import ChromaServer
 
 KEY = ProjectKey("acme", "alpha")
@@ -109,7 +110,7 @@ def test_a_bot_with_plain_chromadb_gets_the_same_top_5(write_settings, docs, chr
     question = "how long until I get my money back"
     with open_engine(load_settings(config)) as engine:
         engine.reconcile(KEY)
-        ours = [hit.id for hit in engine.query(KEY, question, k=5)]
+        ours = [hit.id for hit in engine.query(KEY, question, k=5, group="chunk")]
     client = chromadb.HttpClient(host=chroma.host, port=chroma.port, database="bots")
     theirs = client.get_collection("acme__alpha").query(query_texts=[question], n_results=5)["ids"][0]
     assert theirs == ours and ours[0].startswith("files:refunds.md#")

@@ -27,7 +27,8 @@ def postgres() -> Iterator[PostgresServer]:
 def pg_url(postgres: PostgresServer) -> str:
     state = State.open_postgres(postgres.url)
     with state.engine.begin() as tx:  # a clean schema per test
-        for table in ("queue_items", "deliveries", "leases", "runs", "watermarks", "web_pages", "kbsync_schema"):
+        for table in ("queue_items", "deliveries", "leases", "runs", "watermarks", "web_pages", "project_locales",
+                      "kbsync_schema"):
             tx.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     state.close()
     return postgres.url
@@ -193,3 +194,17 @@ def test_second_process_on_one_sqlite_state_dir_is_refused(tmp_path) -> None:
             State.open_sqlite(tmp_path)
     finally:
         state.close()
+
+
+def test_project_locales_are_recorded_once_and_replaced_by_a_whole_read(replicas) -> None:
+    """A write records its locales (a repeat is no error, from either replica); a reconcile's exact set replaces
+    them. Per project: another project's locales are untouched."""
+    a, b = replicas
+    a.add_locales("acme", "alpha", {"en"})
+    b.add_locales("acme", "alpha", {"en", "fr"})
+    a.add_locales("acme", "beta", {"de"})
+    assert a.locales("acme", "alpha") == {"en", "fr"} and b.locales("acme", "beta") == {"de"}
+    b.set_locales("acme", "alpha", {"fr"})
+    assert a.locales("acme", "alpha") == {"fr"} and a.locales("acme", "beta") == {"de"}
+    a.set_locales("acme", "alpha", set())
+    assert b.locales("acme", "alpha") == set()

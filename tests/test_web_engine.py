@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kbsync.engine import ProjectKey, open_engine
+from kbsync.engine import ProjectKey
 from kbsync.settings import load_settings
 from kbsync.sources.chatwoot import ChatwootClientOptions
+from kbsync.wiring import open_engine
 from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot
 from tests.servers.web import DocsSite, DocsSiteServer
 

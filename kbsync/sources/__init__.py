@@ -73,6 +73,9 @@ class Listing:
     # everything it holds. Stored as the poll watermark after a complete listing was applied.
     watermark: int | None = None
     total: int | None = None
+    # What the source chose not to read or not to trust (a symlink out of the folder, a robots.txt rule): the
+    # engine copies these into the run report's warnings.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def doc_ids(self) -> set[str]:

@@ -38,6 +38,7 @@ __all__ = ["PER_PAGE", "Changes", "ChatwootClient", "ChatwootClientOptions", "Ch
 log = structlog.get_logger(__name__)
 
 PER_PAGE = 25  # Kaminari's default; the account articles endpoint has no per_page override (api doc §2.1)
+_BACKOFF_INITIAL = 0.5  # seconds before the first retry of a request
 
 
 # ---------------------------------------------------------------------------------------------- the client
@@ -49,11 +50,23 @@ class ChatwootClientOptions:
 
     connect_timeout: float = 5.0
     read_timeout: float = 20.0
-    attempts: int = 5  # per request, the first one included
+    # Per request, the first one included; None: only the time budget bounds the retries. Chatwoot's throttle
+    # (Rack::Attack) answers 429 without Retry-After for a whole window, so an attempt count gave up too early.
+    attempts: int | None = None
     retry_budget_seconds: float = 60.0  # no new attempt starts after this much time spent on one request
-    backoff_initial: float = 0.5  # first wait; doubles per attempt, plus up to this much random jitter
+    backoff_initial: float = _BACKOFF_INITIAL  # first wait; doubles per attempt, plus up to this much random jitter
     backoff_max: float = 10.0
     requests_per_second: float | None = 10.0  # per tenant, across threads; None: no limit (tenant setting by default)
+
+    @classmethod
+    def of_tenant(cls, tenant: TenantSettings) -> ChatwootClientOptions:
+        """The options a tenant's settings ask for (pace, retry budget, longest backoff)."""
+        return cls(
+            requests_per_second=tenant.chatwoot_requests_per_second,
+            retry_budget_seconds=tenant.chatwoot_retry_seconds,
+            backoff_initial=min(_BACKOFF_INITIAL, tenant.chatwoot_max_backoff_seconds),
+            backoff_max=tenant.chatwoot_max_backoff_seconds,
+        )
 
 
 class _Retryable(Exception):
@@ -107,7 +120,7 @@ class ChatwootClient:
             )
         self.tenant_id = tenant.id
         self.account_id = tenant.account_id
-        self.options = options or ChatwootClientOptions(requests_per_second=tenant.chatwoot_requests_per_second)
+        self.options = options or ChatwootClientOptions.of_tenant(tenant)
         self._limiter = _RateLimiter(self.options.requests_per_second)
         self._backoff = tenacity.wait_exponential(
             multiplier=self.options.backoff_initial, max=self.options.backoff_max
@@ -199,9 +212,7 @@ class ChatwootClient:
         started = time.monotonic()
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retryable),
-            stop=tenacity.stop_after_attempt(self.options.attempts)
-            | tenacity.stop_after_delay(self.options.retry_budget_seconds)
-            | self._retry_after_exceeds_budget,
+            stop=self._stop,
             wait=self._wait,
             before_sleep=lambda state: log.warning(
                 "chatwoot.retry",
@@ -280,6 +291,12 @@ class ChatwootClient:
             backoff = max(backoff, exc.retry_after)
         remaining = self.options.retry_budget_seconds - state.seconds_since_start
         return max(0.0, min(backoff, remaining))
+
+    @property
+    def _stop(self) -> tenacity.stop.stop_base:
+        """The time budget (and an attempt cap where the options set one), or a Retry-After past the budget."""
+        stop = tenacity.stop_after_delay(self.options.retry_budget_seconds) | self._retry_after_exceeds_budget
+        return stop | tenacity.stop_after_attempt(self.options.attempts) if self.options.attempts else stop
 
     def _retry_after_exceeds_budget(self, state: tenacity.RetryCallState) -> bool:
         """Stop at once when the server asks for a longer pause than the budget has left."""

@@ -2,16 +2,25 @@
 
 Markdown files may start with YAML front matter (`title`, `locale`, `category`, `updated_at`); otherwise the title
 is the first H1 and `updated_at` the file's modification time. HTML files are reduced to their main content.
+
+Only what really lies under the folder is read: a symlink whose target resolves outside it, a symlinked directory
+leading outside it, anything that is not a regular file (a fifo, a device, a socket) and a file over
+`max_file_bytes` are skipped, logged and reported as run warnings. The check is repeated on the open file
+descriptor (`O_NOFOLLOW`, `fstat`), so a file swapped for a link between listing and reading is refused too.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import structlog
 import yaml
 
 from kbsync.errors import SourceUnavailable
@@ -19,7 +28,9 @@ from kbsync.markdown import html_to_markdown
 from kbsync.settings import FilesSourceSettings
 from kbsync.sources import DocError, Document, Listing, make_doc_id
 
-__all__ = ["FilesSource"]
+__all__ = ["FilesSource", "Skipped"]
+
+log = structlog.get_logger(__name__)
 
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 HTML_SUFFIXES = (".html", ".htm")
@@ -37,33 +48,60 @@ class FilesSource:
         self.root = settings.path
         self.source_id = settings.source_id
 
-    def _paths(self) -> list[Path]:
+    def _paths(self) -> tuple[list[Path], list[Skipped]]:
+        """The files to read, and those refused (relative to the root, with the reason)."""
         if not self.root.is_dir():
-            raise SourceUnavailable("folder does not exist or is not a directory", source=self.source_id, url=str(self.root))
-        return sorted(
-            p
-            for p in self.root.rglob("*")
-            if p.is_file() and p.suffix.lower() in MARKDOWN_SUFFIXES + HTML_SUFFIXES and not p.name.startswith(".")
-        )
+            raise SourceUnavailable(
+                "folder does not exist or is not a directory", source=self.source_id, url=str(self.root)
+            )
+        root = self.root.resolve()
+        paths: list[Path] = []
+        skipped: list[Skipped] = []
+        # os.walk never descends into a symlinked directory (followlinks=False); rglob's behaviour varies by version.
+        for folder, dirnames, filenames in os.walk(self.root, followlinks=False):
+            base = Path(folder)
+            for name in dirnames:
+                if (base / name).is_symlink() and not _inside(base / name, root):
+                    skipped.append(Skipped(self._relative(base / name), "a symlinked folder leading outside it"))
+            for name in filenames:
+                path = base / name
+                if path.suffix.lower() not in MARKDOWN_SUFFIXES + HTML_SUFFIXES or name.startswith("."):
+                    continue
+                reason = _refusal(path, root, self.settings.max_file_bytes)
+                if reason:
+                    skipped.append(Skipped(self._relative(path), reason))
+                else:
+                    paths.append(path)
+        return sorted(paths), sorted(skipped)
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
 
     def doc_id(self, path: Path) -> str:
         return make_doc_id(self.kind, path.relative_to(self.root).as_posix())
 
     def list(self, *, rebuild: bool = False) -> Listing:
-        """Read every file; an unreadable file is reported and makes the listing incomplete (no deletes)."""
+        """Read every file; an unreadable file is reported and makes the listing incomplete (no deletes). Refused
+        files are no documents of this source: they are reported as warnings, and deleted if indexed before."""
         documents: list[Document] = []
         errors: list[DocError] = []
-        for path in self._paths():
+        paths, skipped = self._paths()
+        for path in paths:
             try:
                 documents.append(self.read(path))
+            except _Refused as exc:
+                skipped.append(Skipped(self._relative(path), str(exc)))
             except (OSError, UnicodeDecodeError, ValueError) as exc:
                 errors.append(DocError(self.doc_id(path), f"cannot read {path}: {exc}"))
-        return Listing(documents=documents, complete=not errors, errors=errors)
+        for item in skipped:
+            log.warning("files.skipped", source=self.source_id, path=item.path, reason=item.reason)
+        warnings = _warnings(self.source_id, skipped)
+        return Listing(documents=documents, complete=not errors, errors=errors, warnings=warnings)
 
     def read(self, path: Path) -> Document:
-        """One file as a Document."""
-        raw = path.read_text(encoding="utf-8")
-        relative = path.relative_to(self.root).as_posix()
+        """One file as a Document. Raises _Refused for a file that is no longer safe to read."""
+        raw = _read_text(path, self.root.resolve(), self.settings.max_file_bytes)
+        relative = self._relative(path)
         meta: dict[str, Any] = {}
         if path.suffix.lower() in HTML_SUFFIXES:
             text, title = html_to_markdown(raw)
@@ -89,7 +127,7 @@ class FilesSource:
         """A second look at the folder: the ids with no file behind them now."""
         if not self.root.is_dir():
             return set()
-        present = {self.doc_id(p) for p in self._paths()}
+        present = {self.doc_id(p) for p in self._paths()[0]}
         return set(doc_ids) - present
 
 
@@ -119,3 +157,59 @@ def _updated_at(value: Any, path: Path) -> int:
         except ValueError:
             raise ValueError(f"updated_at {value!r} in {path.name} is not an ISO date") from None
     return int(path.stat().st_mtime)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Skipped:
+    """A file or folder the source refused to read, relative to its root."""
+
+    path: str
+    reason: str
+
+
+class _Refused(Exception):
+    """A file that is not safe to read (found on the open descriptor)."""
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root)
+
+
+def _refusal(path: Path, root: Path, max_bytes: int) -> str:
+    """Why `path` must not be read ("" when it may): a link out of the root, not a regular file, too large."""
+    try:
+        if path.is_symlink() and not _inside(path, root):
+            return "a symlink to outside the source folder"
+        info = path.stat()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        return f"cannot be resolved: {exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (fifo, device or socket)"
+    if info.st_size > max_bytes:
+        return f"larger than max_file_bytes ({info.st_size} > {max_bytes} bytes)"
+    return ""
+
+
+def _read_text(path: Path, root: Path, max_bytes: int) -> str:
+    """The file's text, read through a descriptor that is checked again: still under `root`, a regular file and
+    within `max_bytes` (files such as /proc entries report size 0, so the read itself is bounded)."""
+    real = path.resolve(strict=True)
+    if not real.is_relative_to(root):
+        raise _Refused("a symlink to outside the source folder")
+    # O_NONBLOCK: a fifo put in the file's place must not hang the run before fstat refuses it.
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise _Refused("not a regular file (fifo, device or socket)")
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise _Refused(f"larger than max_file_bytes ({max_bytes} bytes)")
+    return data.decode("utf-8")
+
+
+def _warnings(source_id: str, skipped: list[Skipped]) -> list[str]:
+    if not skipped:
+        return []
+    shown = "; ".join(f"{item.path} ({item.reason})" for item in skipped[:10])
+    more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    return [f"{source_id}: skipped {len(skipped)} file(s) that are not safe to read: {shown}{more}"]

@@ -58,7 +58,8 @@ def test_resync_json_then_query_and_status(files_settings: Path, docs_dir: Path)
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     (hit,) = payload["results"]
-    assert set(hit) == {"id", "score", "text", "title", "heading", "url", "locale", "doc_id", "source", "updated_at"}
+    # The documented keys; new keys may only be added (issue 13: dense_score, lexical_score, chunk_index).
+    assert set(hit) >= {"id", "score", "text", "title", "heading", "url", "locale", "doc_id", "source", "updated_at"}
     assert hit["doc_id"] == "files:refunds.md" and hit["title"] == "Refunds" and "took_ms" in payload
 
     result = invoke(files_settings, "status", "--json")
@@ -112,3 +113,46 @@ def test_commands_fail_cleanly_while_another_process_owns_the_store(files_settin
         assert result.exit_code == 1 and "another kbsync process" in result.stderr
     else:
         assert result.exit_code == 0 and "another kbsync process" in result.stdout
+
+
+def test_config_json_and_log_level_work_before_or_after_the_subcommand(files_settings: Path, docs_dir: Path) -> None:
+    """As a new user types them: `kbsync resync --config x.toml` and `kbsync --config x.toml resync`."""
+    (docs_dir / "refunds.md").write_text("# Refunds\n\nRefunds are paid back within five business days.\n")
+    after = runner.invoke(app, ["resync", "--config", str(files_settings), "--json"], catch_exceptions=False)
+    assert after.exit_code == 0, after.stderr
+    assert json.loads(after.stdout)[0]["docs_added"] == 1
+    before = runner.invoke(app, ["--config", str(files_settings), "--json", "resync"], catch_exceptions=False)
+    assert before.exit_code == 0, before.stderr
+    assert json.loads(before.stdout)[0]["docs_unchanged"] == 1
+    for args in (["-c", str(files_settings), "status", "--json"], ["status", "--json", "-c", str(files_settings)]):
+        result = runner.invoke(app, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["projects"][0]["docs"] == 1
+    # The settings say log_level = "warning": run.finished (info) shows only when --log-level says so.
+    quiet = runner.invoke(app, ["resync", "-c", str(files_settings)], catch_exceptions=False)
+    assert quiet.exit_code == 0 and "run.finished" not in quiet.stderr
+    for args in (["resync", "-c", str(files_settings), "--log-level", "info"],
+                 ["--log-level", "info", "resync", "-c", str(files_settings)]):
+        loud = runner.invoke(app, args, catch_exceptions=False)
+        assert loud.exit_code == 0 and "run.finished" in loud.stderr, args
+
+
+def test_check_and_copy_store_print_json(files_settings: Path) -> None:
+    result = runner.invoke(app, ["check", "--json", "--config", str(files_settings)], catch_exceptions=False)
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    # $KBSYNC_ADMIN_TOKEN is named by default but not set: that check fails, so the command exits 1.
+    assert result.exit_code == 1 and checks["admin token"]["ok"] is False
+    assert checks["model"]["ok"] and checks["store"]["ok"] and checks["acme/alpha files:docs"]["ok"]
+    # No server listens on port 9 (discard): --json before the subcommand is taken, and the copy fails cleanly.
+    result = runner.invoke(
+        app, ["--json", "copy-store", "--to-http", "--port", "9", "-c", str(files_settings)], catch_exceptions=False
+    )
+    assert result.exit_code == 1
+    assert "error" in result.stderr
+
+
+def test_options_that_do_not_apply_are_refused(files_settings: Path) -> None:
+    result = runner.invoke(app, ["--json", "run", "-c", str(files_settings)], catch_exceptions=False)
+    assert result.exit_code == 2 and "--json does not apply" in result.stderr
+    result = runner.invoke(app, ["status", "--log-level", "loud", "-c", str(files_settings)], catch_exceptions=False)
+    assert result.exit_code == 2 and "loud" in result.stderr

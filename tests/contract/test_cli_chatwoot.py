@@ -116,3 +116,31 @@ def test_check_fails_on_an_archived_portal(settings_factory, fake: FakeChatwoot,
     result = invoke(config, "check")
     assert result.exit_code == 1
     assert "is archived" in next(line for line in result.stdout.splitlines() if f"chatwoot:{TINY}" in line)
+
+
+def test_resync_rides_out_a_throttle_window_of_429s_without_retry_after(settings_factory, fake: FakeChatwoot) -> None:
+    """Chatwoot's Rack::Attack answers 429 without Retry-After for a whole throttle window: the per-request time
+    budget, not an attempt count, bounds the retries (issue 14). The backoff is shrunk so the test is quick; seven
+    429s in a row still exceed the five attempts the client used to stop at. If broken: exit 1, 'gave up'."""
+    fast = {"chatwoot_max_backoff_seconds": 0.05}
+    config = settings_factory(tenant("acme", projects={"alpha": [TINY]}, extra=fast))
+    fake.fail(path_contains="/articles", status=429, times=7)
+    result = invoke(config, "resync", "--json")
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)
+    assert report["outcome"] == "ok" and report["docs_added"] == 3
+    assert [r.status for r in fake.requests].count(429) == 7
+
+
+def test_resync_gives_up_on_429s_once_the_retry_budget_is_spent(settings_factory, fake: FakeChatwoot) -> None:
+    """A throttle that never lifts ends in a failed run (exit 1) once `chatwoot_retry_seconds` is spent, with a
+    message saying how long it tried; it does not retry for ever."""
+    config = settings_factory(
+        tenant("acme", projects={"alpha": [TINY]}, extra={"chatwoot_retry_seconds": 1, "chatwoot_max_backoff_seconds": 0.05})
+    )
+    fake.fail(path_contains="/articles", status=429, times=None)
+    result = invoke(config, "resync", "--json")
+    assert result.exit_code == 1, result.output
+    (report,) = json.loads(result.stdout)
+    assert report["outcome"] == "failed" and "HTTP 429 (gave up after" in report["errors"][0]
+    assert [r.status for r in fake.requests].count(429) > 5  # more than the old attempt cap, within 1 s

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from kbsync.engine import LeaseKeeper
+from kbsync.leases import LeaseKeeper
 from kbsync.state import State
 
 

@@ -1,0 +1,220 @@
+"""What a query returns: chunk candidates grouped per document, the dense and lexical legs fused by score,
+and the neighbouring chunks of each hit added for the bot's context.
+
+The dense leg is Chroma's nearest chunks, the lexical leg the state database's full-text index (`lexical.py`).
+Each leg keeps every document's best chunk; per document the fused score is
+`(1 - w) * dense + w * lexical`, both min-max normalised over that leg's candidate documents (a document a leg did
+not find scores 0 there). Grouping comes before fusion, so four chunks of one article count once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from kbsync.store import QueryHit
+
+__all__ = ["Group", "LexicalHit", "LexicalSearch", "RankedHit", "Retrieval", "best_per_document", "fuse", "minmax"]
+
+Group = Literal["doc", "chunk"]
+
+
+@dataclass(frozen=True, slots=True)
+class LexicalHit:
+    """One chunk the lexical leg found; `score` grows with relevance (negated BM25, or ts_rank_cd)."""
+
+    chunk_id: str
+    doc_id: str
+    score: float
+
+
+class LexicalSearch(Protocol):
+    """The lexical leg as the query path needs it (kbsync.lexical.LexicalIndex)."""
+
+    def search(
+        self, tenant: str, project: str, text: str, *, locale: str | None, limit: int
+    ) -> list[LexicalHit]: ...
+
+
+class ChunkReader(Protocol):
+    """The store calls the query path makes (kbsync.store.Store)."""
+
+    def query(
+        self, name: str, embedding: np.ndarray, *, k: int, where: Mapping[str, Any] | None = None
+    ) -> list[QueryHit]: ...
+
+    def get(self, name: str, ids: Sequence[str]) -> list[QueryHit]: ...
+
+    def neighbours(self, name: str, around: Mapping[str, Iterable[int]]) -> list[QueryHit]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RankedHit:
+    """One result: a document's best chunk (or one chunk, grouped by chunk) with its fused score.
+
+    `dense` is the chunk's cosine similarity (what `score` meant before grouping), `lexical` its raw lexical
+    score; `context` the neighbouring chunks when asked for (`expand`)."""
+
+    hit: QueryHit
+    score: float
+    dense: float | None
+    lexical: float | None = None
+    context: tuple[QueryHit, ...] = field(default=())
+
+    @property
+    def id(self) -> str:
+        return self.hit.id
+
+    @property
+    def text(self) -> str:
+        return self.hit.text
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.hit.metadata
+
+    def as_result(self) -> dict[str, Any]:
+        """The result shape of design.md §5, with `dense_score`, `lexical_score` and `context` added."""
+        result = self.hit.as_result()
+        result["score"] = round(self.score, 6)
+        result["dense_score"] = None if self.dense is None else round(self.dense, 6)
+        result["lexical_score"] = None if self.lexical is None else round(self.lexical, 6)
+        result["chunk_index"] = self.hit.metadata.get("chunk_index", 0)
+        if self.context:
+            result["context"] = [
+                {
+                    "id": c.id,
+                    "chunk_index": c.metadata.get("chunk_index", 0),
+                    "heading": c.metadata.get("heading", ""),
+                    "text": c.text,
+                }
+                for c in self.context
+            ]
+        return result
+
+
+def best_per_document(hits: Iterable[QueryHit]) -> dict[str, QueryHit]:
+    """Each document's best chunk, in the order of first appearance (hits arrive best first)."""
+    best: dict[str, QueryHit] = {}
+    for hit in hits:
+        doc_id = str(hit.metadata.get("doc_id", ""))
+        if doc_id not in best or hit.score > best[doc_id].score:
+            best[doc_id] = hit
+    return best
+
+
+def minmax(scores: Mapping[str, float]) -> dict[str, float]:
+    """Scale to 0..1 over the candidates; when all are equal every one gets 1."""
+    if not scores:
+        return {}
+    low, high = min(scores.values()), max(scores.values())
+    if high - low < 1e-12:
+        return {key: 1.0 for key in scores}
+    return {key: (value - low) / (high - low) for key, value in scores.items()}
+
+
+def fuse(dense: Mapping[str, float], lexical: Mapping[str, float], weight: float) -> list[tuple[str, float]]:
+    """Documents by `(1 - weight) * dense + weight * lexical` (each min-max normalised), best first.
+    Ties keep the dense order, then the lexical order."""
+    dense_norm, lexical_norm = minmax(dense), minmax(lexical)
+    order = {doc: n for n, doc in enumerate([*dense, *(d for d in lexical if d not in dense)])}
+    fused = {
+        doc: (1.0 - weight) * dense_norm.get(doc, 0.0) + weight * lexical_norm.get(doc, 0.0) for doc in order
+    }
+    return sorted(fused.items(), key=lambda item: (-item[1], order[item[0]]))
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieval:
+    """One project's query path over a store and (optionally) the lexical leg."""
+
+    store: ChunkReader
+    lexical: LexicalSearch | None
+    candidates: int = 100
+
+    def search(
+        self,
+        collection: str,
+        scope: tuple[str, str],
+        vector: np.ndarray,
+        text: str,
+        *,
+        k: int,
+        where: Mapping[str, Any] | None,
+        locale: str | None,
+        group: Group = "doc",
+        expand: int = 0,
+        weight: float = 0.0,
+    ) -> list[RankedHit]:
+        """Top-k documents (or chunks with `group="chunk"`: today's dense chunk ranking) for one question."""
+        if group == "chunk":
+            hits = self.store.query(collection, vector, k=k, where=where)
+            ranked = [RankedHit(h, h.score, h.score) for h in hits]
+        else:
+            ranked = self._documents(collection, scope, vector, text, k=k, where=where, locale=locale, weight=weight)
+        return self._expand(collection, ranked, expand) if expand > 0 else ranked
+
+    def _documents(
+        self,
+        collection: str,
+        scope: tuple[str, str],
+        vector: np.ndarray,
+        text: str,
+        *,
+        k: int,
+        where: Mapping[str, Any] | None,
+        locale: str | None,
+        weight: float,
+    ) -> list[RankedHit]:
+        dense_best = best_per_document(self.store.query(collection, vector, k=max(self.candidates, k), where=where))
+        lexical_best: dict[str, LexicalHit] = {}
+        if weight > 0 and self.lexical is not None:
+            found = self.lexical.search(*scope, text, locale=locale, limit=max(self.candidates, k))
+            for hit in found:
+                if hit.doc_id not in lexical_best or hit.score > lexical_best[hit.doc_id].score:
+                    lexical_best[hit.doc_id] = hit
+        fused = fuse(
+            {doc: hit.score for doc, hit in dense_best.items()},
+            {doc: hit.score for doc, hit in lexical_best.items()},
+            weight if lexical_best else 0.0,
+        )
+        top = fused[:k]
+        # Documents only the lexical leg found: read their best chunk from the store. One the store lacks (a
+        # lexical row left by a failed delete) is skipped, so a result always exists in Chroma.
+        missing = [lexical_best[doc].chunk_id for doc, _ in top if doc not in dense_best]
+        fetched = {hit.id: hit for hit in self.store.get(collection, missing)} if missing else {}
+        ranked: list[RankedHit] = []
+        for doc, score in top:
+            lexical = lexical_best.get(doc)
+            if doc in dense_best:
+                hit = dense_best[doc]
+                ranked.append(RankedHit(hit, score, hit.score, lexical.score if lexical else None))
+            elif lexical is not None and lexical.chunk_id in fetched:
+                ranked.append(RankedHit(fetched[lexical.chunk_id], score, None, lexical.score))
+        return ranked
+
+    def _expand(self, collection: str, ranked: list[RankedHit], expand: int) -> list[RankedHit]:
+        """Add the `expand` chunks before and after each hit (by chunk_index, same document)."""
+        around: dict[str, set[int]] = {}
+        for item in ranked:
+            doc_id = str(item.metadata.get("doc_id", ""))
+            index = int(item.metadata.get("chunk_index", 0))
+            span = {i for i in range(index - expand, index + expand + 1) if i >= 0 and i != index}
+            around.setdefault(doc_id, set()).update(span)
+        found: dict[tuple[str, int], QueryHit] = {}
+        for hit in self.store.neighbours(collection, around):
+            found[(str(hit.metadata.get("doc_id", "")), int(hit.metadata.get("chunk_index", 0)))] = hit
+        out = []
+        for item in ranked:
+            doc_id = str(item.metadata.get("doc_id", ""))
+            index = int(item.metadata.get("chunk_index", 0))
+            context = tuple(
+                found[(doc_id, i)]
+                for i in range(index - expand, index + expand + 1)
+                if i != index and (doc_id, i) in found
+            )
+            out.append(RankedHit(item.hit, item.score, item.dense, item.lexical, context))
+        return out

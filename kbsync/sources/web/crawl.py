@@ -1,0 +1,313 @@
+"""One crawl: the HTTP client, DNS answers and the SSRF guard, robots.txt rules, politeness, retries, redirects
+followed by hand, body limits and statistics, shared by everything one `list()` or `confirm_gone()` does."""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Literal, TypeVar
+from urllib.parse import urljoin, urlsplit
+from urllib.robotparser import RobotFileParser
+
+import httpx
+import tenacity
+
+from kbsync.errors import SourceRejected, SourceUnavailable
+from kbsync.sources.web.body import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_decoded
+from kbsync.sources.web.options import USER_AGENT_TOKEN, CrawlStats, FetchOptions
+from kbsync.sources.web.pages import page_format
+from kbsync.sources.web.politeness import HostGate
+from kbsync.sources.web.scope import OutOfScope, Refused, Scope
+from kbsync.sources.web.ssrf import describe, is_public
+from kbsync.sources.web.urls import DEFAULT_PORTS, clean_url, host_key
+
+__all__ = ["Crawl", "Kind", "Response"]
+
+_ACCEPT = "text/html,application/xhtml+xml;q=0.9,text/markdown;q=0.9,text/plain;q=0.5,*/*;q=0.1"
+# Never sent, whatever the client passed in carries.
+_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "api_access_token", "x-api-key")
+_NO_AUTH = httpx.Auth()
+_RAW_CHUNK = 16 * 1024  # undecoded bytes per read: what one inflate call may expand
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Throttled(SourceUnavailable):
+    """429 or 503, with the server's `Retry-After` in seconds (0 when none)."""
+
+    def __init__(self, message: str, *, source: str, url: str, retry_after: float) -> None:
+        super().__init__(message, source=source, url=url)
+        self.retry_after = retry_after
+
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The last hop of a fetch: 200 (with its body), 304, 404 or 410."""
+
+    url: str  # the URL that answered (after redirects)
+    status: int
+    headers: httpx.Headers
+    body: bytes = b""
+
+
+Kind = Literal["page", "sitemap", "robots"]
+
+
+class Crawl:
+    """Everything one `list()` or `confirm_gone()` shares: client, DNS answers, robots rules, politeness, stats."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        options: FetchOptions,
+        scope: Scope,
+        *,
+        allow_private: bool,
+        source_id: str,
+    ) -> None:
+        self.client = client
+        self.options = options
+        self.scope = scope
+        self.allow_private = allow_private
+        self.source_id = source_id
+        self.stats = CrawlStats()
+        self._gate = HostGate(options.per_host, options.min_interval)
+        self._lock = threading.Lock()
+        self._dns: dict[tuple[str, int], list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
+        self._robots: dict[str, RobotFileParser | None] = {}
+        self._robots_locks: dict[str, threading.Lock] = {}
+
+    # -- guards
+
+    def guard(self, url: str) -> None:
+        """Refuse a host that resolves to a non-public address (unless private hosts are allowed)."""
+        if self.allow_private:
+            return
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme, 80)
+        for address in self._resolve(host, port, url):
+            if not is_public(address):
+                raise Refused(
+                    f"refused: {host} resolves to {address}, a {describe(address)} address "
+                    "(set allow_private_hosts = true only for intranet docs)",
+                    source=self.source_id,
+                    url=url,
+                )
+
+    def _resolve(self, host: str, port: int, url: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        with self._lock:
+            known = self._dns.get((host, port))
+        if known is not None:
+            return known
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise SourceUnavailable(f"cannot resolve {host}: {exc}", source=self.source_id, url=url) from exc
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        with self._lock:
+            self._dns[(host, port)] = addresses
+        return addresses
+
+    def _check_peer(self, response: httpx.Response, url: str) -> None:
+        """The address the socket really connected to (a DNS answer can change between check and connect)."""
+        if self.allow_private:
+            return
+        stream = response.extensions.get("network_stream")
+        peer = stream.get_extra_info("server_addr") if stream is not None else None
+        if not peer:
+            return
+        address = ipaddress.ip_address(str(peer[0]).split("%")[0])
+        if not is_public(address):
+            raise Refused(
+                f"refused: connected to {address}, a {describe(address)} address", source=self.source_id, url=url
+            )
+
+    def robots_allows(self, url: str) -> bool:
+        """robots.txt of the URL's host, for our user agent. Raises SourceUnavailable when it cannot be read."""
+        rules = self._robots_for(url)
+        return rules is None or rules.can_fetch(USER_AGENT_TOKEN, url)
+
+    def _robots_for(self, url: str) -> RobotFileParser | None:
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        with self._lock:
+            if key in self._robots:
+                return self._robots[key]
+            lock = self._robots_locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                if key in self._robots:
+                    return self._robots[key]
+            rules = self._read_robots(f"{key}/robots.txt")
+            with self._lock:
+                self._robots[key] = rules
+            if rules is not None:
+                delay = rules.crawl_delay(USER_AGENT_TOKEN)
+                if delay:
+                    self._gate.set_interval(host_key(url), min(float(delay), self.options.max_crawl_delay))
+            return rules
+
+    def _read_robots(self, url: str) -> RobotFileParser | None:
+        try:
+            response = self.fetch(url, kind="robots")
+        except OutOfScope:
+            return None  # a robots.txt that redirects away or is too large: no rules (RFC 9309: unavailable)
+        except SourceRejected:
+            return None  # 401, 403 and other 4xx: RFC 9309 "unavailable", crawling is allowed
+        if response.status != 200:
+            return None  # 404 / 410: no rules
+        rules = RobotFileParser()
+        rules.parse(response.body.decode("utf-8", errors="replace").splitlines())
+        return rules
+
+    # -- fetching
+
+    def fetch(self, url: str, *, kind: Kind, headers: dict[str, str] | None = None) -> Response:
+        """GET `url`, following redirects by hand; each hop must be in scope (pages and sitemaps), allowed by
+        robots.txt (pages) and pass the SSRF guard. Returns 200, 304, 404 or 410; raises OutOfScope (skip),
+        SourceRejected (other 4xx, redirect loops) or SourceUnavailable (transient, after retries)."""
+        current = url
+        for hop in range(self.options.max_redirects + 1):
+            if hop:
+                self._check_hop(url, current, kind)
+            status, response_headers, body = self._request(current, kind=kind, headers=headers or {})
+            if status in (301, 302, 303, 307, 308) and response_headers.get("location"):
+                try:
+                    current = clean_url(urljoin(current, response_headers["location"]))
+                except ValueError:
+                    raise OutOfScope("redirected to a non-http(s) URL", source=self.source_id, url=url) from None
+                continue
+            if status in (200, 203, 304, 404, 410):
+                return Response(current, 200 if status == 203 else status, response_headers, body)
+            raise SourceRejected(f"HTTP {status}", source=self.source_id, url=current)
+        raise SourceRejected(f"more than {self.options.max_redirects} redirects", source=self.source_id, url=url)
+
+    def _check_hop(self, url: str, hop: str, kind: Kind) -> None:
+        """A redirect target: pages stay in scope and within robots.txt, sitemaps on their site."""
+        if kind == "page":
+            in_scope = self.scope.allows(hop)
+        elif kind == "sitemap":
+            in_scope = self.scope.same_site(hop)
+        else:
+            in_scope = True  # robots.txt may redirect anywhere (RFC 9309), the SSRF guard still applies
+        if not in_scope:
+            raise OutOfScope(f"redirected outside the include rules, to {hop}", source=self.source_id, url=url)
+        if kind == "page" and not self.robots_allows(hop):
+            raise OutOfScope(f"redirected to {hop}, disallowed by robots.txt", source=self.source_id, url=url)
+
+    def _request(self, url: str, *, kind: Kind, headers: dict[str, str]) -> tuple[int, httpx.Headers, bytes]:
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(max(1, self.options.attempts)),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(SourceUnavailable),
+            reraise=True,
+        )
+        return retrying(self._request_once, url, kind, headers)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        backoff = tenacity.wait_random_exponential(multiplier=self.options.backoff_initial, max=self.options.backoff_max)
+        seconds = backoff(state)
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, _Throttled) and error.retry_after:
+            seconds = max(seconds, min(error.retry_after, self.options.retry_after_max))
+        return seconds
+
+    def _request_once(self, url: str, kind: Kind, headers: dict[str, str]) -> tuple[int, httpx.Headers, bytes]:
+        self.guard(url)
+        request = self.client.build_request(
+            "GET",
+            url,
+            headers={
+                "User-Agent": self.options.user_agent,
+                "Accept": _ACCEPT,
+                "Accept-Encoding": ACCEPT_ENCODING,
+                **headers,
+            },
+        )
+        for name in _CREDENTIAL_HEADERS:
+            request.headers.pop(name, None)
+        with self._gate.slot(host_key(url)):
+            try:
+                response = self.client.send(request, stream=True, auth=_NO_AUTH, follow_redirects=False)
+            except httpx.TimeoutException as exc:
+                raise SourceUnavailable(f"timed out ({type(exc).__name__})", source=self.source_id, url=url) from exc
+            except httpx.TransportError as exc:
+                raise SourceUnavailable(f"connection failed: {exc}", source=self.source_id, url=url) from exc
+            try:
+                return self._read(response, url, kind)
+            except httpx.TimeoutException as exc:
+                raise SourceUnavailable("timed out reading the body", source=self.source_id, url=url) from exc
+            except httpx.TransportError as exc:
+                raise SourceUnavailable(f"connection lost: {exc}", source=self.source_id, url=url) from exc
+            finally:
+                response.close()
+                with self._lock:
+                    self.stats.requests += 1
+                    self.stats.bytes_downloaded += response.num_bytes_downloaded
+
+    def _read(self, response: httpx.Response, url: str, kind: Kind) -> tuple[int, httpx.Headers, bytes]:
+        self._check_peer(response, url)
+        status = response.status_code
+        if status == 429 or status == 503:
+            raise _Throttled(
+                f"HTTP {status}", source=self.source_id, url=url, retry_after=_retry_after(response.headers)
+            )
+        if status >= 500:
+            raise SourceUnavailable(f"HTTP {status}", source=self.source_id, url=url)
+        if status not in (200, 203):
+            return status, response.headers, b""
+        if kind == "page" and page_format(url, response.headers) is None:
+            raise OutOfScope(
+                f"content type {response.headers.get('content-type', '(none)')!r} is not a page",
+                source=self.source_id,
+                url=url,
+            )
+        limit = {
+            "page": self.options.max_bytes,
+            "sitemap": self.options.max_sitemap_bytes,
+            "robots": self.options.max_robots_bytes,
+        }[kind]
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit and "content-encoding" not in response.headers:
+            raise OutOfScope(f"larger than {limit} bytes", source=self.source_id, url=url)
+        try:
+            body = read_decoded(
+                response.iter_raw(_RAW_CHUNK), response.headers.get("content-encoding", ""), limit
+            )
+        except BodyTooLarge as exc:
+            raise OutOfScope(str(exc), source=self.source_id, url=url) from None
+        except BadEncoding as exc:
+            raise SourceRejected(str(exc), source=self.source_id, url=url) from None
+        return status, response.headers, body
+
+    # -- threads
+
+    def map(self, function: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """`function` over `items` on the worker threads, in order; each task keeps the caller's log context."""
+        workers = max(1, min(self.options.workers, len(items)))
+        if workers == 1:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kbsync-web") as pool:
+            futures = [pool.submit(contextvars.copy_context().run, function, item) for item in items]
+            return [future.result() for future in futures]
+
+
+def _retry_after(headers: httpx.Headers) -> float:
+    value = headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time()) if value else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
