@@ -33,6 +33,7 @@ from kbsync.leases import LeaseKeeper, Renewer
 from kbsync.memory import limit_malloc_arenas
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
+from kbsync.retention import schedule_pruning
 from kbsync.settings import Settings
 from kbsync.wiring import open_engine
 
@@ -144,6 +145,7 @@ class Daemon:
             self._server = _Server(config)
             self._install_signals(engine)
             scheduler = self._scheduler(engine)
+            schedule_pruning(scheduler, engine.state, queue, self.settings.retention, engine.owner)
             workers = [
                 threading.Thread(target=self._work, args=(engine, queue, metrics, n), name=f"kbsync-worker-{n}")
                 for n in range(self.options.workers)

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kbsync.errors import StateError
-from kbsync.state import State, db_errors, metadata
+from kbsync.state import State, db_errors, delete_in_batches, metadata
 
 __all__ = ["Enqueued", "Queue", "QueueItem"]
 
@@ -278,6 +278,17 @@ class Queue:
             with self.db.connect() as conn:
                 counts = {status: int(n) for status, n in conn.execute(query)}
         return {"pending": counts.get("pending", 0), "dead": counts.get("dead", 0)}
+
+    def prune(self, *, done_before: float, dead_before: float, deliveries_before: float, batch: int) -> int:
+        """Delete applied items received before `done_before`, dead ones before `dead_before` and delivery ids
+        before `deliveries_before`, `batch` rows per statement; pending items always stay. Returns rows deleted."""
+        finished = sa.or_(
+            sa.and_(items.c.status == "done", items.c.received_at < done_before),
+            sa.and_(items.c.status == "dead", items.c.received_at < dead_before),
+        )
+        deleted = delete_in_batches(self.db, items, [items.c.id], [finished], batch)
+        key = [deliveries.c.tenant, deliveries.c.delivery_id]
+        return deleted + delete_in_batches(self.db, deliveries, key, [deliveries.c.received_at < deliveries_before], batch)
 
     def dead(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest dead items (for status)."""

@@ -27,6 +27,7 @@ __all__ = [
     "EmbeddingSettings",
     "FilesSourceSettings",
     "ProjectSettings",
+    "RetentionSettings",
     "RetrievalSettings",
     "ScheduleSettings",
     "ServerSettings",
@@ -126,6 +127,19 @@ class ScheduleSettings(_Section):
     poll_interval_seconds: int = Field(default=60, ge=5)
     reconcile_interval_minutes: int = Field(default=360, ge=1)
     jitter_seconds: int = Field(default=30, ge=0)
+
+
+class RetentionSettings(_Section):
+    """How long finished records are kept in the state database; pruned by the daemon (kbsync/retention.py)."""
+
+    runs_days: float = Field(default=30, gt=0)  # run records older than this go (the newest of each kind stays)
+    runs_per_project: int = Field(default=10_000, ge=10)  # and at most this many per project (a 60 s poll: 1440/day)
+    done_items_days: float = Field(default=7, gt=0)  # applied webhook queue items
+    dead_items_days: float = Field(default=30, gt=0)  # dead webhook queue items (shown by `kbsync status` until then)
+    # Delivery ids deduplicate webhooks; a replay older than the 300 s signature window is refused anyway.
+    deliveries_days: float = Field(default=1, ge=0.01)
+    interval_minutes: int = Field(default=60, ge=1)  # how often the daemon prunes (jittered)
+    batch_rows: int = Field(default=1000, ge=1, le=100_000)  # rows per DELETE: short transactions, no long locks
 
 
 class ChatwootSourceSettings(_Section):
@@ -307,6 +321,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     server: ServerSettings = ServerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    retention: RetentionSettings = RetentionSettings()
     tenants: list[TenantSettings] = []
 
     _admin_token: SecretStr | None = PrivateAttr(default=None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,6 +128,23 @@ def db_errors(action: str) -> Iterator[None]:
         yield
     except SQLAlchemyError as exc:
         raise StateError(f"cannot {action}: {exc}") from exc
+
+
+def delete_in_batches(
+    engine: sa.Engine, table: sa.Table, key: Sequence[sa.Column[Any]], conditions: Sequence[Any], batch: int
+) -> int:
+    """Delete the rows of `table` matching `conditions`, at most `batch` rows (chosen by their `key` columns) per
+    statement and transaction, so a large prune never holds a long lock on a database the daemon is writing.
+    Returns how many rows went."""
+    keys = key[0] if len(key) == 1 else sa.tuple_(*key)
+    total = 0
+    while True:
+        chosen = sa.select(*key).where(*conditions).limit(batch)
+        with db_errors(f"prune {table.name}"), engine.begin() as tx:
+            deleted = int(tx.execute(sa.delete(table).where(keys.in_(chosen))).rowcount)
+        total += deleted
+        if deleted < batch:
+            return total
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -365,6 +382,51 @@ class State:
                 ).rowcount
                 if not updated:
                     tx.execute(sa.insert(watermarks).values(**key, **values))
+
+    # -- retention (kbsync/retention.py decides what and when) -----------------------------------------------
+
+    def prune_runs(self, *, before: float, keep_per_project: int, batch: int) -> int:
+        """Delete finished runs that started before `before`, and each project's runs beyond its newest
+        `keep_per_project`; the newest run of each project and kind always stays (what `status` shows). Returns
+        how many went."""
+        newest = sa.select(sa.func.max(runs.c.id)).group_by(runs.c.tenant, runs.c.project, runs.c.kind)
+        kept = (runs.c.finished_at.is_not(None), runs.c.id.not_in(newest))
+        deleted = delete_in_batches(self.engine, runs, [runs.c.id], [*kept, runs.c.started_at < before], batch)
+        crowded = (
+            sa.select(runs.c.tenant, runs.c.project)
+            .group_by(runs.c.tenant, runs.c.project)
+            .having(sa.func.count() > keep_per_project)
+        )
+        with db_errors("count runs"), self.engine.connect() as conn:
+            projects = conn.execute(crowded).all()
+        for tenant, project in projects:
+            of_project = (runs.c.tenant == tenant, runs.c.project == project)
+            cutoff = sa.select(runs.c.id).where(*of_project).order_by(runs.c.id.desc()).offset(keep_per_project)
+            with db_errors("read runs"), self.engine.connect() as conn:
+                oldest_kept = conn.execute(cutoff.limit(1)).scalar()
+            if oldest_kept is not None:
+                conditions = [*of_project, *kept, runs.c.id <= oldest_kept]
+                deleted += delete_in_batches(self.engine, runs, [runs.c.id], conditions, batch)
+        return deleted
+
+    def prune_leases(self, *, expired_before: float, spare: str = "") -> int:
+        """Delete leases that expired before `expired_before`, except `spare` (the pruner's own); they were left
+        by processes that died. An expired lease is free to take anyway: this only keeps the table small (each
+        replica start makes a new `replica:<host>:<pid>` name)."""
+        stale = sa.delete(leases).where(leases.c.expires_at < expired_before, leases.c.name != spare)
+        with db_errors("prune leases"), self.engine.begin() as tx:
+            return int(tx.execute(stale).rowcount)
+
+    def size_bytes(self) -> int | None:
+        """The database's size on disk (SQLite file, PostgreSQL database), for bench/ and status; None if unknown."""
+        query = (
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
+            if self.dialect == "sqlite"
+            else "SELECT pg_database_size(current_database())"
+        )
+        with db_errors("read the database size"), self.engine.connect() as conn:
+            value = conn.execute(sa.text(query)).scalar()
+        return int(value) if value is not None else None
 
     # -- locales ---------------------------------------------------------------------------------------
     # A project's chunk locales, recorded before chunks of a new locale are written, so a query may drop its locale

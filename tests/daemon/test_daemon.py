@@ -423,6 +423,16 @@ def test_openapi_lists_exactly_the_design_routes(stack: Stack, daemon: DaemonPro
 # -- the CLI next to the daemon ----------------------------------------------------------------------------
 
 
+def test_the_daemon_prunes_the_state_database_soon_after_it_starts(stack: Stack, daemon: DaemonProcess) -> None:
+    """Retention (issue 14) runs on the daemon's schedule, first soon after a start (a daemon restarted more often
+    than `[retention] interval_minutes` still prunes). If broken: no `retention.pruned` line ever appears."""
+    line = wait_for(
+        lambda: next((json.loads(raw) for raw in daemon.log_text().splitlines() if "retention.pruned" in raw), None),
+        30, "the first prune",
+    )
+    assert line["skipped"] is False and {"runs", "queue_rows", "leases"} <= set(line)
+
+
 def test_cli_status_and_query_ask_the_running_daemon(stack: Stack, daemon: DaemonProcess) -> None:
     """design §4/§6: the daemon owns the embedded store; `kbsync status` and `kbsync query` ask it over HTTP with
     $KBSYNC_ADMIN_TOKEN instead of opening the store."""
