@@ -168,6 +168,9 @@ def resync(
     as_json: JsonOption = False,
     config: ConfigOption = None,
     log_level: LogLevelOption = None,
+    allow_mass_delete: Annotated[
+        bool, typer.Option(help="Delete even when a source lost more than sync.max_delete_fraction of its documents.")
+    ] = False,
 ) -> None:
     """Full reconcile of every project (or the ones named): list, sync changes, delete what is gone.
 
@@ -178,7 +181,10 @@ def resync(
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
-        body = {"tenant": tenant, "project": project, "rebuild": rebuild, "wait": True}
+        body = {
+            "tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete,
+            "wait": True,
+        }
         answer = _daemon(settings, "POST", "/v1/resync", body, timeout=24 * 3600)
         if answer is None:
             _no_daemon(settings)
@@ -202,7 +208,9 @@ def resync(
         ) as bar:
             progress = _RichProgress(bar)
             for key in keys:
-                reports.append(engine.reconcile(key, rebuild=rebuild, progress=progress))
+                reports.append(
+                    engine.reconcile(key, rebuild=rebuild, progress=progress, allow_mass_delete=allow_mass_delete)
+                )
     _finish_resync(reports, as_json)
 
 

@@ -35,15 +35,16 @@ from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
 from kbsync.retention import schedule_pruning
 from kbsync.settings import Settings
+from kbsync.webhooks import POLLED_EVENTS, WebhookEvent
 from kbsync.wiring import open_engine
 
 __all__ = ["Daemon", "DaemonOptions"]
 
 log = structlog.get_logger(__name__)
 
-POLL_EVENTS = frozenset(
-    {"article_created", "article_updated", "article_published", "article_unpublished", "article_archived"}
-)
+# What a successful refresh after one of these events covers: the earlier items of these events (a poll applied
+# them too). After any other event (a deletion's second look, a portal reconcile), every earlier item.
+_COVERED_BY_POLL = frozenset(event.value for event in POLLED_EVENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +126,10 @@ class Daemon:
             intake = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbsync-intake")
             self._exit_callbacks.append(lambda: intake.shutdown(wait=False, cancel_futures=True))
             context = ApiContext(
-                self.settings, engine, queue, metrics, ready=self._ready.is_set,
-                submit_resync=lambda keys, rebuild: self._submit_resync(engine, keys, rebuild), intake=intake,
+                self.settings, engine, queue, metrics, self._ready.is_set, self._wake.set,
+                submit_resync=lambda keys, options: self._submit_resync(engine, keys, options), intake=intake,
             )
             app = create_app(context)
-            app.state.wake_workers = self._wake.set
             server = self.settings.server
             config = uvicorn.Config(
                 app,
@@ -246,17 +246,21 @@ class Daemon:
         return scheduler
 
     def _submit_resync(
-        self, engine: Engine, keys: list[ProjectKey], rebuild: bool
+        self, engine: Engine, keys: list[ProjectKey], options: Any
     ) -> concurrent.futures.Future[list[dict[str, Any]]]:
-        """POST /v1/resync: reconcile `keys` one after the other in the scheduler's pool, off the request path;
-        the future gets their reports (or the exception that stopped them)."""
+        """POST /v1/resync: reconcile `keys` one after the other in the scheduler's pool, off the request path, with
+        the request's `rebuild` and `allow_mass_delete`; the future gets their reports (or what stopped them)."""
         future: concurrent.futures.Future[list[dict[str, Any]]] = concurrent.futures.Future()
 
         def job() -> None:
             if not future.set_running_or_notify_cancel():
                 return
             try:
-                future.set_result([engine.reconcile(key, rebuild=rebuild).as_dict() for key in keys])
+                reports = [
+                    engine.reconcile(key, rebuild=options.rebuild, allow_mass_delete=options.allow_mass_delete)
+                    for key in keys
+                ]
+                future.set_result([report.as_dict() for report in reports])
             except BaseException as exc:  # the job's edge: the caller gets it; the scheduler lives on
                 log.exception("resync.crashed")
                 future.set_exception(exc)
@@ -375,7 +379,9 @@ class Daemon:
                 try:
                     # wait=False: a project busy in a long run here is tried again shortly (released as busy, below)
                     # while this worker applies other projects' webhooks, instead of blocking on its lock.
-                    report = engine.refresh(key, item.source, item.event, item.payload.get("doc_id"), wait=False)
+                    report = engine.refresh(
+                        key, item.source, WebhookEvent(item.event), item.payload.get("doc_id"), wait=False
+                    )
                     error = None if report.outcome == "ok" else "; ".join(report.errors) or report.outcome
                 except Exception as exc:  # the loop's edge: one bad item never stops the worker
                     log.exception("queue.item_crashed")
@@ -398,7 +404,7 @@ class Daemon:
             queue.release(item, owner, error="project busy", retry=True, delay_seconds=1.0, count=False)
             return
         if error is None:
-            covered = None if item.event in ("article_deleted", "portal_updated") else POLL_EVENTS
+            covered = _COVERED_BY_POLL if item.event in _COVERED_BY_POLL else None
             closed = queue.done(item, owner, covered_until=started, cover_events=covered)
             metrics.queue_items.labels("applied").inc(closed)
             log.info("queue.item_applied", covered=closed - 1, latency_s=round(time.time() - item.received_at, 3))

@@ -27,15 +27,17 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from kbsync.chunking import Chunk, Chunker
+from kbsync.deletion_guard import check_deletes
 from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.leases import LeaseKeeper
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
-from kbsync.sources import Document, Source
+from kbsync.sources import Document, ListingObserver, Polling, Source
 from kbsync.state import State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
+from kbsync.webhooks import WebhookEvent
 
 __all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
 
@@ -296,16 +298,25 @@ class Engine:
             observer(report)
         return report
 
-    def reconcile(self, key: ProjectKey, *, rebuild: bool = False, progress: Progress | None = None) -> RunReport:
+    def reconcile(
+        self,
+        key: ProjectKey,
+        *,
+        rebuild: bool = False,
+        progress: Progress | None = None,
+        allow_mass_delete: bool = False,
+    ) -> RunReport:
         """Full reconcile of one project: every source listed, changed documents synced, vanished ones deleted.
 
         A source that fails is reported and skipped (the others still run); it deletes nothing.
-        `rebuild` re-embeds every chunk.
+        `rebuild` re-embeds every chunk. `allow_mass_delete` lifts the mass-delete breaker (kbsync.deletion_guard).
         """
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             for source in sources:
-                self._reconcile_source(key, source, index, report, rebuild=rebuild, progress=progress)
+                self._reconcile_source(
+                    key, source, index, report, rebuild=rebuild, progress=progress, allow_mass_delete=allow_mass_delete
+                )
 
         return self._run(key, "reconcile", work)
 
@@ -322,7 +333,7 @@ class Engine:
         return self._run(key, "poll", work, full_index=False)
 
     def refresh(
-        self, key: ProjectKey, source_id: str, event: str, doc_id: str | None = None, *, wait: bool = True
+        self, key: ProjectKey, source_id: str, event: WebhookEvent, doc_id: str | None = None, *, wait: bool = True
     ) -> RunReport:
         """Apply one webhook event (fetch-on-notify: the source is the truth, the payload only a hint).
 
@@ -334,11 +345,11 @@ class Engine:
             source = next((s for s in sources if s.source_id == source_id), None)
             if source is None:
                 raise UnknownProject(f"project {key} has no source {source_id}")
-            if event == "portal_updated":
+            if event == WebhookEvent.PORTAL_UPDATED:
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
                 return
             self._poll_source(key, source, index, report)
-            if event == "article_deleted" and doc_id is not None:
+            if event == WebhookEvent.ARTICLE_DELETED and doc_id is not None:
                 self._ensure_docs(key, index, {doc_id})
                 if doc_id in index.docs:
                     self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
@@ -361,8 +372,7 @@ class Engine:
             index.complete = True
 
     def _poll_source(self, key: ProjectKey, source: Source, index: ProjectIndex, report: RunReport) -> None:
-        changes_since = getattr(source, "changes_since", None)
-        if changes_since is None:
+        if not isinstance(source, Polling):
             return  # files and web sources are read by reconcile
         with structlog.contextvars.bound_contextvars(source=source.source_id):
             mark = self.state.watermark(key.tenant, key.project, source.source_id)
@@ -370,7 +380,7 @@ class Engine:
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
                 return
             try:
-                changes = changes_since(mark.updated_at)
+                changes = source.changes_since(mark.updated_at)
             except SourceError as exc:
                 report.add_error(exc)
                 report.failed_sources += 1
@@ -400,6 +410,7 @@ class Engine:
         *,
         rebuild: bool,
         progress: Progress | None,
+        allow_mass_delete: bool = False,
     ) -> None:
         with structlog.contextvars.bound_contextvars(source=source.source_id):
             self._ensure_full(key, index)
@@ -418,17 +429,25 @@ class Engine:
             report.docs_seen += len(listing.unchanged)
             report.docs_unchanged += len(listing.unchanged)
             self.sync_documents(key, listing.documents, index, report, rebuild=rebuild, progress=progress)
-            applied = getattr(source, "applied", None)
-            if applied is not None:
-                applied(listing, index.docs.keys())
+            if isinstance(source, ListingObserver):
+                source.applied(listing, index.docs.keys())
             if not listing.complete:
                 log.warning("source.incomplete_listing", errors=len(listing.errors))
                 report.warnings.append(f"{source.source_id}: the listing was incomplete, so nothing was deleted")
                 return
-            candidates = set(index.of_source(source.source_id)) - listing.doc_ids
+            held = set(index.of_source(source.source_id))
+            candidates = held - listing.doc_ids
             if candidates:
-                gone = source.confirm_gone(candidates)
-                self._delete_documents(key, gone, index, report)
+                gone = source.confirm_gone(candidates) & held
+                verdict = check_deletes(
+                    source.source_id, source.kind, len(held), len(gone), self.settings.sync, allow=allow_mass_delete
+                )
+                if verdict.allowed:
+                    self._delete_documents(key, gone, index, report)
+                else:
+                    log.warning("source.mass_delete_refused", held=len(held), gone=len(gone))
+                    report.warnings.append(verdict.message)
+                    report.errors.append(verdict.message)  # the outcome is `partial`
             if listing.watermark is not None:
                 self.state.set_watermark(
                     key.tenant, key.project, source.source_id, Watermark(listing.watermark, listing.total)

@@ -33,28 +33,17 @@ from kbsync.engine import Engine, ProjectKey
 from kbsync.errors import KbsyncError, UnknownProject
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue
-from kbsync.settings import ChatwootSourceSettings, Settings, TenantSettings
-from kbsync.sources import make_doc_id
+from kbsync.settings import Settings, TenantSettings
 from kbsync.status import status_payload
+from kbsync.webhooks import parse_notice, projects_of_portal
 
-__all__ = ["ARTICLE_EVENTS", "ApiContext", "create_app", "sign"]
+__all__ = ["ApiContext", "create_app", "sign"]
 
 log = structlog.get_logger(__name__)
 
 SIGNATURE_WINDOW_SECONDS = 300
 # One answer for an unknown tenant and a bad signature: the webhook route does not tell who is configured.
 NOT_SIGNED = "the webhook is not signed with this tenant's secret"
-ARTICLE_EVENTS = frozenset(
-    {
-        "article_created",
-        "article_updated",
-        "article_published",
-        "article_unpublished",
-        "article_archived",
-        "article_deleted",
-    }
-)
-PORTAL_EVENTS = frozenset({"portal_updated"})
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -72,8 +61,9 @@ class ApiContext:
     queue: Queue
     metrics: Metrics
     ready: Callable[[], bool]
-    # Runs resyncs off the request path (the daemon's scheduler): (keys, rebuild) -> a future of their reports.
-    submit_resync: Callable[[list[ProjectKey], bool], concurrent.futures.Future[list[dict[str, Any]]]] | None = None
+    wake_workers: Callable[[], None] = lambda: None  # tells idle webhook workers an item was queued
+    # Runs resyncs off the request path (the daemon's scheduler): (keys, ResyncBody) -> a future of their reports.
+    submit_resync: Callable[[list[ProjectKey], Any], concurrent.futures.Future[list[dict[str, Any]]]] | None = None
     # Webhook intake and /readyz run here, never behind queries or resyncs in the default pool.
     intake: concurrent.futures.Executor | None = None
 
@@ -96,6 +86,7 @@ class ResyncBody(BaseModel):
     tenant: str | None = None
     project: str | None = None
     rebuild: bool = False
+    allow_mass_delete: bool = False
     wait: bool = False  # answer 200 with the reports when done, instead of 202 at once
 
 
@@ -201,7 +192,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise HTTPException(404, str(exc)) from None
         if ctx.submit_resync is None:
             return _error(503, "resync is not available in this process")
-        future = ctx.submit_resync(keys, body.rebuild)
+        future = ctx.submit_resync(keys, body)
         projects = [{"tenant": k.tenant, "project": k.project} for k in keys]
         if not body.wait:
             return JSONResponse({"status": "accepted", "projects": projects}, status_code=202)
@@ -279,33 +270,26 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         return "rejected", _error(401, NOT_SIGNED)
     try:
         body = await read_capped(request, server.max_webhook_bytes, server.body_timeout_seconds)
+        if not _signed(tenant, request.headers, body):
+            log.warning("webhook.rejected", tenant=tenant_id, reason="signature does not match")
+            return "rejected", _error(401, NOT_SIGNED)
+        strict_json(body)  # 400 not JSON, 422 a lone surrogate: before parse_notice reads it
     except BodyError as exc:
         return "rejected", _error(exc.status, exc.message)
-    if not _signed(tenant, request.headers, body):
-        log.warning("webhook.rejected", tenant=tenant_id, reason="signature does not match")
-        return "rejected", _error(401, NOT_SIGNED)
     try:
-        event = _parse_event(body)
-    except BodyError as exc:
-        return "rejected", _error(exc.status, exc.message)
+        notice = parse_notice(body)
     except ValueError as exc:
         return "rejected", _error(400, str(exc))
-    name = event["event"]
-    if name not in ARTICLE_EVENTS and name not in PORTAL_EVENTS:
+    if notice is None:
         return "ignored", JSONResponse({"status": "ignored"}, status_code=200)
-    try:
-        account_id, portal, article_id = _event_fields(event, needs_article=name in ARTICLE_EVENTS)
-    except ValueError as exc:
-        return "rejected", _error(400, str(exc))
-    if account_id != tenant.account_id:
-        return "rejected", _error(403, f"account {account_id} is not tenant {tenant_id!r}'s account")
-    projects = _projects_of_portal(tenant, portal)
+    if notice.account_id != tenant.account_id:
+        return "rejected", _error(403, f"account {notice.account_id} is not tenant {tenant_id!r}'s account")
+    projects = projects_of_portal(tenant, notice.portal)
     if not projects:
-        return "rejected", _error(404, f"portal {portal!r} is not configured for tenant {tenant_id!r}")
-    source_id = ChatwootSourceSettings(kind="chatwoot", portal=portal).source_id
-    payload = {"portal": portal, "article_id": article_id}
-    if article_id is not None:
-        payload["doc_id"] = make_doc_id("chatwoot", f"{portal}:{article_id}")
+        return "rejected", _error(404, f"portal {notice.portal!r} is not configured for tenant {tenant_id!r}")
+    payload: dict[str, str | int | None] = {"portal": notice.portal, "article_id": notice.article_id}
+    if notice.doc_id is not None:
+        payload["doc_id"] = notice.doc_id
     try:
         enqueued = await asyncio.get_running_loop().run_in_executor(
             ctx.intake,
@@ -313,8 +297,8 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
                 ctx.queue.enqueue,
                 tenant_id,
                 projects,
-                source_id,
-                name,
+                notice.source_id,
+                notice.event.value,
                 payload,
                 request.headers.get("x-chatwoot-delivery") or None,
                 fingerprint=_fingerprint(request.headers, body),
@@ -325,10 +309,14 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         return "unavailable", _error(503, "the event could not be stored; retry later")
     if enqueued.duplicate:
         return "duplicate", JSONResponse({"status": "duplicate"}, status_code=200)
-    wake = getattr(request.app.state, "wake_workers", None)
-    if wake is not None:
-        wake()
-    log.info("webhook.queued", tenant=tenant_id, projects=projects, webhook_event=name, article_id=article_id)
+    ctx.wake_workers()
+    log.info(
+        "webhook.queued",
+        tenant=tenant_id,
+        projects=projects,
+        webhook_event=notice.event.value,
+        article_id=notice.article_id,
+    )
     return "queued", JSONResponse({"status": "queued"}, status_code=202)
 
 
@@ -360,36 +348,3 @@ def _fingerprint(headers: Any, body: bytes) -> str:
     under a new or no delivery id within the signature window is a duplicate."""
     signed = headers["x-chatwoot-timestamp"].encode() + b"." + body
     return "sha256:" + hashlib.sha256(signed).hexdigest()
-
-
-def _parse_event(body: bytes) -> dict[str, Any]:
-    event = strict_json(body)
-    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-        raise ValueError("body must be a JSON object with a string `event`")
-    return event
-
-
-def _event_fields(event: dict[str, Any], *, needs_article: bool) -> tuple[int, str, int | None]:
-    account = event.get("account")
-    if not isinstance(account, dict) or not isinstance(account.get("id"), int) or isinstance(account.get("id"), bool):
-        raise ValueError("`account.id` must be an integer")
-    portal = event.get("portal")
-    slug = portal.get("slug") if isinstance(portal, dict) else None
-    if not isinstance(slug, str) or not slug:
-        raise ValueError("`portal.slug` must be a non-empty string")
-    article_id = None
-    if needs_article:
-        article = event.get("article")
-        article_id = article.get("id") if isinstance(article, dict) else None
-        if not isinstance(article_id, int) or isinstance(article_id, bool) or article_id < 1:
-            raise ValueError("`article.id` must be a positive integer")
-    return account["id"], slug, article_id
-
-
-def _projects_of_portal(tenant: TenantSettings, portal: str) -> list[str]:
-    """Every project of the tenant that reads `portal` (one portal in several projects is a supported layout)."""
-    return [
-        project.id
-        for project in tenant.projects
-        if any(isinstance(s, ChatwootSourceSettings) and s.portal == portal for s in project.sources)
-    ]

@@ -19,6 +19,7 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kbsync.errors import ConfigError
+from kbsync.webhooks import chatwoot_source_id
 
 __all__ = [
     "ChatwootSourceSettings",
@@ -34,6 +35,7 @@ __all__ = [
     "Settings",
     "SourceSettings",
     "StateSettings",
+    "SyncSettings",
     "TenantChromaSettings",
     "TenantSettings",
     "WebSourceSettings",
@@ -129,6 +131,14 @@ class ScheduleSettings(_Section):
     jitter_seconds: int = Field(default=30, ge=0)
 
 
+class SyncSettings(_Section):
+    """The mass-delete breaker (kbsync.deletion_guard): a run deletes at most this share of a web or files source's
+    documents once it holds `mass_delete_min_docs`; `kbsync resync --allow-mass-delete` lifts it for one run."""
+
+    max_delete_fraction: float = Field(default=0.5, gt=0, le=1)
+    mass_delete_min_docs: int = Field(default=5, ge=1)
+
+
 class RetentionSettings(_Section):
     """How long finished records are kept in the state database; pruned by the daemon (kbsync/retention.py)."""
 
@@ -151,7 +161,7 @@ class ChatwootSourceSettings(_Section):
     @property
     def source_id(self) -> str:
         """The value of the `source` metadata key on this source's chunks."""
-        return f"chatwoot:{self.portal}"
+        return chatwoot_source_id(self.portal)
 
 
 class WebSourceSettings(_Section):
@@ -321,6 +331,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     server: ServerSettings = ServerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    sync: SyncSettings = SyncSettings()
     retention: RetentionSettings = RetentionSettings()
     tenants: list[TenantSettings] = []
 

@@ -10,9 +10,9 @@ import hashlib
 import json
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-__all__ = ["DocError", "Document", "Listing", "Source", "make_doc_id"]
+__all__ = ["Changes", "DocError", "Document", "Listing", "ListingObserver", "Polling", "Source", "make_doc_id"]
 
 _MAX_DOC_ID_BYTES = 96
 
@@ -83,8 +83,8 @@ class Listing:
 
 
 class Source(Protocol):
-    """What the engine needs of a source. A source may also offer `changes_since(watermark)` (a cheap poll) and
-    `applied(listing, indexed)` (told which documents the index holds once a listing was applied)."""
+    """What the engine needs of a source. A source may also be `Polling` (a cheap change scan) and a
+    `ListingObserver` (told which documents the index holds once a listing was applied)."""
 
     source_id: str
     kind: str
@@ -96,4 +96,44 @@ class Source(Protocol):
 
     def confirm_gone(self, doc_ids: Collection[str]) -> set[str]:
         """The second look: of `doc_ids` (missing from a complete listing), those that are really gone."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a newest-first poll saw since a watermark.
+
+    `published`: current documents updated at or after `watermark - overlap` (the engine's hash check makes the
+    overlap free). `gone`: doc ids the source itself says are no longer indexable (no second look needed).
+    `newest`: the largest `updated_at` seen, never below the watermark, and exactly the watermark when the poll is
+    not `complete` (so a caller that stores it never skips what this poll missed). `all_articles_count`: the
+    source's total; a drop below the last known total means a hard delete, which no poll can see, and makes the
+    engine reconcile. `requests`: HTTP requests this poll made (retries not counted).
+    """
+
+    published: list[Document]
+    gone: set[str]
+    newest: int
+    all_articles_count: int
+    requests: int
+    complete: bool
+
+
+@runtime_checkable
+class Polling(Protocol):
+    """A source with a cheap change scan (Chatwoot: newest-first down to the watermark); the others are read by
+    reconcile only."""
+
+    def changes_since(self, watermark: int) -> Changes:
+        """What changed at or after `watermark` (epoch seconds). Raises SourceError when the scan failed."""
+        ...
+
+
+@runtime_checkable
+class ListingObserver(Protocol):
+    """A source told, after a listing was applied, which documents the index now holds (the web source keeps
+    only those pages' validators, so a page whose write failed is fetched again)."""
+
+    def applied(self, listing: Listing, indexed: Collection[str]) -> None:
+        """`listing` was applied; `indexed` are the doc ids the index holds now."""
         ...

@@ -31,7 +31,8 @@ import tenacity
 from kbsync import __version__
 from kbsync.errors import ConfigError, IncompleteListing, SourceError, SourceRejected, SourceUnavailable
 from kbsync.settings import ChatwootSourceSettings, TenantSettings
-from kbsync.sources import Document, Listing, make_doc_id
+from kbsync.sources import Changes, Document, Listing
+from kbsync.webhooks import chatwoot_doc_id, chatwoot_source_id
 
 __all__ = ["PER_PAGE", "Changes", "ChatwootClient", "ChatwootClientOptions", "ChatwootSource"]
 
@@ -307,7 +308,7 @@ class ChatwootClient:
 
 
 def _source_id(slug: str) -> str:
-    return f"chatwoot:{slug}"
+    return chatwoot_source_id(slug)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -464,26 +465,6 @@ class _Portal:
     base_url: str  # citation URLs start here
     default_locale: str
     archived: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Changes:
-    """What a newest-first poll saw since a watermark.
-
-    `published`: current published articles updated at or after `watermark - overlap` (the engine's hash check
-    makes the overlap free). `gone`: doc ids seen in that window with another status, or outside the locale
-    filter. `newest`: the largest `updated_at` seen, never below the watermark, and exactly the watermark when
-    the poll is not `complete` (so a caller that stores it never skips what this poll missed).
-    `all_articles_count`: every article of the portal; a drop below the last known total means a hard delete,
-    which no poll can see. `requests`: HTTP requests this poll made (retries not counted).
-    """
-
-    published: list[Document]
-    gone: set[str]
-    newest: int
-    all_articles_count: int
-    requests: int
-    complete: bool
 
 
 class ChatwootSource:
@@ -710,7 +691,7 @@ class ChatwootSource:
         return self.tenant.chatwoot_url.rstrip("/")
 
     def _doc_id(self, article: dict[str, Any]) -> str:
-        return make_doc_id(self.kind, f"{self.portal_slug}:{article['id']}")
+        return chatwoot_doc_id(self.portal_slug, article["id"])
 
     @staticmethod
     def _locale(article: dict[str, Any], portal: _Portal) -> str:

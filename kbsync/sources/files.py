@@ -24,7 +24,7 @@ import structlog
 import yaml
 
 from kbsync.errors import SourceUnavailable
-from kbsync.markdown import html_to_markdown
+from kbsync.markdown import first_h1, html_to_markdown
 from kbsync.settings import FilesSourceSettings
 from kbsync.sources import DocError, Document, Listing, make_doc_id
 
@@ -35,7 +35,6 @@ log = structlog.get_logger(__name__)
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 HTML_SUFFIXES = (".html", ".htm")
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)
-_H1 = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.M)
 
 
 class FilesSource:
@@ -108,9 +107,7 @@ class FilesSource:
         else:
             text, meta = _split_front_matter(raw, path)
             title = str(meta.get("title") or "")
-            if not title:
-                heading = _H1.search(text)
-                title = heading.group(1).strip() if heading else ""
+            title = title or first_h1(text)
         return Document(
             doc_id=self.doc_id(path),
             source=self.source_id,

@@ -332,7 +332,7 @@ class Replica:
     def query(self, tenant: str, project: str, text: str, k: int = 50) -> httpx.Response:
         return self.http.post(
             "/v1/query",
-            json={"tenant": tenant, "project": project, "query": text, "k": k},
+            json={"tenant": tenant, "project": project, "query": text, "k": k, "group": "chunk"},
             headers={"Authorization": f"Bearer {self.secrets.query(tenant)}"},
         )
 

@@ -34,6 +34,10 @@ class Discovery:
     targets: list[Target]
     complete: bool
     errors: list[DocError] = field(default_factory=list)
+    # Listed and in scope but disallowed by robots.txt: not fetched, and never taken for gone (robots.txt says
+    # "do not fetch", not "this page was deleted").
+    disallowed: list[Target] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def discover(crawl: Crawl, settings: WebSourceSettings) -> Discovery:
@@ -41,7 +45,9 @@ def discover(crawl: Crawl, settings: WebSourceSettings) -> Discovery:
     (sitemaps after the one that fills `max_pages` are not read)."""
     discovery = Discovery([], complete=True)
     explicit = [SitemapEntry(explicit_url(crawl, url)) for url in settings.urls]
-    sitemap_pages = _read_sitemaps(crawl, settings.sitemap, discovery) if settings.sitemap else iter(())
+    sitemap_pages: Iterator[SitemapEntry] = iter(())
+    if settings.sitemap:
+        sitemap_pages = _counted(_read_sitemaps(crawl, settings.sitemap, discovery), discovery, crawl.source_id)
     seen: set[str] = set()
     for entry in itertools.chain(explicit, sitemap_pages):
         if len(discovery.targets) >= settings.max_pages:
@@ -56,9 +62,24 @@ def discover(crawl: Crawl, settings: WebSourceSettings) -> Discovery:
         seen.add(key)
         if not crawl.robots_allows(url):
             log.debug("web.robots_disallowed", url=url)
+            discovery.disallowed.append(Target(url, key, entry.lastmod))
             continue
         discovery.targets.append(Target(url, key, entry.lastmod))
     return discovery
+
+
+def _counted(entries: Iterator[SitemapEntry], discovery: Discovery, source_id: str) -> Iterator[SitemapEntry]:
+    """`entries`; a sitemap that lists no page at all makes the listing incomplete. A docs site does not lose
+    every page at once: an empty `<urlset>` is a broken deploy or a maintenance answer, and must delete nothing."""
+    count = 0
+    for entry in entries:
+        count += 1
+        yield entry
+    if count == 0 and discovery.complete:
+        discovery.complete = False
+        discovery.warnings.append(
+            f"{source_id}: the sitemap lists no pages at all; taken for a broken answer, so nothing was deleted"
+        )
 
 def explicit_url(crawl: Crawl, url: str) -> str:
     """A configured URL: a refused address fails the listing (SourceRejected), it is never skipped."""

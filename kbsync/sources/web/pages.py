@@ -18,7 +18,6 @@ from kbsync.sources.web.cache import PageValidators
 from kbsync.sources.web.urls import host_key
 
 __all__ = [
-    "MD_H1",
     "conditional_headers",
     "decode_body",
     "extract",
@@ -120,9 +119,6 @@ def decode_body(body: bytes, headers: httpx.Headers) -> str:
         return body.decode(charset, errors="replace")
     except LookupError:
         return body.decode("utf-8", errors="replace")
-
-
-MD_H1 = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.M)
 
 
 def extract(html: str, source_id: str, url: str) -> tuple[str, str]:

@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from urllib.parse import urljoin
 
 import httpx
@@ -14,13 +14,13 @@ import structlog
 
 from kbsync.errors import SourceError, SourceRejected
 from kbsync.settings import WebSourceSettings
+from kbsync.markdown import first_h1
 from kbsync.sources import DocError, Document, Listing
 from kbsync.sources.web.cache import MemoryPageCache, PageCache, PageValidators
 from kbsync.sources.web.crawl import Crawl, Response
 from kbsync.sources.web.discovery import Discovery, Target, discover
 from kbsync.sources.web.options import CrawlStats, FetchOptions
 from kbsync.sources.web.pages import (
-    MD_H1,
     conditional_headers,
     decode_body,
     extract,
@@ -32,24 +32,11 @@ from kbsync.sources.web.pages import (
 )
 from kbsync.sources.web.scope import OutOfScope, Refused, Scope
 from kbsync.sources.web.urls import clean_url, host_key, normalize_url, page_doc_id
+from kbsync.sources.web.visits import Visit, unshare_canonicals, without_shared_canonicals
 
 __all__ = ["WebSource"]
 
 log = structlog.get_logger("kbsync.sources.web")
-
-
-@dataclass(slots=True)
-class _Visit:
-    """What one page came to; exactly one of the fields below `target` is set (none: skipped)."""
-
-    target: Target
-    document: Document | None = None
-    validators: PageValidators | None = None  # to stage (document, or a 304 with news)
-    unchanged: str = ""  # doc_id of a 304 / unchanged <lastmod>
-    gone: str = ""  # doc_id of a 404 / 410
-    error: DocError | None = None
-    lastmod_skip: bool = False  # unchanged without a request
-    drop_validators: bool = False  # gone or out of scope: a later 304 must not stand for it
 
 
 class WebSource:
@@ -127,11 +114,15 @@ class WebSource:
             except SourceError as exc:
                 log.warning("web.confirm_without_sitemap", error=str(exc))
                 discovery = Discovery([], complete=False)
-            listed = {t.key for t in discovery.targets}
-            listed_ids = {page_doc_id(t.key) for t in discovery.targets}
+            known = discovery.targets + discovery.disallowed
+            listed = {t.key for t in known}
+            listed_ids = {page_doc_id(t.key) for t in known}
+            verdicts = {}
             for doc_id in doc_ids:
                 url = self._url_of(doc_id)
-                if self._confirm_one(crawl, doc_id, url, discovery.complete, listed, listed_ids):
+                verdicts[doc_id] = (url, self._confirm_one(crawl, doc_id, url, discovery.complete, listed, listed_ids))
+            for doc_id, (url, verdict) in without_shared_canonicals(verdicts).items():
+                if verdict:
                     gone.add(doc_id)
                     if url is not None:
                         self.cache.delete(normalize_url(url))
@@ -194,23 +185,23 @@ class WebSource:
 
     def _visit(
         self, crawl: Crawl, target: Target, cached: PageValidators | None, *, conditional: bool, trust_lastmod: bool
-    ) -> _Visit:
+    ) -> Visit:
         """One page (on a worker thread: the cache is read and written by the caller, never here)."""
         if trust_lastmod and cached is not None and target.lastmod and cached.lastmod == target.lastmod:
-            return _Visit(target, unchanged=cached.doc_id, lastmod_skip=True)
+            return Visit(target, unchanged=cached.doc_id, lastmod_skip=True)
         fallback_id = cached.doc_id if cached is not None else page_doc_id(target.key)
         try:
             response = crawl.fetch(target.url, kind="page", headers=conditional_headers(cached) if conditional else {})
             if response.status in (404, 410):
-                return _Visit(target, gone=fallback_id, drop_validators=True)
+                return Visit(target, gone=fallback_id, drop_validators=True)
             if response.status == 304:
                 return self._not_modified(target, cached, response)
             document = self._document(target, response)
         except OutOfScope as exc:
             log.info("web.page_skipped", url=target.url, reason=exc.reason)
-            return _Visit(target, drop_validators=True)
+            return Visit(target, drop_validators=True)
         except SourceError as exc:
-            return _Visit(target, error=DocError(fallback_id, str(exc)))
+            return Visit(target, error=DocError(fallback_id, str(exc)))
         validators = PageValidators(
             doc_id=document.doc_id,
             etag=response.headers.get("etag", ""),
@@ -218,9 +209,9 @@ class WebSource:
             lastmod=target.lastmod,
             title=document.title,
         )
-        return _Visit(target, document=document, validators=validators)
+        return Visit(target, document=document, validators=validators, served_from=response.url)
 
-    def _not_modified(self, target: Target, cached: PageValidators | None, response: Response) -> _Visit:
+    def _not_modified(self, target: Target, cached: PageValidators | None, response: Response) -> Visit:
         if cached is None:
             raise SourceRejected("HTTP 304 to an unconditional request", source=self.source_id, url=target.url)
         fresh = replace(
@@ -229,10 +220,10 @@ class WebSource:
             last_modified=response.headers.get("last-modified", "") or cached.last_modified,
             lastmod=target.lastmod or cached.lastmod,
         )
-        return _Visit(target, unchanged=cached.doc_id, validators=fresh if fresh != cached else None)
+        return Visit(target, unchanged=cached.doc_id, validators=fresh if fresh != cached else None)
 
     @staticmethod
-    def _count(stats: CrawlStats, visits: list[_Visit]) -> None:
+    def _count(stats: CrawlStats, visits: list[Visit]) -> None:
         for visit in visits:
             if visit.document is not None:
                 stats.documents += 1
@@ -252,8 +243,7 @@ class WebSource:
         text = decode_body(response.body, response.headers)
         if fmt == "markdown":
             markdown = text.lstrip("\ufeff")
-            heading = MD_H1.search(markdown)
-            title, url, locale = (heading.group(1).strip() if heading else ""), response.url, ""
+            title, url, locale = first_h1(markdown), response.url, ""
         else:
             markdown, title = extract(text, self.source_id, response.url)
             head = parse_head(text)
@@ -286,8 +276,9 @@ class WebSource:
             return served_from
         return canonical
 
-    def _assemble(self, visits: list[_Visit], discovery: Discovery) -> Listing:
+    def _assemble(self, visits: list[Visit], discovery: Discovery) -> Listing:
         """One document per doc_id: the page served from its own canonical URL wins, else the first one."""
+        visits, warnings = unshare_canonicals(visits, self.source_id)
         documents: dict[str, Document] = {}
         canonical_hit: set[str] = set()
         unchanged: set[str] = set()
@@ -320,7 +311,19 @@ class WebSource:
             complete=discovery.complete and not errors,
             errors=errors,
             unchanged=unchanged - set(documents),
+            warnings=discovery.warnings + warnings + self._kept_disallowed(discovery),
         )
+
+    def _kept_disallowed(self, discovery: Discovery) -> list[str]:
+        """A warning when robots.txt now disallows pages the index holds (they have validators): kept, not gone."""
+        held = [t for t in discovery.disallowed if self.cache.get(t.key) is not None]
+        if not held:
+            return []
+        log.warning("web.robots_disallows_indexed", pages=len(held), example=held[0].url)
+        return [
+            f"{self.source_id}: robots.txt now disallows {len(held)} indexed page(s) (e.g. {held[0].url}); they are "
+            "not fetched and stay indexed (robots.txt says do not fetch, not gone)"
+        ]
 
     # -- the second look
 
@@ -341,9 +344,10 @@ class WebSource:
         sitemap_complete: bool,
         listed: set[str],
         listed_ids: set[str],
-    ) -> bool:
+    ) -> bool | str:
         """404/410 now, or (only while the sitemaps were re-read in full) no longer listed, out of scope, or
-        serving another document. A transient failure or an SSRF refusal proves nothing."""
+        serving another document (then that document's id). A transient failure, an SSRF refusal or a robots.txt
+        rule proves nothing."""
         if url is None:
             # No address for a hashed id: gone only when the site answered in full and nothing lists it.
             return sitemap_complete and doc_id not in listed_ids
@@ -351,8 +355,11 @@ class WebSource:
         if sitemap_complete and key not in listed and doc_id not in listed_ids:
             return True  # dropped from a complete sitemap (and not among `urls`)
         try:
-            if not self._scope.allows(url) or not crawl.robots_allows(url):
+            if not self._scope.allows(url):
                 return sitemap_complete  # no longer ours to fetch
+            if not crawl.robots_allows(url):
+                log.info("web.kept_disallowed", doc_id=doc_id, url=url)
+                return False  # robots.txt says "do not fetch", not "gone"
             response = crawl.fetch(clean_url(url), kind="page")
             if response.status in (404, 410):
                 return True
@@ -367,5 +374,6 @@ class WebSource:
         except SourceError as exc:
             log.info("web.not_confirmed", doc_id=doc_id, error=str(exc))
             return False
-        return document.doc_id != doc_id  # the page now stands for another document
+        return document.doc_id if document.doc_id != doc_id else False  # the page now stands for another document
+
 
