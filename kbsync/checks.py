@@ -8,7 +8,8 @@ from typing import Any
 
 from kbsync.embedding import default_model_dir, missing_model_files
 from kbsync.errors import KbsyncError, SourceError, StateLocked, StoreLocked
-from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, Settings, TenantSettings
+from kbsync.settings import ChatwootSourceSettings, ConfluenceSourceSettings, FilesSourceSettings, NotionSourceSettings
+from kbsync.settings import Settings, TenantSettings
 
 __all__ = ["CheckResult", "run_checks"]
 
@@ -20,22 +21,29 @@ class CheckResult:
     detail: str
 
 
-def run_checks(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[CheckResult]:
+def run_checks(settings: Settings, *, chatwoot_options: Any = None, api_options: Any = None) -> Iterator[CheckResult]:
     """Settings were already validated by loading them; this checks what loading cannot.
 
     `chatwoot_options` (a ChatwootClientOptions) tunes the Chatwoot requests; by default a check waits and retries
-    less than a sync does, so an unreachable Chatwoot fails the check within seconds."""
+    less than a sync does, so an unreachable Chatwoot fails the check within seconds. `api_options` (HttpOptions)
+    does the same for Confluence and Notion sources."""
     yield CheckResult("settings", True, f"{settings.source_file} ({len(settings.tenants)} tenants)")
     yield from _secret_checks(settings)
     yield _model_check(settings)
     yield _state_check(settings)
     yield from _store_checks(settings)
+    yield from _lexical_checks(settings)
     for tenant in settings.tenants:
         for project in tenant.projects:
             for source in project.sources:
                 if isinstance(source, FilesSourceSettings):
                     ok = source.path.is_dir()
                     detail = f"{source.path}" + ("" if ok else " does not exist")
+                    yield CheckResult(f"{tenant.id}/{project.id} {source.source_id}", ok, detail)
+                elif isinstance(source, ConfluenceSourceSettings | NotionSourceSettings):
+                    from kbsync.sources.apis import check_api_source
+
+                    ok, detail = check_api_source(source, api_options)
                     yield CheckResult(f"{tenant.id}/{project.id} {source.source_id}", ok, detail)
         yield from _chatwoot_checks(tenant, chatwoot_options)
 
@@ -92,6 +100,40 @@ def _store_checks(settings: Settings) -> Iterator[CheckResult]:
                 yield CheckResult(name, False, str(exc))
                 continue
             yield CheckResult(name, True, f"{store.description} ({len(collections)} collections)")
+
+
+def _lexical_checks(settings: Settings) -> Iterator[CheckResult]:
+    """Each project's lexical rows (state database) match its collection's chunk count; a mismatch is repaired
+    by the next `kbsync resync`. Skipped while a running kbsync owns the state or the store."""
+    from contextlib import ExitStack
+
+    from kbsync.lexical import LexicalIndex
+    from kbsync.store import collection_name
+    from kbsync.wiring import open_state, open_stores
+
+    with ExitStack() as stack:
+        try:
+            state = open_state(settings)
+            stack.callback(state.close)
+            lexical = LexicalIndex(state)
+            default, tenant_stores = open_stores(settings, stack)
+        except (StateLocked, StoreLocked):
+            return  # the running process keeps them in step; `state` and `store` already said who owns them
+        except KbsyncError as exc:
+            yield CheckResult("lexical index", False, str(exc))
+            return
+        for tenant in settings.tenants:
+            store = tenant_stores.get(tenant.id, default)
+            for project in tenant.projects:
+                try:
+                    rows = lexical.count(tenant.id, project.id)
+                    chunks = store.count(collection_name(tenant.id, project.id))
+                except KbsyncError as exc:
+                    yield CheckResult(f"{tenant.id}/{project.id} lexical index", False, str(exc))
+                    continue
+                ok = rows == chunks
+                detail = f"{rows} rows for {chunks} chunks" + ("" if ok else ": run `kbsync resync` to rebuild it")
+                yield CheckResult(f"{tenant.id}/{project.id} lexical index", ok, detail)
 
 
 def _state_check(settings: Settings) -> CheckResult:

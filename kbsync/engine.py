@@ -31,12 +31,13 @@ from kbsync.deletion_guard import check_deletes
 from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.leases import LeaseKeeper
+from kbsync.lexical import LexicalIndex, converge_lexical
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
 from kbsync.sources import Document, ListingObserver, Polling, Source
 from kbsync.state import State, Watermark
-from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
+from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, check_storable, collection_name
 from kbsync.webhooks import WebhookEvent
 
 __all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
@@ -156,8 +157,10 @@ class Engine:
         chunker: Chunker,
         state: State,
         sources: dict[ProjectKey, list[Source]],
+        lexical: LexicalIndex | None = None,
     ) -> None:
         self.settings = settings
+        self.lexical = lexical  # the lexical leg (kbsync.lexical), written right after each store write/delete
         self.store = store  # the [chroma] store
         self._tenant_stores = dict(tenant_stores or {})  # tenants with a [tenants.chroma] server of their own
         self.embedder = embedder
@@ -317,6 +320,7 @@ class Engine:
                 self._reconcile_source(
                     key, source, index, report, rebuild=rebuild, progress=progress, allow_mass_delete=allow_mass_delete
                 )
+            self._converge_lexical(key, index, report)
 
         return self._run(key, "reconcile", work)
 
@@ -392,6 +396,9 @@ class Engine:
             # The source itself says these are no longer published: no second look is needed.
             gone = {d for d in changes.gone if d in index.docs and index.docs[d].source == source.source_id}
             self._delete_documents(key, gone, index, report)
+            applied_changes = getattr(source, "applied_changes", None)  # the change gate of API sources
+            if applied_changes is not None:
+                applied_changes(changes, index.docs.keys())
             if mark.total is not None and changes.all_articles_count < mark.total:
                 log.info("source.total_dropped", was=mark.total, now=changes.all_articles_count)
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
@@ -474,7 +481,13 @@ class Engine:
         for doc in _newest_per_id(documents):
             report.docs_seen += 1
             held = index.docs.get(doc.doc_id)
-            item = self._plan(doc, held, report, rebuild=rebuild)
+            # Arbitrary content meets the chunker and the store's limits here: one document fails, not the run.
+            try:
+                item = self._plan(doc, held, report, rebuild=rebuild)
+            except Exception as exc:  # noqa: BLE001
+                report.errors.append(f"{doc.source} {doc.doc_id}: cannot be chunked: {type(exc).__name__}: {exc}")
+                log.warning("doc.unchunkable", doc_id=doc.doc_id, error=f"{type(exc).__name__}: {exc}")
+                continue  # whatever the index holds of it stays
             if isinstance(item, _Pending):
                 pending.append(item)
                 fresh_count += len(item.fresh)
@@ -503,6 +516,8 @@ class Engine:
                 report.docs_unchanged += 1
                 return "metadata" if held.updated_at != doc.updated_at else None
         chunks = self.chunker.split(doc.doc_id, doc.title, doc.text)
+        for chunk in chunks:
+            check_storable(chunk.id, chunk.text)
         held_ids = set(held.chunks) if held is not None and not rebuild else set()
         return _Pending(doc, doc_hash, chunks, held, [c for c in chunks if c.id not in held_ids])
 
@@ -551,8 +566,10 @@ class Engine:
             self.state.add_locales(key.tenant, key.project, {str(r.metadata["locale"]) for r in records})
         # New chunks are written before any stale one is deleted: a document never disappears while updated.
         self.store_for(key).write(key.collection, records)
+        self._lexical_write(key, records)
         report.chunks_written += written
         self.store_for(key).delete(key.collection, stale)
+        self._lexical_delete(key, stale)
         report.chunks_deleted += len(stale)
         for doc, held, metas in refreshed:
             held.chunks.update(metas)
@@ -574,11 +591,30 @@ class Engine:
         if not held:
             return
         self.store_for(key).delete(key.collection, [c for doc in held for c in sorted(doc.chunks)])
+        self._lexical_delete(key, [c for doc in held for c in sorted(doc.chunks)])
         for doc in held:
             del index.docs[doc.doc_id]
             report.docs_deleted += 1
             report.chunks_deleted += len(doc.chunks)
             log.info("doc.deleted", doc_id=doc.doc_id, chunks=len(doc.chunks))
+
+    def _lexical_write(self, key: ProjectKey, records: Sequence[ChunkRecord]) -> None:
+        if self.lexical is not None:  # metadata-only refreshes carry no text and leave the rows as they are
+            self.lexical.write(key.tenant, key.project, [(r.id, r.text, r.metadata) for r in records if r.text])
+
+    def _lexical_delete(self, key: ProjectKey, chunk_ids: Sequence[str]) -> None:
+        if self.lexical is not None:
+            self.lexical.delete(key.tenant, key.project, chunk_ids)
+
+    def _converge_lexical(self, key: ProjectKey, index: ProjectIndex, report: RunReport) -> None:
+        """Make the lexical rows match the collection (a failed write, or a store older than the lexical leg)."""
+        if self.lexical is None or not index.complete:
+            return
+        added, removed = converge_lexical(self.lexical, self.store_for(key), key.tenant, key.project,
+                                          key.collection, index)
+        if added or removed:
+            log.info("lexical.converged", added=added, removed=removed)
+            report.warnings.append(f"lexical index repaired: {added} rows added, {removed} removed")
 
     # -- query -------------------------------------------------------------------------------------------
 
@@ -608,7 +644,7 @@ class Engine:
                 self.state.add_locales(key.tenant, key.project, locales)
             if locales != {locale}:
                 where = {"locale": locale}
-        retrieval = Retrieval(self.store_for(key), None, self.settings.retrieval.candidates)
+        retrieval = Retrieval(self.store_for(key), self.lexical, self.settings.retrieval.candidates)
         weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
         return retrieval.search(
             key.collection, (key.tenant, key.project), vector, text,

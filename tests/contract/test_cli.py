@@ -156,3 +156,25 @@ def test_options_that_do_not_apply_are_refused(files_settings: Path) -> None:
     assert result.exit_code == 2 and "--json does not apply" in result.stderr
     result = runner.invoke(app, ["status", "--log-level", "loud", "-c", str(files_settings)], catch_exceptions=False)
     assert result.exit_code == 2 and "loud" in result.stderr
+
+
+def test_check_reports_a_lexical_index_that_disagrees_with_the_store(files_settings: Path, docs_dir, monkeypatch) -> None:
+    from kbsync.lexical import LexicalIndex
+    from kbsync.settings import load_settings
+    from kbsync.state import State
+
+    monkeypatch.setenv("KBSYNC_ADMIN_TOKEN", "t")
+    (docs_dir / "refunds.md").write_text("# Refunds\n\nRefunds are paid back within five business days.\n")
+    assert invoke(files_settings, "resync").exit_code == 0
+    result = invoke(files_settings, "check")
+    assert result.exit_code == 0 and "acme/alpha lexical index: 1 rows for 1 chunks" in result.stdout
+    state = State.open(load_settings(files_settings))
+    try:
+        lexical = LexicalIndex(state)
+        lexical.delete("acme", "alpha", sorted(lexical.ids("acme", "alpha")))
+    finally:
+        state.close()
+    result = invoke(files_settings, "check")
+    assert result.exit_code == 1 and "0 rows for 1 chunks: run `kbsync resync`" in result.stdout
+    assert invoke(files_settings, "resync").exit_code == 0
+    assert invoke(files_settings, "check").exit_code == 0

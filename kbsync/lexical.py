@@ -1,0 +1,298 @@
+"""The lexical leg of the query path: full-text search over the chunk texts, inside the state database.
+
+SQLite: a content table of chunk rows and two FTS5 indexes over it, kept in step by triggers (FTS5's external
+content pattern): English chunks in one with Porter stemming (`porter unicode61 remove_diacritics 2`), every other
+locale in one without (`unicode61 remove_diacritics 2`); ranked by `bm25`. PostgreSQL: one table with a `tsvector`
+column (GIN index), built with the text search configuration of the chunk's locale (`simple` where PostgreSQL has
+none); ranked by `ts_rank_cd`. Replicas share it through PostgreSQL like the rest of the state.
+
+Rows are written and deleted in the engine's write path, right after the Chroma write or delete they mirror. A
+question becomes an OR of its words (stop words dropped), each quoted, so no input is read as query syntax.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from kbsync.retrieval import LexicalHit
+from kbsync.state import State, db_errors
+
+__all__ = ["LexicalIndex", "LexicalRow", "converge_lexical", "query_terms"]
+
+# Words per question at most: a 10 kB question makes a long OR, and the first words carry the question.
+_MAX_TERMS = 48
+_WORD = re.compile(r"[^\W_]+")
+# English function words: they match nearly every chunk and only cost time (BM25 gives them little weight anyway).
+_STOP_WORDS = frozenset(
+    """a about after all also am an and any are as at be been before being but by can could did do does doing done
+    for from get got had has have having he her here hers him his how i if in into is it its just me more most my
+    no nor not of off on once only or other our ours out over own same she should so some such than that the their
+    theirs them then there these they this those through to too under until up very was we were what when where
+    which while who whom why will with would you your yours""".split()
+)
+# Locale language -> PostgreSQL text search configuration (those a stock PostgreSQL 15 ships).
+_PG_CONFIGS = {
+    "ar": "arabic", "hy": "armenian", "eu": "basque", "ca": "catalan", "da": "danish", "nl": "dutch",
+    "en": "english", "fi": "finnish", "fr": "french", "de": "german", "el": "greek", "hi": "hindi",
+    "hu": "hungarian", "id": "indonesian", "ga": "irish", "it": "italian", "lt": "lithuanian", "ne": "nepali",
+    "no": "norwegian", "nb": "norwegian", "pt": "portuguese", "ro": "romanian", "ru": "russian", "sr": "serbian",
+    "es": "spanish", "sv": "swedish", "ta": "tamil", "tr": "turkish", "yi": "yiddish",
+}  # fmt: skip
+
+LexicalRow = tuple[str, str, Mapping[str, Any]]  # (chunk id, chunk text, chunk metadata)
+
+_sqlite_meta = sa.MetaData()
+_sqlite_rows = sa.Table(
+    "lexical_chunks",
+    _sqlite_meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),  # the FTS5 rowid
+    sa.Column("chunk_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("project", sa.String(64), nullable=False),
+    sa.Column("locale", sa.String(35), nullable=False),
+    sa.Column("doc_id", sa.String(128), nullable=False),
+    sa.Column("stemmed", sa.Integer, nullable=False),  # 1: in lexical_stem (English), 0: in lexical_plain
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("heading", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("lexical_chunks_project", "tenant", "project"),
+)
+_FTS_TABLES = {1: ("lexical_stem", "porter unicode61 remove_diacritics 2"), 0: ("lexical_plain", "unicode61 remove_diacritics 2")}
+
+_pg_meta = sa.MetaData()
+_pg_rows = sa.Table(
+    "lexical_chunks",
+    _pg_meta,
+    sa.Column("chunk_id", sa.String(128), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("project", sa.String(64), nullable=False),
+    sa.Column("locale", sa.String(35), nullable=False),
+    sa.Column("doc_id", sa.String(128), nullable=False),
+    sa.Column("config", sa.String(32), nullable=False),  # the text search configuration the row was built with
+    sa.Column("tsv", postgresql.TSVECTOR, nullable=False),
+    sa.Index("lexical_chunks_project", "tenant", "project"),
+    sa.Index("lexical_chunks_tsv", "tsv", postgresql_using="gin"),
+)
+
+
+def query_terms(text: str) -> list[str]:
+    """The distinct words of a question, lower-cased, stop words dropped, at most 48."""
+    terms: list[str] = []
+    for word in _WORD.findall(text.casefold()):
+        if word not in _STOP_WORDS and word not in terms:
+            terms.append(word)
+            if len(terms) == _MAX_TERMS:
+                break
+    return terms
+
+
+def _language(locale: str) -> str:
+    return re.split(r"[-_]", locale.strip().lower(), maxsplit=1)[0]
+
+
+def _body(text: str) -> str:
+    """The chunk text after its `Title > Heading` breadcrumb line (title and heading have their own columns)."""
+    first, _, rest = text.partition("\n\n")
+    return rest if rest else first
+
+
+class LexicalIndex:
+    """Full-text rows of every project's chunks in the state database (see the module docstring).
+
+    `weights` are the (title, heading, body) column weights of the ranking."""
+
+    def __init__(self, state: State, *, weights: tuple[float, float, float] = (2.0, 1.0, 1.0)) -> None:
+        self._db = state.engine
+        self._postgres = state.dialect == "postgresql"
+        self.weights = weights
+        with db_errors("create the lexical index"):
+            if self._postgres:
+                _pg_meta.create_all(self._db)
+                with self._db.connect() as conn:
+                    self._configs = {str(r[0]) for r in conn.execute(sa.text("SELECT cfgname FROM pg_ts_config"))}
+            else:
+                self._create_sqlite()
+
+    def _create_sqlite(self) -> None:
+        _sqlite_meta.create_all(self._db)
+        with self._db.begin() as tx:
+            for stemmed, (table, tokenizer) in _FTS_TABLES.items():
+                tx.execute(sa.text(
+                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5(title, heading, body, "
+                    f"content='lexical_chunks', content_rowid='id', tokenize='{tokenizer}')"
+                ))
+                tx.execute(sa.text(
+                    f"CREATE TRIGGER IF NOT EXISTS {table}_insert AFTER INSERT ON lexical_chunks "
+                    f"WHEN new.stemmed = {stemmed} BEGIN "
+                    f"INSERT INTO {table}(rowid, title, heading, body) VALUES (new.id, new.title, new.heading, new.body);"
+                    " END"
+                ))
+                tx.execute(sa.text(
+                    f"CREATE TRIGGER IF NOT EXISTS {table}_delete AFTER DELETE ON lexical_chunks "
+                    f"WHEN old.stemmed = {stemmed} BEGIN "
+                    f"INSERT INTO {table}({table}, rowid, title, heading, body) "
+                    "VALUES ('delete', old.id, old.title, old.heading, old.body); END"
+                ))
+
+    def config_for(self, locale: str) -> str:
+        """The PostgreSQL text search configuration of a locale (`simple` where the server has none)."""
+        name = _PG_CONFIGS.get(_language(locale), "simple")
+        return name if name in self._configs else "simple"
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def write(self, tenant: str, project: str, rows: Iterable[LexicalRow]) -> None:
+        """Insert or replace the rows of these chunks (the chunks just written to the store)."""
+        values = [self._values(tenant, project, chunk_id, text, meta) for chunk_id, text, meta in rows]
+        if not values:
+            return
+        with db_errors("write the lexical index"), self._db.begin() as tx:
+            table = _pg_rows if self._postgres else _sqlite_rows
+            ids = [v["chunk_id"] for v in values]
+            for start in range(0, len(ids), 500):
+                tx.execute(sa.delete(table).where(table.c.chunk_id.in_(ids[start : start + 500])))
+            if self._postgres:
+                tx.execute(
+                    sa.text(
+                        "INSERT INTO lexical_chunks (chunk_id, tenant, project, locale, doc_id, config, tsv) VALUES "
+                        "(:chunk_id, :tenant, :project, :locale, :doc_id, :config, "
+                        "setweight(to_tsvector(CAST(CAST(:config AS VARCHAR) AS regconfig), :title), 'A') || "
+                        "setweight(to_tsvector(CAST(CAST(:config AS VARCHAR) AS regconfig), :heading), 'B') || "
+                        "setweight(to_tsvector(CAST(CAST(:config AS VARCHAR) AS regconfig), :body), 'D'))"
+                    ),
+                    values,
+                )
+            else:
+                tx.execute(sa.insert(_sqlite_rows), values)
+
+    def _values(self, tenant: str, project: str, chunk_id: str, text: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+        locale = str(meta.get("locale", ""))
+        values = {
+            "chunk_id": chunk_id,
+            "tenant": tenant,
+            "project": project,
+            "locale": locale,
+            "doc_id": str(meta.get("doc_id", "")),
+            "title": str(meta.get("title", "")),
+            "heading": str(meta.get("heading", "")),
+            "body": _body(text),
+        }
+        if self._postgres:
+            values["config"] = self.config_for(locale)
+        else:
+            values["stemmed"] = int(_language(locale) == "en")
+        return values
+
+    def delete(self, tenant: str, project: str, chunk_ids: Sequence[str]) -> None:
+        """Delete the rows of these chunks (the chunks just deleted from the store)."""
+        if not chunk_ids:
+            return
+        table = _pg_rows if self._postgres else _sqlite_rows
+        ids = list(chunk_ids)
+        with db_errors("delete from the lexical index"), self._db.begin() as tx:
+            for start in range(0, len(ids), 500):
+                tx.execute(
+                    sa.delete(table).where(
+                        table.c.tenant == tenant,
+                        table.c.project == project,
+                        table.c.chunk_id.in_(ids[start : start + 500]),
+                    )
+                )
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def ids(self, tenant: str, project: str) -> set[str]:
+        """Every chunk id a project has rows for."""
+        table = _pg_rows if self._postgres else _sqlite_rows
+        with db_errors("read the lexical index"), self._db.connect() as conn:
+            rows = conn.execute(sa.select(table.c.chunk_id).where(table.c.tenant == tenant, table.c.project == project))
+            return {str(r[0]) for r in rows}
+
+    def count(self, tenant: str, project: str) -> int:
+        table = _pg_rows if self._postgres else _sqlite_rows
+        query = sa.select(sa.func.count()).select_from(table).where(table.c.tenant == tenant, table.c.project == project)
+        with db_errors("count the lexical index"), self._db.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def search(self, tenant: str, project: str, text: str, *, locale: str | None, limit: int) -> list[LexicalHit]:
+        """The best `limit` chunks of a project for a question (of `locale` when given), best first."""
+        terms = query_terms(text)
+        if not terms:
+            return []
+        with db_errors("search the lexical index"), self._db.connect() as conn:
+            if self._postgres:
+                return self._search_postgres(conn, tenant, project, terms, locale, limit)
+            return self._search_sqlite(conn, tenant, project, terms, locale, limit)
+
+    def _search_sqlite(
+        self, conn: sa.Connection, tenant: str, project: str, terms: list[str], locale: str | None, limit: int
+    ) -> list[LexicalHit]:
+        match = " OR ".join(f'"{term}"' for term in terms)  # quoted: no word is read as FTS5 syntax
+        stemmed = [1, 0] if locale is None else [int(_language(locale) == "en")]
+        title, heading, body = self.weights
+        found: list[LexicalHit] = []
+        for flag in stemmed:
+            table = _FTS_TABLES[flag][0]
+            rows = conn.execute(
+                sa.text(
+                    f"SELECT c.chunk_id, c.doc_id, bm25({table}, {title}, {heading}, {body}) AS rank "
+                    f"FROM {table} JOIN lexical_chunks c ON c.id = {table}.rowid "
+                    f"WHERE {table} MATCH :match AND c.tenant = :tenant AND c.project = :project"
+                    + (" AND c.locale = :locale" if locale is not None else "")
+                    + " ORDER BY rank LIMIT :limit"
+                ),
+                {"match": match, "tenant": tenant, "project": project, "locale": locale, "limit": limit},
+            )
+            found.extend(LexicalHit(str(r.chunk_id), str(r.doc_id), -float(r.rank)) for r in rows)
+        found.sort(key=lambda hit: -hit.score)
+        return found[:limit]
+
+    def _search_postgres(
+        self, conn: sa.Connection, tenant: str, project: str, terms: list[str], locale: str | None, limit: int
+    ) -> list[LexicalHit]:
+        # Each word through plainto_tsquery, so no input is read as tsquery syntax; OR-ed together.
+        words = {f"w{n}": term for n, term in enumerate(terms)}
+        if locale is not None:
+            config = "CAST(CAST(:config AS VARCHAR) AS regconfig)"
+            where = "config = :config AND locale = :locale AND "
+        else:
+            config, where = "CAST(config AS regconfig)", ""  # each row's own configuration (no index: rare)
+        query = " || ".join(f"plainto_tsquery({config}, :{name})" for name in words)
+        rows = conn.execute(
+            sa.text(
+                f"SELECT chunk_id, doc_id, ts_rank_cd(tsv, {query}) AS rank FROM lexical_chunks "
+                f"WHERE {where}tenant = :tenant AND project = :project AND tsv @@ ({query}) "
+                "ORDER BY rank DESC LIMIT :limit"
+            ),
+            {
+                **words,
+                "config": self.config_for(locale) if locale is not None else None,
+                "locale": locale,
+                "tenant": tenant,
+                "project": project,
+                "limit": limit,
+            },
+        )
+        return [LexicalHit(str(r.chunk_id), str(r.doc_id), float(r.rank)) for r in rows]
+
+
+def converge_lexical(
+    lexical: LexicalIndex, store: Any, tenant: str, project: str, collection: str, index: Any
+) -> tuple[int, int]:
+    """Make a project's lexical rows match what its collection holds (`index`, read back from it): rows of chunks
+    the collection lacks are deleted, missing rows written from the chunk texts the store holds. Returns
+    (added, removed)."""
+    held = {chunk_id for doc in index.docs.values() for chunk_id in doc.chunks}
+    rows = lexical.ids(tenant, project)
+    extra = sorted(rows - held)
+    lexical.delete(tenant, project, extra)
+    missing = sorted(held - rows)
+    for start in range(0, len(missing), 300):
+        hits = store.get(collection, missing[start : start + 300])
+        lexical.write(tenant, project, [(hit.id, hit.text, hit.metadata) for hit in hits])
+    return len(missing), len(extra)
