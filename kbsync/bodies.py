@@ -18,12 +18,14 @@ __all__ = ["BodyError", "has_lone_surrogate", "read_capped", "strict_json"]
 
 
 class BodyError(Exception):
-    """A request body that is refused: `status` is the HTTP answer (413, 408, 400, 422), `message` says why."""
+    """A request body that is refused: `status` is the HTTP answer (413, 408, 400, 422), `message` says why,
+    `fields` (422) name each offending input."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, fields: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.fields = fields or []
 
 
 async def read_capped(request: Request, limit: int, seconds: float) -> bytes:

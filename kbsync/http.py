@@ -13,7 +13,6 @@ import concurrent.futures
 import functools
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from typing import Any, Literal
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -31,6 +29,7 @@ from kbsync import __version__
 from kbsync.bodies import BodyError, read_capped, strict_json
 from kbsync.engine import Engine, ProjectKey
 from kbsync.errors import KbsyncError, UnknownProject
+from kbsync.http_errors import error_response, install_error_handlers
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue
 from kbsync.settings import Settings, TenantSettings
@@ -91,14 +90,11 @@ class ResyncBody(BaseModel):
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return error_response(status, message)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    """422 naming what is wrong, without echoing the input (a lone surrogate in it made this answer a 500)."""
-    errors = exc.errors() if isinstance(exc, (RequestValidationError, ValidationError)) else []
-    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "invalid")} for e in errors]
-    return JSONResponse({"detail": json.loads(json.dumps(detail, ensure_ascii=True))}, status_code=422)
+async def _body_error(_request: Request, exc: BodyError) -> JSONResponse:
+    return error_response(exc.status, exc.message, fields=exc.fields or None)
 
 
 def _body_model(model: type[BaseModel], raw: bytes, *, empty_ok: bool = False) -> Any:
@@ -108,9 +104,11 @@ def _body_model(model: type[BaseModel], raw: bytes, *, empty_ok: bool = False) -
     value = strict_json(raw)
     try:
         return model.model_validate(value)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise BodyError(422, problems) from None
+    except ValidationError as exc:  # named like FastAPI's own validation errors (kbsync/http_errors.py)
+        fields = [
+            {"field": ".".join(["body", *(str(p) for p in e["loc"])]), "message": str(e["msg"])} for e in exc.errors()
+        ]
+        raise BodyError(422, "invalid request", fields) from None
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -128,8 +126,8 @@ def _same(secret: Any, presented: str | None) -> bool:
 def create_app(ctx: ApiContext) -> FastAPI:
     """The FastAPI application over one daemon's engine and queue."""
     app = FastAPI(title="kbsync", version=__version__, docs_url=None, redoc_url=None)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(BodyError, lambda _r, exc: _error(exc.status, exc.message))  # type: ignore[arg-type]
+    install_error_handlers(app)
+    app.add_exception_handler(BodyError, _body_error)  # type: ignore[arg-type]
     bearer = HTTPBearer(auto_error=False)
     settings = ctx.settings
     server = settings.server

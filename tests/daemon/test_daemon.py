@@ -448,7 +448,7 @@ def test_cli_status_and_query_ask_the_running_daemon(stack: Stack, daemon: Daemo
     assert 1 <= len(results) <= 3 and all(r["doc_id"].startswith(f"chatwoot:{ACME_PORTAL}:") for r in results)
 
     unknown = stack.cli("query", "acme", "nope", "anything")
-    assert unknown.returncode == 1
+    assert unknown.returncode == 1 and "no project acme/nope" in unknown.stderr  # read from the error body
 
     refused = stack.cli("status", "--json", admin_token=False)
     assert refused.returncode == 1

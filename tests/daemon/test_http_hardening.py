@@ -128,7 +128,17 @@ def test_query_body_over_its_cap_is_413(stack: Stack, daemon: DaemonProcess) -> 
     big = json.dumps({"tenant": "acme", "project": "alpha", "query": "x" * 70_000})
     response = daemon.http.post("/v1/query", content=big, headers={**token, "Content-Type": "application/json"})
     assert response.status_code == 413, response.text
-    assert "64 KiB" in response.json()["error"]
+    assert "64 KiB" in response.json()["error"]["message"]
+
+
+def test_an_invalid_query_body_names_the_offending_field(stack: Stack, daemon: DaemonProcess) -> None:
+    """Validated after the token check, in the API's one error shape (kbsync/http_errors.py)."""
+    response = daemon.query("help", k=0)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert [f["field"] for f in error["fields"]] == ["body.k"], error
+    assert daemon.http.post("/v1/query", content=b"{not json", headers={
+        "Authorization": f"Bearer {daemon.secrets.acme_query}"}).status_code == 400
 
 
 def test_a_body_that_stops_arriving_gets_408_after_the_deadline(stack: Stack, daemon: DaemonProcess) -> None:
