@@ -133,11 +133,20 @@ def _daemon(settings: Any, method: str, path: str, body: dict[str, Any] | None, 
             f"${settings.server.admin_token_env} to its admin token",
             EXIT_FAILED,
         )
-    if response.status_code == 404:
-        _fail(response.json().get("detail", "not found"), EXIT_FAILED)
     if response.status_code >= 400:
-        _fail(f"the running daemon answered {response.status_code}: {response.text[:300]}", EXIT_FAILED)
+        _fail(f"the running daemon answered {response.status_code}: {_error_text(response)}", EXIT_FAILED)
     return response.json()
+
+
+def _error_text(response: Any) -> str:
+    """The message of the daemon's error body (kbsync.http_errors), else the start of the raw body."""
+    from kbsync.http_errors import error_message
+
+    try:
+        message = error_message(response.json())
+    except ValueError:
+        message = None
+    return message or response.text[:300]
 
 
 class _RichProgress:

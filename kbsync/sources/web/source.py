@@ -66,14 +66,15 @@ class WebSource:
 
     # -- the Source protocol
 
-    def list(self, *, rebuild: bool = False, conditional: bool = True, trust_lastmod: bool = False) -> Listing:
-        """Every page now. `rebuild` or `conditional=False` downloads every page again; `trust_lastmod=True`
-        skips pages whose sitemap `<lastmod>` is unchanged since they were stored (the cheap poll).
+    def list(self, *, rebuild: bool = False) -> Listing:
+        """Every page now. `rebuild` downloads every page again; otherwise a stored page costs a conditional
+        request (a 304), or none with the setting `trust_lastmod` when its sitemap `<lastmod>` is unchanged.
 
         Raises SourceRejected (a refused, missing or malformed root sitemap or `urls` entry) or SourceUnavailable
         (the root sitemap or robots.txt could not be read): nothing trustworthy was listed.
         """
-        conditional = conditional and not rebuild
+        conditional = not rebuild
+        trust_lastmod = self.settings.trust_lastmod and not rebuild
         started = time.monotonic()
         with self._crawl() as crawl:
             discovery = discover(crawl, self.settings)
