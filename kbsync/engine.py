@@ -35,7 +35,7 @@ from kbsync.lexical import LexicalIndex, converge_lexical
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
-from kbsync.sources import Document, ListingObserver, Polling, Source
+from kbsync.sources import ChangesObserver, Document, ListingObserver, Polling, Source
 from kbsync.state import State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, check_storable, collection_name
 from kbsync.webhooks import WebhookEvent
@@ -307,16 +307,20 @@ class Engine:
     def _record_counts(self, key: ProjectKey, index: ProjectIndex, report: RunReport) -> None:
         """Keep the project's document and chunk counts in the state database, for `status`: exact from a whole
         index, else the last counts moved by what this run added and deleted (a poll that changed nothing
-        writes nothing)."""
-        if index.complete:
-            self.state.set_counts(key.tenant, key.project, (len(index.docs), index.chunk_count))
-            return
-        if not (report.docs_added or report.docs_deleted or report.chunks_written or report.chunks_deleted):
-            return
-        held = self.state.counts(key.tenant, key.project)
-        docs = None if held is None else held[0] + report.docs_added - report.docs_deleted
-        chunks = self.store_for(key).count(key.collection)  # Chroma counts without reading metadata
-        self.state.set_counts(key.tenant, key.project, None if docs is None else (docs, chunks))
+        writes nothing). Counts are informational: failing to record them never fails the run."""
+        try:
+            if index.complete:
+                self.state.set_counts(key.tenant, key.project, (len(index.docs), index.chunk_count))
+                return
+            if not (report.docs_added or report.docs_deleted or report.chunks_written or report.chunks_deleted):
+                return
+            held = self.state.counts(key.tenant, key.project)
+            docs = None if held is None else held[0] + report.docs_added - report.docs_deleted
+            chunks = self.store_for(key).count(key.collection)  # Chroma counts without reading metadata
+            self.state.set_counts(key.tenant, key.project, None if docs is None else (docs, chunks))
+        except KbsyncError as exc:
+            log.warning("counts.not_recorded", error=str(exc))
+            self._forget_counts(key)
 
     def _forget_counts(self, key: ProjectKey) -> None:
         try:
@@ -418,9 +422,8 @@ class Engine:
             # The source itself says these are no longer published: no second look is needed.
             gone = {d for d in changes.gone if d in index.docs and index.docs[d].source == source.source_id}
             self._delete_documents(key, gone, index, report)
-            applied_changes = getattr(source, "applied_changes", None)  # the change gate of API sources
-            if applied_changes is not None:
-                applied_changes(changes, index.docs.keys())
+            if isinstance(source, ChangesObserver):  # the change gate of API sources
+                source.applied_changes(changes, index.docs.keys())
             if mark.total is not None and changes.all_articles_count < mark.total:
                 log.info("source.total_dropped", was=mark.total, now=changes.all_articles_count)
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
