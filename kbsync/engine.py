@@ -34,7 +34,7 @@ from kbsync.lexical import LexicalIndex, converge_lexical
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
-from kbsync.sources import Document, ListingObserver, Polling, Source
+from kbsync.sources import Document, ListingObserver, PollObserver, Polling, Source
 from kbsync.state import State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
 from kbsync.webhooks import WebhookEvent
@@ -386,9 +386,8 @@ class Engine:
             # The source itself says these are no longer published: no second look is needed.
             gone = {d for d in changes.gone if d in index.docs and index.docs[d].source == source.source_id}
             self._delete_documents(key, gone, index, report)
-            applied_changes = getattr(source, "applied_changes", None)  # the change gate of API sources
-            if applied_changes is not None:
-                applied_changes(changes, index.docs.keys())
+            if isinstance(source, PollObserver):  # the change gates of the Confluence and Notion sources
+                source.applied_changes(changes, index.docs.keys())
             if mark.total is not None and changes.all_articles_count < mark.total:
                 log.info("source.total_dropped", was=mark.total, now=changes.all_articles_count)
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)

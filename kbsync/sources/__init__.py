@@ -12,7 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Changes", "DocError", "Document", "Listing", "ListingObserver", "Polling", "Source", "make_doc_id"]
+__all__ = ["Changes", "DocError", "Document", "Listing", "ListingObserver", "PollObserver", "Polling", "Source", "make_doc_id"]
 
 _MAX_DOC_ID_BYTES = 96
 
@@ -136,4 +136,14 @@ class ListingObserver(Protocol):
 
     def applied(self, listing: Listing, indexed: Collection[str]) -> None:
         """`listing` was applied; `indexed` are the doc ids the index holds now."""
+        ...
+
+
+@runtime_checkable
+class PollObserver(Protocol):
+    """A source told, after a poll's changes were applied, which of them the index holds (the Confluence and
+    Notion change gates trust a version only once its document was written)."""
+
+    def applied_changes(self, changes: Changes, indexed: Collection[str]) -> None:
+        """`changes` were applied; `indexed` are doc ids the index holds now (at least those the poll read)."""
         ...

@@ -1,5 +1,5 @@
-"""What the API sources that poll share: the `Changes` a poll returns and the memory of which version of each
-document the index holds (the change gate that lets a listing or a poll skip the bodies of unchanged pages).
+"""What the API sources that poll share: the memory of which version of each document the index holds (the
+change gate that lets a listing or a poll skip the bodies of unchanged pages), and ISO timestamps as epochs.
 """
 
 from __future__ import annotations
@@ -9,26 +9,7 @@ import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from kbsync.sources import Document
-
-__all__ = ["Changes", "Versions", "iso_to_epoch"]
-
-
-@dataclass(frozen=True, slots=True)
-class Changes:
-    """What a poll saw since a watermark (the engine reads these fields; Chatwoot's `Changes` has the same).
-
-    `published`: current documents changed in the poll's window. `gone`: doc ids the source itself says are no
-    longer indexable (no second look needed). `newest`: the new watermark (never below the old one; exactly the
-    old one when not `complete`). `all_articles_count`: the source's total, a drop of which makes the engine
-    reconcile (0 where the API has no cheap count). `requests`: HTTP requests made, retries not counted."""
-
-    published: list[Document]
-    gone: set[str]
-    newest: int
-    all_articles_count: int
-    requests: int
-    complete: bool
+__all__ = ["Versions", "iso_to_epoch"]
 
 
 @dataclass(frozen=True, slots=True)
