@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kbsync import __version__
 from kbsync.engine import Engine, ProjectKey
 from kbsync.errors import KbsyncError, UnknownProject
+from kbsync.http_errors import error_response, install_error_handlers
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue
 from kbsync.settings import Settings, TenantSettings
@@ -78,7 +79,7 @@ class ResyncBody(BaseModel):
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return error_response(status, message)
 
 
 def _same(secret: Any, presented: str | None) -> bool:
@@ -91,6 +92,7 @@ def _same(secret: Any, presented: str | None) -> bool:
 def create_app(ctx: ApiContext) -> FastAPI:
     """The FastAPI application over one daemon's engine and queue."""
     app = FastAPI(title="kbsync", version=__version__, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
     bearer = HTTPBearer(auto_error=False)
     settings = ctx.settings
 

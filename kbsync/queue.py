@@ -136,7 +136,8 @@ class Queue:
                 ids = []
                 for name in projects:
                     row = _new_item(tenant, name, source, event, payload, delivery_id, now)
-                    ids.append(int(tx.execute(sa.insert(items).values(**row)).inserted_primary_key[0]))  # type: ignore[index]
+                    inserted = tx.execute(sa.insert(items).values(**row)).inserted_primary_key
+                    ids.append(int(inserted[0]))  # type: ignore[index]
                 return Enqueued(ids[0] if ids else None, False, tuple(ids))
         except IntegrityError:
             return Enqueued(None, True)
@@ -284,7 +285,8 @@ class Queue:
         )
         deleted = delete_in_batches(self.db, items, [items.c.id], [finished], batch)
         key = [deliveries.c.tenant, deliveries.c.delivery_id]
-        return deleted + delete_in_batches(self.db, deliveries, key, [deliveries.c.received_at < deliveries_before], batch)
+        old = [deliveries.c.received_at < deliveries_before]
+        return deleted + delete_in_batches(self.db, deliveries, key, old, batch)
 
     def dead(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest dead items (for status)."""

@@ -53,7 +53,9 @@ class PruneReport:
         return asdict(self)
 
 
-def prune(state: State, queue: Queue, settings: RetentionSettings, *, owner: str, now: float | None = None) -> PruneReport:
+def prune(
+    state: State, queue: Queue, settings: RetentionSettings, *, owner: str, now: float | None = None
+) -> PruneReport:
     """Delete what `settings` no longer keeps, as of `now` (default: the current time). Holds the `retention`
     lease while it works; returns `skipped` when another replica holds it."""
     started = time.monotonic()

@@ -166,6 +166,9 @@ class WebSourceSettings(_Section):
     include: list[str] = []
     max_pages: int = Field(default=2000, ge=1, le=1_000_000)
     allow_private_hosts: bool = False
+    # Skip requesting a page whose sitemap <lastmod> is unchanged since it was stored (no 304 round trip): only for
+    # sites whose <lastmod> moves with every edit. `resync --rebuild` reads every page regardless.
+    trust_lastmod: bool = False
 
     @field_validator("include")
     @classmethod

@@ -12,7 +12,17 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Changes", "DocError", "Document", "Listing", "ListingObserver", "PollObserver", "Polling", "Source", "make_doc_id"]
+__all__ = [
+    "Changes",
+    "ChangesObserver",
+    "DocError",
+    "Document",
+    "Listing",
+    "ListingObserver",
+    "Polling",
+    "Source",
+    "make_doc_id",
+]
 
 _MAX_DOC_ID_BYTES = 96
 
@@ -84,7 +94,8 @@ class Listing:
 
 class Source(Protocol):
     """What the engine needs of a source. A source may also be `Polling` (a cheap change scan) and a
-    `ListingObserver` (told which documents the index holds once a listing was applied)."""
+    `ListingObserver` (told which documents the index holds once a listing was applied) and a `ChangesObserver`
+    (told the same after a poll's changes were applied)."""
 
     source_id: str
     kind: str
@@ -140,10 +151,10 @@ class ListingObserver(Protocol):
 
 
 @runtime_checkable
-class PollObserver(Protocol):
-    """A source told, after a poll's changes were applied, which of them the index holds (the Confluence and
-    Notion change gates trust a version only once its document was written)."""
+class ChangesObserver(Protocol):
+    """A polling source told, after a poll's changes were applied, which documents the index now holds (the API
+    sources' change gate remembers only versions whose documents were written)."""
 
     def applied_changes(self, changes: Changes, indexed: Collection[str]) -> None:
-        """`changes` were applied; `indexed` are doc ids the index holds now (at least those the poll read)."""
+        """`changes` were applied; `indexed` are the doc ids the index holds now (a partial view after a poll)."""
         ...

@@ -220,7 +220,9 @@ def test_repeated_delivery_id_is_a_duplicate(stack: Stack, daemon: DaemonProcess
 
 
 @pytest.mark.parametrize("status", [401, 404])
-def test_a_permanent_failure_is_dead_at_once_and_shown_in_status(status: int, stack: Stack, daemon: DaemonProcess) -> None:
+def test_a_permanent_failure_is_dead_at_once_and_shown_in_status(
+    status: int, stack: Stack, daemon: DaemonProcess
+) -> None:
     """A refresh that fails with a bad token (401) or an unknown portal (404) cannot succeed on a retry: the item
     is dead after its first attempt (issue 14) and `kbsync status` lists it. If broken: it stays pending and is
     retried with backoff 8 times (the run report had flattened `SourceError.transient` into strings)."""
@@ -446,7 +448,7 @@ def test_cli_status_and_query_ask_the_running_daemon(stack: Stack, daemon: Daemo
     assert 1 <= len(results) <= 3 and all(r["doc_id"].startswith(f"chatwoot:{ACME_PORTAL}:") for r in results)
 
     unknown = stack.cli("query", "acme", "nope", "anything")
-    assert unknown.returncode == 1
+    assert unknown.returncode == 1 and "no project acme/nope" in unknown.stderr  # read from the error body
 
     refused = stack.cli("status", "--json", admin_token=False)
     assert refused.returncode == 1
