@@ -93,7 +93,8 @@ def main() -> None:
         source.commit()  # what the engine does once the documents are stored
         _, recrawl = _crawl(source)
         source.commit()
-        _, poll = _crawl(source, trust_lastmod=True)
+        trusting = WebSource(settings.model_copy(update={"trust_lastmod": True}), cache=source.cache, options=options)
+        _, poll = _crawl(trusting)
         site.edit(site.article_paths[0])
         _, edited = _crawl(source)
         source.commit()

@@ -8,7 +8,8 @@ from typing import Any
 
 from kbsync.embedding import default_model_dir, missing_model_files
 from kbsync.errors import KbsyncError, SourceError, StateLocked, StoreLocked
-from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, Settings, TenantSettings
+from kbsync.settings import ChatwootSourceSettings, ConfluenceSourceSettings, FilesSourceSettings, NotionSourceSettings
+from kbsync.settings import Settings, TenantSettings
 
 __all__ = ["CheckResult", "run_checks"]
 
@@ -20,11 +21,12 @@ class CheckResult:
     detail: str
 
 
-def run_checks(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[CheckResult]:
+def run_checks(settings: Settings, *, chatwoot_options: Any = None, api_options: Any = None) -> Iterator[CheckResult]:
     """Settings were already validated by loading them; this checks what loading cannot.
 
     `chatwoot_options` (a ChatwootClientOptions) tunes the Chatwoot requests; by default a check waits and retries
-    less than a sync does, so an unreachable Chatwoot fails the check within seconds."""
+    less than a sync does, so an unreachable Chatwoot fails the check within seconds. `api_options` (HttpOptions)
+    does the same for Confluence and Notion sources."""
     yield CheckResult("settings", True, f"{settings.source_file} ({len(settings.tenants)} tenants)")
     yield from _secret_checks(settings)
     yield _model_check(settings)
@@ -37,6 +39,11 @@ def run_checks(settings: Settings, *, chatwoot_options: Any = None) -> Iterator[
                 if isinstance(source, FilesSourceSettings):
                     ok = source.path.is_dir()
                     detail = f"{source.path}" + ("" if ok else " does not exist")
+                    yield CheckResult(f"{tenant.id}/{project.id} {source.source_id}", ok, detail)
+                elif isinstance(source, ConfluenceSourceSettings | NotionSourceSettings):
+                    from kbsync.sources.apis import check_api_source
+
+                    ok, detail = check_api_source(source, api_options)
                     yield CheckResult(f"{tenant.id}/{project.id} {source.source_id}", ok, detail)
         yield from _chatwoot_checks(tenant, chatwoot_options)
 

@@ -20,11 +20,16 @@ from dataclasses import dataclass
 from kbsync.embedding import TokenCounter
 from kbsync.markdown import Block, parse_blocks
 
-__all__ = ["CHUNKER_VERSION", "Chunk", "Chunker", "chunk_id", "doc_id_of"]
+__all__ = ["CHUNKER_VERSION", "MAX_CHUNK_BYTES", "Chunk", "Chunker", "chunk_id", "doc_id_of", "split_bytes"]
 
 # Bump when the chunk texts produced for the same input change, so stored documents are re-chunked.
 CHUNKER_VERSION = 1
 _SPECIAL_TOKENS = 2  # [CLS] and [SEP]
+# The tokenizer counts a word over 100 characters as one [UNK], so a token budget alone lets a 20,000-character
+# unbroken string through whole; Chroma Cloud refuses documents of 16 KB and more (kbsync.store). 256 word pieces of
+# real text stay far below this, so it only ever cuts such strings.
+MAX_CHUNK_BYTES = 8 * 1024
+_WORD_OR_SPACE = re.compile(r"\S+|\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
 _LIST_ITEM = re.compile(r"^(?:[-*+]|\d{1,9}[.)])\s")
 
@@ -96,6 +101,7 @@ class Chunker:
         for (path, text), count in zip(texts, counts):
             prefix = self._prefix(title, path, prefixes)[0]
             fitted = [(text, count)] if count <= self.max_tokens else self._refit(prefix, text)
+            fitted = [fit for piece, tokens in fitted for fit in self._cap_bytes(prefix, piece, tokens)]
             for piece, tokens in fitted:
                 chunks.append(Chunk(chunk_id(doc_id, piece, seen), piece, " > ".join(path), len(chunks), tokens))
         return chunks
@@ -163,6 +169,19 @@ class Chunker:
         body = text[len(prefix) :].strip()
         room = self.max_tokens - _SPECIAL_TOKENS - self.counter.count_many([prefix])[0]
         pieces = [f"{prefix}\n\n{part}" for part in self.counter.split_at_tokens(body, max(room, 8))]
+        return [(piece, self.counter.count(piece)) for piece in pieces]
+
+    def _cap_bytes(self, prefix: str, text: str, tokens: int) -> list[tuple[str, int]]:
+        """`text` as it is when it fits MAX_CHUNK_BYTES, else its body cut into pieces that do (each under the
+        breadcrumb, itself cut to a quarter of the limit), with their real counts."""
+        if len(text.encode("utf-8")) <= MAX_CHUNK_BYTES:
+            return [(text, tokens)]
+        body = text[len(prefix) :].strip() if text.startswith(prefix) else text
+        head = split_bytes(prefix, MAX_CHUNK_BYTES // 4)[0] if prefix else ""
+        if not body:
+            return [(head, self.counter.count(head))]
+        room = MAX_CHUNK_BYTES - len(head.encode("utf-8")) - 2
+        pieces = [f"{head}\n\n{part}" if head else part for part in split_bytes(body, room)]
         return [(piece, self.counter.count(piece)) for piece in pieces]
 
     # -- splitting one block ---------------------------------------------------------------------------------
@@ -252,3 +271,33 @@ def _sections(title: str, blocks: list[Block]) -> list[_Section]:
         stack.append((block.level, " ".join(block.text.split())))
         sections.append(_Section(tuple(text for _, text in stack), block.level, []))
     return sections
+
+
+def split_bytes(text: str, limit: int) -> list[str]:
+    """`text` in pieces of at most `limit` UTF-8 bytes, cut at whitespace where it can be and inside a word (on a
+    character boundary) where a word alone is longer. Linear in the text's length."""
+    pieces: list[str] = []
+    current: list[str] = []
+    used = 0
+    for match in _WORD_OR_SPACE.finditer(text):
+        unit = match.group(0)
+        size = len(unit.encode("utf-8"))
+        if used + size > limit and current:
+            pieces.append("".join(current).strip())
+            current, used = [], 0
+        if size > limit:
+            encoded = unit.encode("utf-8")
+            start = 0
+            while start < len(encoded):
+                end = min(start + limit, len(encoded))
+                while end < len(encoded) and end > start + 1 and (encoded[end] & 0xC0) == 0x80:
+                    end -= 1  # never between the bytes of one character
+                pieces.append(encoded[start:end].decode("utf-8"))
+                start = end
+            continue
+        if current or not unit.isspace():
+            current.append(unit)
+            used += size
+    if current:
+        pieces.append("".join(current).strip())
+    return [piece for piece in pieces if piece]

@@ -133,11 +133,20 @@ def _daemon(settings: Any, method: str, path: str, body: dict[str, Any] | None, 
             f"${settings.server.admin_token_env} to its admin token",
             EXIT_FAILED,
         )
-    if response.status_code == 404:
-        _fail(response.json().get("detail", "not found"), EXIT_FAILED)
     if response.status_code >= 400:
-        _fail(f"the running daemon answered {response.status_code}: {response.text[:300]}", EXIT_FAILED)
+        _fail(f"the running daemon answered {response.status_code}: {_error_text(response)}", EXIT_FAILED)
     return response.json()
+
+
+def _error_text(response: Any) -> str:
+    """The message of the daemon's error body (kbsync.http_errors), else the start of the raw body."""
+    from kbsync.http_errors import error_message
+
+    try:
+        message = error_message(response.json())
+    except ValueError:
+        message = None
+    return message or response.text[:300]
 
 
 class _RichProgress:
@@ -181,7 +190,10 @@ def resync(
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
-        body = {"tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete}
+        body = {
+            "tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete,
+            "wait": True,
+        }
         answer = _daemon(settings, "POST", "/v1/resync", body, timeout=24 * 3600)
         if answer is None:
             _no_daemon(settings)
@@ -382,6 +394,8 @@ def _print_status(payload: dict[str, Any]) -> None:
                 f"  #{item['id']} {item['tenant']}/{item['project']} {item['event']} after {item['attempts']} "
                 f"attempt(s): {(item['error'] or '')[:160]}",
                 highlight=False,
+                markup=False,
+                emoji=False,  # "chatwoot:x: ..." is not an emoji code
             )
     if payload["orphaned_collections"]:
         console.print(f"orphaned collections (no project in settings): {', '.join(payload['orphaned_collections'])}")

@@ -8,7 +8,7 @@ copy before the subcommand name and the command's copy after it; the callbacks h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["CliState", "ConfigOption", "JsonOption", "LogLevel", "LogLevelOption", "cli_state"]
 
 
-class LogLevel(str, Enum):
+class LogLevel(StrEnum):
     """The levels of the settings' `log_level`."""
 
     debug = "debug"

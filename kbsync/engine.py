@@ -19,7 +19,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -34,9 +35,9 @@ from kbsync.lexical import LexicalIndex, converge_lexical
 from kbsync.memory import release_free_memory
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
-from kbsync.sources import Document, ListingObserver, Polling, Source
+from kbsync.sources import ChangesObserver, Document, ListingObserver, Polling, Source
 from kbsync.state import State, Watermark
-from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, collection_name
+from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, check_storable, collection_name
 from kbsync.webhooks import WebhookEvent
 
 __all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
@@ -206,8 +207,8 @@ class Engine:
         if self.stop_event.is_set():
             raise Interrupted("kbsync is stopping; the run was interrupted (the next run converges)")
         lease = self._leases.get(key)
-        if lease is not None and lease.lost.is_set():
-            raise Interrupted(f"the lease of {key} was lost to another replica; the run stopped")
+        if lease is not None and not lease.held():
+            raise Interrupted(f"the lease of {key} was lost or not renewed before it expired; the run stopped")
 
     # -- projects ----------------------------------------------------------------------------------------
 
@@ -240,16 +241,22 @@ class Engine:
         work: Callable[[list[Source], ProjectIndex, RunReport], None],
         *,
         full_index: bool = True,
+        wait: bool = True,
     ) -> RunReport:
         """Run `work` on one project under its lock and lease, recorded in the state database and told to
         observers. Without `full_index`, `work` gets an empty index and reads what it needs (`_ensure_docs`,
-        `_ensure_full`): a poll that finds nothing changed reads nothing from the store."""
+        `_ensure_full`): a poll that finds nothing changed reads nothing from the store. Without `wait`, a project
+        another thread of this process is running is not waited for: the report comes back `busy` at once."""
         self._project_settings(key)
         report = RunReport(key.tenant, key.project, kind)
         started = time.monotonic()
-        with self._locks[key], structlog.contextvars.bound_contextvars(
+        with _locked(self._locks[key], wait) as locked, structlog.contextvars.bound_contextvars(
             tenant=key.tenant, project=key.project, trigger=kind
         ):
+            if not locked:
+                report.busy = True
+                log.info("run.skipped_busy", reason="another run of the project is in progress in this process")
+                return report
             lease = LeaseKeeper(self.state, f"project:{key}", self.owner, self.settings.state.lease_seconds)
             if not lease.acquire():
                 report.busy = True
@@ -272,7 +279,9 @@ class Engine:
                 if index.complete:
                     report.chunks_total = index.chunk_count
                     self.state.set_locales(key.tenant, key.project, index.locales())
+                self._record_counts(key, index, report)
             except Interrupted as exc:
+                self._record_counts(key, index, report)  # what was applied before the stop is counted
                 report.interrupted = True
                 report.errors.append(str(exc))
                 log.warning("run.interrupted")
@@ -280,6 +289,7 @@ class Engine:
                 report.add_error(exc)
                 report.failed_sources = report.sources
                 log.error("run.failed", error=str(exc))
+                self._forget_counts(key)  # a write may have failed midway: recounted by status or the next run
             finally:
                 report.seconds = round(time.monotonic() - started, 3)
                 try:
@@ -293,6 +303,30 @@ class Engine:
         for observer in self._observers:
             observer(report)
         return report
+
+    def _record_counts(self, key: ProjectKey, index: ProjectIndex, report: RunReport) -> None:
+        """Keep the project's document and chunk counts in the state database, for `status`: exact from a whole
+        index, else the last counts moved by what this run added and deleted (a poll that changed nothing
+        writes nothing). Counts are informational: failing to record them never fails the run."""
+        try:
+            if index.complete:
+                self.state.set_counts(key.tenant, key.project, (len(index.docs), index.chunk_count))
+                return
+            if not (report.docs_added or report.docs_deleted or report.chunks_written or report.chunks_deleted):
+                return
+            held = self.state.counts(key.tenant, key.project)
+            docs = None if held is None else held[0] + report.docs_added - report.docs_deleted
+            chunks = self.store_for(key).count(key.collection)  # Chroma counts without reading metadata
+            self.state.set_counts(key.tenant, key.project, None if docs is None else (docs, chunks))
+        except KbsyncError as exc:
+            log.warning("counts.not_recorded", error=str(exc))
+            self._forget_counts(key)
+
+    def _forget_counts(self, key: ProjectKey) -> None:
+        try:
+            self.state.set_counts(key.tenant, key.project, None)
+        except KbsyncError as exc:
+            log.warning("counts.not_forgotten", error=str(exc))
 
     def reconcile(
         self,
@@ -317,23 +351,25 @@ class Engine:
 
         return self._run(key, "reconcile", work)
 
-    def poll(self, key: ProjectKey, *, only_source: str | None = None) -> RunReport:
+    def poll(self, key: ProjectKey) -> RunReport:
         """Cheap change scan of the sources that can poll (Chatwoot: newest-first down to the stored watermark,
         one request when nothing changed). A source never reconciled, or whose total dropped (a hard delete,
         which leaves no trace in the list), is reconciled instead."""
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             for source in sources:
-                if only_source is None or source.source_id == only_source:
-                    self._poll_source(key, source, index, report)
+                self._poll_source(key, source, index, report)
 
         return self._run(key, "poll", work, full_index=False)
 
-    def refresh(self, key: ProjectKey, source_id: str, event: WebhookEvent, doc_id: str | None = None) -> RunReport:
+    def refresh(
+        self, key: ProjectKey, source_id: str, event: WebhookEvent, doc_id: str | None = None, *, wait: bool = True
+    ) -> RunReport:
         """Apply one webhook event (fetch-on-notify: the source is the truth, the payload only a hint).
 
         `portal_updated` reconciles the source; an article event polls it; a deleted article still held after the
-        poll makes a complete listing (the second look of invariant 2) decide."""
+        poll makes a complete listing (the second look of invariant 2) decide. `wait=False`: `busy` at once while
+        the project is running here (webhook workers try again later instead of blocking on a long run)."""
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             source = next((s for s in sources if s.source_id == source_id), None)
@@ -348,7 +384,7 @@ class Engine:
                 if doc_id in index.docs:
                     self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
 
-        return self._run(key, "refresh", work, full_index=False)
+        return self._run(key, "refresh", work, full_index=False, wait=wait)
 
     def _ensure_docs(self, key: ProjectKey, index: ProjectIndex, doc_ids: set[str]) -> None:
         """Read the chunks of `doc_ids` into a partial index (those not read yet)."""
@@ -386,6 +422,8 @@ class Engine:
             # The source itself says these are no longer published: no second look is needed.
             gone = {d for d in changes.gone if d in index.docs and index.docs[d].source == source.source_id}
             self._delete_documents(key, gone, index, report)
+            if isinstance(source, ChangesObserver):  # the change gate of API sources
+                source.applied_changes(changes, index.docs.keys())
             if mark.total is not None and changes.all_articles_count < mark.total:
                 log.info("source.total_dropped", was=mark.total, now=changes.all_articles_count)
                 self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
@@ -468,7 +506,13 @@ class Engine:
         for doc in _newest_per_id(documents):
             report.docs_seen += 1
             held = index.docs.get(doc.doc_id)
-            item = self._plan(doc, held, report, rebuild=rebuild)
+            # Arbitrary content meets the chunker and the store's limits here: one document fails, not the run.
+            try:
+                item = self._plan(doc, held, report, rebuild=rebuild)
+            except Exception as exc:  # noqa: BLE001
+                report.errors.append(f"{doc.source} {doc.doc_id}: cannot be chunked: {type(exc).__name__}: {exc}")
+                log.warning("doc.unchunkable", doc_id=doc.doc_id, error=f"{type(exc).__name__}: {exc}")
+                continue  # whatever the index holds of it stays
             if isinstance(item, _Pending):
                 pending.append(item)
                 fresh_count += len(item.fresh)
@@ -497,6 +541,8 @@ class Engine:
                 report.docs_unchanged += 1
                 return "metadata" if held.updated_at != doc.updated_at else None
         chunks = self.chunker.split(doc.doc_id, doc.title, doc.text)
+        for chunk in chunks:
+            check_storable(chunk.id, chunk.text)
         held_ids = set(held.chunks) if held is not None and not rebuild else set()
         return _Pending(doc, doc_hash, chunks, held, [c for c in chunks if c.id not in held_ids])
 
@@ -629,6 +675,17 @@ class Engine:
             key.collection, (key.tenant, key.project), vector, text,
             k=k, where=where, locale=locale, group=group, expand=expand, weight=weight,
         )
+
+
+@contextmanager
+def _locked(lock: threading.Lock, wait: bool) -> Iterator[bool]:
+    """Hold `lock` for the block if it could be taken (waiting for it when `wait`); yields whether it was."""
+    taken = lock.acquire(blocking=wait)
+    try:
+        yield taken
+    finally:
+        if taken:
+            lock.release()
 
 
 def _newest_per_id(documents: Sequence[Document]) -> list[Document]:

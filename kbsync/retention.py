@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from kbsync.engine import LeaseKeeper
+from kbsync.leases import LeaseKeeper
 from kbsync.errors import KbsyncError
 from kbsync.queue import Queue
 from kbsync.settings import RetentionSettings
@@ -53,7 +53,9 @@ class PruneReport:
         return asdict(self)
 
 
-def prune(state: State, queue: Queue, settings: RetentionSettings, *, owner: str, now: float | None = None) -> PruneReport:
+def prune(
+    state: State, queue: Queue, settings: RetentionSettings, *, owner: str, now: float | None = None
+) -> PruneReport:
     """Delete what `settings` no longer keeps, as of `now` (default: the current time). Holds the `retention`
     lease while it works; returns `skipped` when another replica holds it."""
     started = time.monotonic()

@@ -25,8 +25,10 @@ __all__ = [
     "ChatwootSourceSettings",
     "ChromaSettings",
     "ChunkingSettings",
+    "ConfluenceSourceSettings",
     "EmbeddingSettings",
     "FilesSourceSettings",
+    "NotionSourceSettings",
     "ProjectSettings",
     "RetentionSettings",
     "RetrievalSettings",
@@ -116,6 +118,13 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=1, le=65535)
     admin_token_env: EnvName = "KBSYNC_ADMIN_TOKEN"
+    # Limits (README "Security"): bodies are read after authentication, up to these caps, within this deadline.
+    max_webhook_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)  # /v1/query, /v1/resync
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    limit_concurrency: int = Field(default=200, ge=1, le=100_000)  # open connections; over it: 503
+    keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    public_metrics: bool = False  # /metrics without the admin token (its labels name every tenant)
 
 
 class ScheduleSettings(_Section):
@@ -164,6 +173,9 @@ class WebSourceSettings(_Section):
     include: list[str] = []
     max_pages: int = Field(default=2000, ge=1, le=1_000_000)
     allow_private_hosts: bool = False
+    # Skip requesting a page whose sitemap <lastmod> is unchanged since it was stored (no 304 round trip): only for
+    # sites whose <lastmod> moves with every edit. `resync --rebuild` reads every page regardless.
+    trust_lastmod: bool = False
 
     @field_validator("include")
     @classmethod
@@ -213,8 +225,91 @@ class FilesSourceSettings(_Section):
         return f"files:{self.path.name}"
 
 
+class _ApiSourceSecrets(BaseModel):
+    token: SecretStr | None = None
+    email: SecretStr | None = None
+
+
+class ConfluenceSourceSettings(_Section):
+    """One Confluence Cloud space (REST v2). Secrets: `token_env` (an API token, or a PAT alone: Bearer) and, for
+    Cloud basic auth, `email_env` (the account's email)."""
+
+    kind: Literal["confluence"]
+    base_url: str
+    space: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^~?[A-Za-z0-9_-]+$")]
+    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    email_env: EnvName = ""
+    labels: list[Annotated[str, Field(min_length=1)]] = []
+    locale: str = "en"
+    # Confluence Cloud rate-limits by cost per account; 10/s keeps a reconcile well under it.
+    requests_per_second: float = Field(default=10.0, gt=0, le=1000)
+
+    _secrets: _ApiSourceSecrets = PrivateAttr(default_factory=_ApiSourceSecrets)
+
+    @field_validator("base_url")
+    @classmethod
+    def _site_root(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not re.match(r"^https?://[^/\s]+(/.*)?/wiki$", value):
+            raise ValueError("must be the site root ending in /wiki, such as https://example.atlassian.net/wiki")
+        return value
+
+    @property
+    def source_id(self) -> str:
+        return f"confluence:{self.space}"
+
+    @property
+    def token(self) -> SecretStr | None:
+        return self._secrets.token
+
+    @property
+    def email(self) -> SecretStr | None:
+        return self._secrets.email
+
+
+class NotionSourceSettings(_Section):
+    """Every page under one Notion page (child pages and rows of child databases included), or every row of one
+    database. Secret: `token_env`, an internal integration token the root is shared with."""
+
+    kind: Literal["notion"]
+    root: str
+    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    base_url: str = "https://api.notion.com"
+    locale: str = "en"
+    # Notion allows an average of 3 requests a second per integration.
+    requests_per_second: float = Field(default=3.0, gt=0, le=1000)
+
+    _secrets: _ApiSourceSecrets = PrivateAttr(default_factory=_ApiSourceSecrets)
+
+    @field_validator("root")
+    @classmethod
+    def _notion_id(cls, value: str) -> str:
+        compact = value.strip().replace("-", "").lower()
+        # A page URL ends in the id: https://www.notion.so/Title-<32 hex>
+        match = re.search(r"([0-9a-f]{32})$", compact)
+        if not match:
+            raise ValueError("must be a 32-hex Notion page or database id (dashes allowed)")
+        return match.group(1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_base(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL such as https://api.notion.com")
+        return value.rstrip("/")
+
+    @property
+    def source_id(self) -> str:
+        return f"notion:{self.root}"
+
+    @property
+    def token(self) -> SecretStr | None:
+        return self._secrets.token
+
+
 SourceSettings = Annotated[
-    ChatwootSourceSettings | WebSourceSettings | FilesSourceSettings, Field(discriminator="kind")
+    ChatwootSourceSettings | WebSourceSettings | FilesSourceSettings | ConfluenceSourceSettings | NotionSourceSettings,
+    Field(discriminator="kind"),
 ]
 
 
@@ -422,7 +517,7 @@ def _loc_to_key(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             key += f"[{part}]"
-        elif part in ("chatwoot", "web", "files") and key.endswith("]"):
+        elif part in ("chatwoot", "web", "files", "confluence", "notion") and key.endswith("]"):
             continue  # the discriminator tag pydantic adds to union locations
         else:
             key += f".{part}" if key else str(part)
@@ -487,8 +582,32 @@ def _resolve_secrets(settings: Settings, env: Mapping[str, str]) -> None:
             query_token=_secret(env, tenant.query_token_env),
             chroma_token=_secret(env, chroma_env) if chroma_env else settings._chroma_token,
         )
+        _resolve_source_secrets(tenant, index, env)
         if tenant.has_chatwoot_source and tenant.api_token is None:
             raise ConfigError(
                 f"environment variable {tenant.api_token_env} is not set (tenant {tenant.id!r} has a chatwoot source)",
                 key=f"tenants[{index}].api_token_env",
+            )
+
+
+def _resolve_source_secrets(tenant: TenantSettings, tenant_index: int, env: Mapping[str, str]) -> None:
+    """Confluence and Notion sources carry their own secrets; each named variable must be set."""
+    for p_index, project in enumerate(tenant.projects):
+        for s_index, source in enumerate(project.sources):
+            if not isinstance(source, ConfluenceSourceSettings | NotionSourceSettings):
+                continue
+            key = f"tenants[{tenant_index}].projects[{p_index}].sources[{s_index}]"
+            names = [("token_env", source.token_env)]
+            if isinstance(source, ConfluenceSourceSettings) and source.email_env:
+                names.append(("email_env", source.email_env))
+            for field_name, env_name in names:
+                if _secret(env, env_name) is None:
+                    raise ConfigError(
+                        f"environment variable {env_name} is not set (source {source.source_id!r} of project "
+                        f"{project.id!r} needs it)",
+                        key=f"{key}.{field_name}",
+                    )
+            source._secrets = _ApiSourceSecrets(
+                token=_secret(env, source.token_env),
+                email=_secret(env, source.email_env) if isinstance(source, ConfluenceSourceSettings) else None,
             )

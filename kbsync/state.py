@@ -97,6 +97,17 @@ project_locales = sa.Table(
 )
 
 
+project_counts = sa.Table(
+    "project_counts",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("docs", sa.Integer, nullable=False),
+    sa.Column("chunks", sa.Integer, nullable=False),
+    sa.Column("recorded_at", sa.Float, nullable=False),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Watermark:
     updated_at: int
@@ -427,6 +438,26 @@ class State:
         with db_errors("read the database size"), self.engine.connect() as conn:
             value = conn.execute(sa.text(query)).scalar()
         return int(value) if value is not None else None
+
+    # -- counts: what `status` shows, kept here so it never reads every chunk's metadata ----------------------
+
+    def counts(self, tenant: str, project: str) -> tuple[int, int] | None:
+        """The (docs, chunks) a project's collection held after its last run, or None when not known."""
+        query = sa.select(project_counts.c.docs, project_counts.c.chunks).where(
+            project_counts.c.tenant == tenant, project_counts.c.project == project
+        )
+        with db_errors("read a project's counts"), self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return (int(row.docs), int(row.chunks)) if row else None
+
+    def set_counts(self, tenant: str, project: str, counts: tuple[int, int] | None) -> None:
+        """Record a project's (docs, chunks); None forgets them (a run that failed midway: recounted later)."""
+        where = (project_counts.c.tenant == tenant, project_counts.c.project == project)
+        with db_errors("record a project's counts"), self.engine.begin() as tx:
+            tx.execute(sa.delete(project_counts).where(*where))
+            if counts is not None:
+                values = {"docs": counts[0], "chunks": counts[1], "recorded_at": time.time()}
+                tx.execute(sa.insert(project_counts).values(tenant=tenant, project=project, **values))
 
     # -- locales ---------------------------------------------------------------------------------------
     # A project's chunk locales, recorded before chunks of a new locale are written, so a query may drop its locale

@@ -20,17 +20,20 @@ def status_payload(
     store_note: str = "ok",
     queue: Any = None,
 ) -> dict[str, Any]:
-    """Per project: docs and chunks held (when the stores are readable; `store_for(tenant)` gives a tenant's
-    store), last run of each kind, last error, queue depth; plus collections no project owns any more.
-    Never carries a secret (invariant 10)."""
+    """Per project: docs and chunks held (kept in the state database by the runs; read from the store,
+    `store_for(tenant)`, only while not known yet), last run of each kind, last error, queue depth; plus
+    collections no project owns any more. Never carries a secret (invariant 10)."""
     keys = [(t.id, p.id) for t in settings.tenants for p in t.projects]
     projects = []
     for tenant, project in keys:
         name = collection_name(tenant, project)
         held: dict[str, int | None] = {"docs": None, "chunks": None}
-        if store_for is not None:
+        counts = state.counts(tenant, project)  # kept by every run: no read of every chunk's metadata
+        if counts is None and store_for is not None:  # not known until the project's next run records them
             index = store_for(tenant).index(name)
-            held = {"docs": len(index.docs), "chunks": index.chunk_count}
+            counts = (len(index.docs), index.chunk_count)
+        if counts is not None:
+            held = {"docs": counts[0], "chunks": counts[1]}
         runs = state.last_runs(tenant, project)
         last_error = state.last_error(tenant, project)
         projects.append(

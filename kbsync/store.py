@@ -30,6 +30,7 @@ __all__ = [
     "ProjectIndex",
     "QueryHit",
     "Store",
+    "check_storable",
     "collection_name",
 ]
 
@@ -40,6 +41,12 @@ STORE_LOCK = "chroma.lock"
 MAX_RECORDS_PER_WRITE = 300
 MAX_DOCUMENT_BYTES = 16 * 1024
 MAX_ID_BYTES = 128
+
+
+def check_storable(chunk_id: str, text: str) -> None:
+    """Raise StoreError when a chunk exceeds Chroma Cloud's limits (id <= 128 bytes, document < 16 KB)."""
+    if len(chunk_id.encode()) > MAX_ID_BYTES or len(text.encode()) >= MAX_DOCUMENT_BYTES:
+        raise StoreError(f"chunk {chunk_id[:80]!r} exceeds Chroma Cloud's limits (id <= 128 bytes, document < 16 KB)")
 # Records per metadata read. What Chroma frees after a read stays in the C heap until trimmed: reading 15,000
 # records' metadata peaked at +70 MB in pages of 1000 without trimming, +28 MB trimmed, +16 MB in trimmed pages
 # of 500, at 4% more time (measured).
@@ -373,10 +380,7 @@ class Store:
         Raises StoreError on any failure; the caller deletes stale chunks only after this returned.
         """
         for record in records:
-            if len(record.id.encode()) > MAX_ID_BYTES or len(record.text.encode()) >= MAX_DOCUMENT_BYTES:
-                raise StoreError(
-                    f"chunk {record.id[:80]!r} exceeds Chroma Cloud's limits (id <= 128 bytes, document < 16 KB)"
-                )
+            check_storable(record.id, record.text)
         collection = self._collection(name)
         new = [r for r in records if r.embedding is not None]
         kept = [r for r in records if r.embedding is None]

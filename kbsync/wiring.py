@@ -18,12 +18,14 @@ from kbsync.engine import Engine, ProjectKey
 from kbsync.errors import KbsyncError
 from kbsync.lexical import LexicalIndex
 from kbsync.locking import lock_holder
-from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, Settings, TenantSettings
+from kbsync.settings import ChatwootSourceSettings, ConfluenceSourceSettings, FilesSourceSettings, NotionSourceSettings
+from kbsync.settings import Settings, TenantSettings
 from kbsync.sources import Source
 from kbsync.state import STATE_LOCK, PageCacheTable, State
 from kbsync.store import STORE_LOCK, ChromaTarget, Store
 
 if TYPE_CHECKING:
+    from kbsync.sources._http import HttpOptions
     from kbsync.sources.chatwoot import ChatwootClient, ChatwootClientOptions
     from kbsync.sources.web import PageValidators
 
@@ -109,11 +111,17 @@ class _StatePageCache:
 
 
 def build_sources(
-    settings: Settings, stack: ExitStack, state: State, *, chatwoot_options: ChatwootClientOptions | None = None
+    settings: Settings,
+    stack: ExitStack,
+    state: State,
+    *,
+    chatwoot_options: ChatwootClientOptions | None = None,
+    api_options: HttpOptions | None = None,
 ) -> dict[ProjectKey, list[Source]]:
-    """The configured sources of every project; one pooled Chatwoot client per tenant, closed by `stack`.
+    """The configured sources of every project; one pooled Chatwoot client per tenant and one pooled client per
+    Confluence or Notion source, closed by `stack`.
 
-    `chatwoot_options` tunes timeouts and retries; tests shrink them."""
+    `chatwoot_options` and `api_options` (Confluence, Notion) tune timeouts and retries; tests shrink them."""
     sources: dict[ProjectKey, list[Source]] = {}
     for tenant in settings.tenants:
         clients: list[ChatwootClient] = []  # at most one, opened with the tenant's first Chatwoot source
@@ -130,6 +138,10 @@ def build_sources(
                     if not clients:
                         clients.append(_chatwoot_client(tenant, stack, chatwoot_options))
                     built.append(ChatwootSource(tenant, source, clients[0]))
+                elif isinstance(source, ConfluenceSourceSettings | NotionSourceSettings):
+                    from kbsync.sources.apis import open_api_source
+
+                    built.append(open_api_source(source, stack, options=api_options))
                 else:
                     from kbsync.sources.web import WebSource
 
@@ -148,7 +160,12 @@ def _chatwoot_client(
 
 
 @contextmanager
-def open_engine(settings: Settings, *, chatwoot_options: ChatwootClientOptions | None = None) -> Iterator[Engine]:
+def open_engine(
+    settings: Settings,
+    *,
+    chatwoot_options: ChatwootClientOptions | None = None,
+    api_options: HttpOptions | None = None,
+) -> Iterator[Engine]:
     """Open state, stores, model and source clients in order; close them in reverse (also on error)."""
     with ExitStack() as stack:
         state = open_state(settings)
@@ -157,7 +174,7 @@ def open_engine(settings: Settings, *, chatwoot_options: ChatwootClientOptions |
         model_dir = resolve_model_dir(settings)
         embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
         chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
-        sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options)
+        sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options, api_options=api_options)
         yield Engine(
             settings,
             store=store,

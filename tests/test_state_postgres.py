@@ -28,7 +28,7 @@ def pg_url(postgres: PostgresServer) -> str:
     state = State.open_postgres(postgres.url)
     with state.engine.begin() as tx:  # a clean schema per test
         for table in ("queue_items", "deliveries", "leases", "runs", "watermarks", "web_pages", "project_locales",
-                      "kbsync_schema"):
+                      "project_counts", "kbsync_schema"):
             tx.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     state.close()
     return postgres.url
@@ -208,3 +208,13 @@ def test_project_locales_are_recorded_once_and_replaced_by_a_whole_read(replicas
     assert a.locales("acme", "alpha") == {"fr"} and a.locales("acme", "beta") == {"de"}
     a.set_locales("acme", "alpha", set())
     assert b.locales("acme", "alpha") == set()
+
+
+def test_project_counts_round_trip_and_are_forgotten(replicas) -> None:
+    a, b = replicas
+    assert a.counts("acme", "alpha") is None
+    a.set_counts("acme", "alpha", (3, 7))
+    b.set_counts("acme", "alpha", (4, 9))
+    assert a.counts("acme", "alpha") == (4, 9) and a.counts("acme", "beta") is None
+    b.set_counts("acme", "alpha", None)
+    assert a.counts("acme", "alpha") is None

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kbsync import __version__
 from kbsync.errors import SourceRejected, SourceUnavailable
 from kbsync.settings import WebSourceSettings
 from kbsync.sources import Listing, make_doc_id
@@ -141,7 +142,8 @@ def test_robots_txt_disallow_rules_are_honoured(site: DocsSite, baseline: Crawl)
     assert not baseline.served(DRAFT), "disallowed for the kbsync agent"
     assert doc_id(site, DRAFT) not in baseline.listing.doc_ids and baseline.listing.complete
     robots = baseline.served("/robots.txt")
-    assert len(robots) == 1 and robots[0].user_agent.startswith("kbsync")
+    assert len(robots) == 1 and robots[0].user_agent == f"kbsync/{__version__}"  # the real version
+    assert {r.user_agent for r in baseline.requests} == {f"kbsync/{__version__}"}
 
 
 def test_include_rules_limit_the_crawl_and_listed_urls_are_always_in(site: DocsSite) -> None:
@@ -265,7 +267,8 @@ def test_poll_trusting_lastmod_does_not_request_pages_whose_lastmod_is_unchanged
     site: DocsSite, crawled: tuple[WebSource, Listing]
 ) -> None:
     source, _ = crawled
-    listing = source.list(trust_lastmod=True)
+    source = WebSource(source.settings.model_copy(update={"trust_lastmod": True}), cache=source.cache, options=FAST)
+    listing = source.list()
     gz_pages = site.article_paths[len(site.article_paths) // 2 :]
     assert all(not site.requests(path) for path in gz_pages)
     assert listing.unchanged == expected_ids(site) and source.stats.lastmod_skips == len(gz_pages)
@@ -273,7 +276,7 @@ def test_poll_trusting_lastmod_does_not_request_pages_whose_lastmod_is_unchanged
 
 def test_unconditional_listing_downloads_every_page_again(site: DocsSite, crawled: tuple[WebSource, Listing]) -> None:
     source, _ = crawled
-    listing = source.list(conditional=False)
+    listing = source.list(rebuild=True)
     assert len(listing.documents) == 22 and not listing.unchanged
     assert all(not r.if_none_match for r in page_requests(site))
 

@@ -12,7 +12,17 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Changes", "DocError", "Document", "Listing", "ListingObserver", "Polling", "Source", "make_doc_id"]
+__all__ = [
+    "Changes",
+    "ChangesObserver",
+    "DocError",
+    "Document",
+    "Listing",
+    "ListingObserver",
+    "Polling",
+    "Source",
+    "make_doc_id",
+]
 
 _MAX_DOC_ID_BYTES = 96
 
@@ -84,7 +94,8 @@ class Listing:
 
 class Source(Protocol):
     """What the engine needs of a source. A source may also be `Polling` (a cheap change scan) and a
-    `ListingObserver` (told which documents the index holds once a listing was applied)."""
+    `ListingObserver` (told which documents the index holds once a listing was applied) and a `ChangesObserver`
+    (told the same after a poll's changes were applied)."""
 
     source_id: str
     kind: str
@@ -136,4 +147,14 @@ class ListingObserver(Protocol):
 
     def applied(self, listing: Listing, indexed: Collection[str]) -> None:
         """`listing` was applied; `indexed` are the doc ids the index holds now."""
+        ...
+
+
+@runtime_checkable
+class ChangesObserver(Protocol):
+    """A polling source told, after a poll's changes were applied, which documents the index now holds (the API
+    sources' change gate remembers only versions whose documents were written)."""
+
+    def applied_changes(self, changes: Changes, indexed: Collection[str]) -> None:
+        """`changes` were applied; `indexed` are the doc ids the index holds now (a partial view after a poll)."""
         ...

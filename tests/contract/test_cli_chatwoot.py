@@ -135,9 +135,8 @@ def test_resync_rides_out_a_throttle_window_of_429s_without_retry_after(settings
 def test_resync_gives_up_on_429s_once_the_retry_budget_is_spent(settings_factory, fake: FakeChatwoot) -> None:
     """A throttle that never lifts ends in a failed run (exit 1) once `chatwoot_retry_seconds` is spent, with a
     message saying how long it tried; it does not retry for ever."""
-    config = settings_factory(
-        tenant("acme", projects={"alpha": [TINY]}, extra={"chatwoot_retry_seconds": 1, "chatwoot_max_backoff_seconds": 0.05})
-    )
+    budget = {"chatwoot_retry_seconds": 1, "chatwoot_max_backoff_seconds": 0.05}
+    config = settings_factory(tenant("acme", projects={"alpha": [TINY]}, extra=budget))
     fake.fail(path_contains="/articles", status=429, times=None)
     result = invoke(config, "resync", "--json")
     assert result.exit_code == 1, result.output

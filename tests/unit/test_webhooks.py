@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kbsync.settings import ChatwootSourceSettings, FilesSourceSettings, WebSourceSettings
-from kbsync.sources import ListingObserver, Polling
+from kbsync.sources import ChangesObserver, ListingObserver, Polling
 from kbsync.sources.files import FilesSource
 from kbsync.sources.web import WebSource
 from kbsync.webhooks import ARTICLE_EVENTS, POLLED_EVENTS, Notice, WebhookEvent, parse_notice
@@ -51,3 +51,12 @@ def test_capabilities_are_found_by_protocol(tmp_path: Path) -> None:
     assert not isinstance(files, Polling) and not isinstance(files, ListingObserver)
     assert isinstance(web, ListingObserver) and not isinstance(web, Polling)
     assert issubclass(ChatwootSource, Polling) and not issubclass(ChatwootSource, ListingObserver)
+
+
+def test_the_api_sources_poll_and_observe_both_listings_and_changes() -> None:
+    from kbsync.sources.confluence import ConfluenceSource
+    from kbsync.sources.notion import NotionSource
+
+    for source in (ConfluenceSource, NotionSource):
+        assert issubclass(source, Polling) and issubclass(source, ListingObserver)
+        assert issubclass(source, ChangesObserver)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kbsync import __version__
+
 __all__ = ["USER_AGENT_TOKEN", "CrawlStats", "FetchOptions"]
 
 USER_AGENT_TOKEN = "kbsync"
@@ -13,7 +15,7 @@ USER_AGENT_TOKEN = "kbsync"
 class FetchOptions:
     """How the crawler behaves; the defaults suit a public docs site."""
 
-    user_agent: str = f"{USER_AGENT_TOKEN}/0.1"
+    user_agent: str = f"{USER_AGENT_TOKEN}/{__version__}"
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
     attempts: int = 3  # per request, the first one included

@@ -31,6 +31,7 @@ from kbsync.sources.web.pages import (
     updated_at,
 )
 from kbsync.sources.web.scope import OutOfScope, Refused, Scope
+from kbsync.sources.web.ssrf import AddressGuard, PinnedTransport
 from kbsync.sources.web.urls import clean_url, host_key, normalize_url, page_doc_id
 from kbsync.sources.web.visits import Visit, unshare_canonicals, without_shared_canonicals
 
@@ -65,14 +66,15 @@ class WebSource:
 
     # -- the Source protocol
 
-    def list(self, *, rebuild: bool = False, conditional: bool = True, trust_lastmod: bool = False) -> Listing:
-        """Every page now. `rebuild` or `conditional=False` downloads every page again; `trust_lastmod=True`
-        skips pages whose sitemap `<lastmod>` is unchanged since they were stored (the cheap poll).
+    def list(self, *, rebuild: bool = False) -> Listing:
+        """Every page now. `rebuild` downloads every page again; otherwise a stored page costs a conditional
+        request (a 304), or none with the setting `trust_lastmod` when its sitemap `<lastmod>` is unchanged.
 
         Raises SourceRejected (a refused, missing or malformed root sitemap or `urls` entry) or SourceUnavailable
         (the root sitemap or robots.txt could not be read): nothing trustworthy was listed.
         """
-        conditional = conditional and not rebuild
+        conditional = not rebuild
+        trust_lastmod = self.settings.trust_lastmod and not rebuild
         started = time.monotonic()
         with self._crawl() as crawl:
             discovery = discover(crawl, self.settings)
@@ -165,23 +167,15 @@ class WebSource:
 
     @contextlib.contextmanager
     def _crawl(self) -> Iterator[Crawl]:
+        addresses = AddressGuard(allow_private=self.settings.allow_private_hosts, source_id=self.source_id)
         if self._client is not None:
-            yield self._new_crawl(self._client)
+            yield Crawl(self._client, self.options, self._scope, addresses=addresses, source_id=self.source_id)
             return
         timeout = httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout)
         limits = httpx.Limits(max_connections=max(4, self.options.workers * 2))
-        with httpx.Client(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False) as client:
-            yield self._new_crawl(client)
-
-    def _new_crawl(self, client: httpx.Client) -> Crawl:
-        return Crawl(
-            client,
-            self.options,
-            self._scope,
-            allow_private=self.settings.allow_private_hosts,
-            source_id=self.source_id,
-        )
-
+        transport = PinnedTransport(addresses, limits=limits)
+        with httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            yield Crawl(client, self.options, self._scope, addresses=addresses, source_id=self.source_id)
 
     def _visit(
         self, crawl: Crawl, target: Target, cached: PageValidators | None, *, conditional: bool, trust_lastmod: bool
