@@ -190,7 +190,10 @@ def resync(
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
-        body = {"tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete}
+        body = {
+            "tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete,
+            "wait": True,
+        }
         answer = _daemon(settings, "POST", "/v1/resync", body, timeout=24 * 3600)
         if answer is None:
             _no_daemon(settings)
@@ -444,6 +447,8 @@ def _print_status(payload: dict[str, Any]) -> None:
                 f"  #{item['id']} {item['tenant']}/{item['project']} {item['event']} after {item['attempts']} "
                 f"attempt(s): {(item['error'] or '')[:160]}",
                 highlight=False,
+                markup=False,
+                emoji=False,  # "chatwoot:x: ..." is not an emoji code
             )
     if payload["orphaned_collections"]:
         console.print(f"orphaned collections (no project in settings): {', '.join(payload['orphaned_collections'])}")

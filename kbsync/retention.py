@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from kbsync.engine import LeaseKeeper
+from kbsync.leases import LeaseKeeper
 from kbsync.errors import KbsyncError
 from kbsync.queue import Queue
 from kbsync.settings import RetentionSettings
