@@ -78,11 +78,11 @@ def find_unreachable(store: Store, name: str, ids: Sequence[str], embeddings: np
     """Ids among `ids` that an unfiltered query with their own vector does not return (k, then RECHECK_K)."""
     if not len(ids):
         return []
-    nearest = store.nearest(name, embeddings, k=k)
+    nearest = store.neighbour_ids(name, embeddings, k=k)
     missing = [i for i, (chunk_id, found) in enumerate(zip(ids, nearest)) if chunk_id not in found]
     if not missing or k >= RECHECK_K:
         return [ids[i] for i in missing]
-    wider = store.nearest(name, embeddings[missing], k=RECHECK_K)
+    wider = store.neighbour_ids(name, embeddings[missing], k=RECHECK_K)
     return [ids[i] for i, found in zip(missing, wider) if ids[i] not in found]
 
 

@@ -531,7 +531,7 @@ class Store:
 
     # -- reachability (kbsync/reachability.py decides; these are the Chroma calls) -------------------------
 
-    def nearest(self, name: str, embeddings: np.ndarray, *, k: int) -> list[list[str]]:
+    def neighbour_ids(self, name: str, embeddings: np.ndarray, *, k: int) -> list[list[str]]:
         """Ids of the `k` nearest records of each embedding, unfiltered (as a bot queries), 300 per call."""
         collection = self._collection(name, create=False)
         if collection is None:
