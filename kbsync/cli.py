@@ -391,6 +391,8 @@ def _print_status(payload: dict[str, Any]) -> None:
                 f"  #{item['id']} {item['tenant']}/{item['project']} {item['event']} after {item['attempts']} "
                 f"attempt(s): {(item['error'] or '')[:160]}",
                 highlight=False,
+                markup=False,
+                emoji=False,  # "chatwoot:x: ..." is not an emoji code
             )
     if payload["orphaned_collections"]:
         console.print(f"orphaned collections (no project in settings): {', '.join(payload['orphaned_collections'])}")

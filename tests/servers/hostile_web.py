@@ -41,20 +41,26 @@ def gzip_bomb(decoded_bytes: int, layers: int = 1) -> bytes:
 
 
 class HostileServer:
-    """`replies[path]` answers GET `path` (anything else: 404). `requests` lists the paths asked for."""
+    """`replies[path]` answers GET `path` (anything else: 404). `requests` lists the paths asked for, `hosts` the
+    Host header of each request."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.replies: dict[str, Reply] = {}
         self.requests: list[str] = []
+        self.hosts: list[str] = []
         self._lock = threading.Lock()
         handler = self._handler()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="hostile-web", daemon=True)
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -69,6 +75,7 @@ class HostileServer:
                 path = self.path.split("?", 1)[0]
                 with server._lock:
                     server.requests.append(path)
+                    server.hosts.append(self.headers.get("Host", ""))
                     reply = server.replies.get(path, Reply(404, {"content-type": "text/plain"}, b"not found"))
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():

@@ -4,8 +4,6 @@ followed by hand, body limits and statistics, shared by everything one `list()` 
 from __future__ import annotations
 
 import contextvars
-import ipaddress
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +22,9 @@ from kbsync.sources.web.body import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, 
 from kbsync.sources.web.options import USER_AGENT_TOKEN, CrawlStats, FetchOptions
 from kbsync.sources.web.pages import page_format
 from kbsync.sources.web.politeness import HostGate
-from kbsync.sources.web.scope import OutOfScope, Refused, Scope
-from kbsync.sources.web.ssrf import describe, is_public
-from kbsync.sources.web.urls import DEFAULT_PORTS, clean_url, host_key
+from kbsync.sources.web.scope import OutOfScope, Scope
+from kbsync.sources.web.ssrf import AddressGuard
+from kbsync.sources.web.urls import clean_url, host_key
 
 __all__ = ["Crawl", "Kind", "Response"]
 
@@ -71,18 +69,17 @@ class Crawl:
         options: FetchOptions,
         scope: Scope,
         *,
-        allow_private: bool,
+        addresses: AddressGuard,
         source_id: str,
     ) -> None:
         self.client = client
         self.options = options
         self.scope = scope
-        self.allow_private = allow_private
+        self.addresses = addresses  # the client's transport connects to what this resolved (PinnedTransport)
         self.source_id = source_id
         self.stats = CrawlStats()
         self._gate = HostGate(options.per_host, options.min_interval)
         self._lock = threading.Lock()
-        self._dns: dict[tuple[str, int], list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
         self._robots: dict[str, RobotFileParser | None] = {}
         self._robots_locks: dict[str, threading.Lock] = {}
 
@@ -90,47 +87,7 @@ class Crawl:
 
     def guard(self, url: str) -> None:
         """Refuse a host that resolves to a non-public address (unless private hosts are allowed)."""
-        if self.allow_private:
-            return
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port or DEFAULT_PORTS.get(parts.scheme, 80)
-        for address in self._resolve(host, port, url):
-            if not is_public(address):
-                raise Refused(
-                    f"refused: {host} resolves to {address}, a {describe(address)} address "
-                    "(set allow_private_hosts = true only for intranet docs)",
-                    source=self.source_id,
-                    url=url,
-                )
-
-    def _resolve(self, host: str, port: int, url: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        with self._lock:
-            known = self._dns.get((host, port))
-        if known is not None:
-            return known
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise SourceUnavailable(f"cannot resolve {host}: {exc}", source=self.source_id, url=url) from exc
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-        with self._lock:
-            self._dns[(host, port)] = addresses
-        return addresses
-
-    def _check_peer(self, response: httpx.Response, url: str) -> None:
-        """The address the socket really connected to (a DNS answer can change between check and connect)."""
-        if self.allow_private:
-            return
-        stream = response.extensions.get("network_stream")
-        peer = stream.get_extra_info("server_addr") if stream is not None else None
-        if not peer:
-            return
-        address = ipaddress.ip_address(str(peer[0]).split("%")[0])
-        if not is_public(address):
-            raise Refused(
-                f"refused: connected to {address}, a {describe(address)} address", source=self.source_id, url=url
-            )
+        self.addresses.check(url)
 
     def robots_allows(self, url: str) -> bool:
         """robots.txt of the URL's host, for our user agent. Raises SourceUnavailable when it cannot be read."""
@@ -256,7 +213,7 @@ class Crawl:
                     self.stats.bytes_downloaded += response.num_bytes_downloaded
 
     def _read(self, response: httpx.Response, url: str, kind: Kind) -> tuple[int, httpx.Headers, bytes]:
-        self._check_peer(response, url)
+        self.addresses.check_peer(response, url)
         status = response.status_code
         if status == 429 or status == 503:
             raise _Throttled(

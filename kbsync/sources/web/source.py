@@ -31,6 +31,7 @@ from kbsync.sources.web.pages import (
     updated_at,
 )
 from kbsync.sources.web.scope import OutOfScope, Refused, Scope
+from kbsync.sources.web.ssrf import AddressGuard, PinnedTransport
 from kbsync.sources.web.urls import clean_url, host_key, normalize_url, page_doc_id
 from kbsync.sources.web.visits import Visit, unshare_canonicals, without_shared_canonicals
 
@@ -166,23 +167,15 @@ class WebSource:
 
     @contextlib.contextmanager
     def _crawl(self) -> Iterator[Crawl]:
+        addresses = AddressGuard(allow_private=self.settings.allow_private_hosts, source_id=self.source_id)
         if self._client is not None:
-            yield self._new_crawl(self._client)
+            yield Crawl(self._client, self.options, self._scope, addresses=addresses, source_id=self.source_id)
             return
         timeout = httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout)
         limits = httpx.Limits(max_connections=max(4, self.options.workers * 2))
-        with httpx.Client(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False) as client:
-            yield self._new_crawl(client)
-
-    def _new_crawl(self, client: httpx.Client) -> Crawl:
-        return Crawl(
-            client,
-            self.options,
-            self._scope,
-            allow_private=self.settings.allow_private_hosts,
-            source_id=self.source_id,
-        )
-
+        transport = PinnedTransport(addresses, limits=limits)
+        with httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            yield Crawl(client, self.options, self._scope, addresses=addresses, source_id=self.source_id)
 
     def _visit(
         self, crawl: Crawl, target: Target, cached: PageValidators | None, *, conditional: bool, trust_lastmod: bool
