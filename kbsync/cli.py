@@ -190,7 +190,10 @@ def resync(
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
-        body = {"tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete}
+        body = {
+            "tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete,
+            "wait": True,
+        }
         answer = _daemon(settings, "POST", "/v1/resync", body, timeout=24 * 3600)
         if answer is None:
             _no_daemon(settings)

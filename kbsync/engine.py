@@ -19,7 +19,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -206,8 +207,8 @@ class Engine:
         if self.stop_event.is_set():
             raise Interrupted("kbsync is stopping; the run was interrupted (the next run converges)")
         lease = self._leases.get(key)
-        if lease is not None and lease.lost.is_set():
-            raise Interrupted(f"the lease of {key} was lost to another replica; the run stopped")
+        if lease is not None and not lease.held():
+            raise Interrupted(f"the lease of {key} was lost or not renewed before it expired; the run stopped")
 
     # -- projects ----------------------------------------------------------------------------------------
 
@@ -240,16 +241,22 @@ class Engine:
         work: Callable[[list[Source], ProjectIndex, RunReport], None],
         *,
         full_index: bool = True,
+        wait: bool = True,
     ) -> RunReport:
         """Run `work` on one project under its lock and lease, recorded in the state database and told to
         observers. Without `full_index`, `work` gets an empty index and reads what it needs (`_ensure_docs`,
-        `_ensure_full`): a poll that finds nothing changed reads nothing from the store."""
+        `_ensure_full`): a poll that finds nothing changed reads nothing from the store. Without `wait`, a project
+        another thread of this process is running is not waited for: the report comes back `busy` at once."""
         self._project_settings(key)
         report = RunReport(key.tenant, key.project, kind)
         started = time.monotonic()
-        with self._locks[key], structlog.contextvars.bound_contextvars(
+        with _locked(self._locks[key], wait) as locked, structlog.contextvars.bound_contextvars(
             tenant=key.tenant, project=key.project, trigger=kind
         ):
+            if not locked:
+                report.busy = True
+                log.info("run.skipped_busy", reason="another run of the project is in progress in this process")
+                return report
             lease = LeaseKeeper(self.state, f"project:{key}", self.owner, self.settings.state.lease_seconds)
             if not lease.acquire():
                 report.busy = True
@@ -355,11 +362,14 @@ class Engine:
 
         return self._run(key, "poll", work, full_index=False)
 
-    def refresh(self, key: ProjectKey, source_id: str, event: WebhookEvent, doc_id: str | None = None) -> RunReport:
+    def refresh(
+        self, key: ProjectKey, source_id: str, event: WebhookEvent, doc_id: str | None = None, *, wait: bool = True
+    ) -> RunReport:
         """Apply one webhook event (fetch-on-notify: the source is the truth, the payload only a hint).
 
         `portal_updated` reconciles the source; an article event polls it; a deleted article still held after the
-        poll makes a complete listing (the second look of invariant 2) decide."""
+        poll makes a complete listing (the second look of invariant 2) decide. `wait=False`: `busy` at once while
+        the project is running here (webhook workers try again later instead of blocking on a long run)."""
 
         def work(sources: list[Source], index: ProjectIndex, report: RunReport) -> None:
             source = next((s for s in sources if s.source_id == source_id), None)
@@ -374,7 +384,7 @@ class Engine:
                 if doc_id in index.docs:
                     self._reconcile_source(key, source, index, report, rebuild=False, progress=None)
 
-        return self._run(key, "refresh", work, full_index=False)
+        return self._run(key, "refresh", work, full_index=False, wait=wait)
 
     def _ensure_docs(self, key: ProjectKey, index: ProjectIndex, doc_ids: set[str]) -> None:
         """Read the chunks of `doc_ids` into a partial index (those not read yet)."""
@@ -665,6 +675,17 @@ class Engine:
             key.collection, (key.tenant, key.project), vector, text,
             k=k, where=where, locale=locale, group=group, expand=expand, weight=weight,
         )
+
+
+@contextmanager
+def _locked(lock: threading.Lock, wait: bool) -> Iterator[bool]:
+    """Hold `lock` for the block if it could be taken (waiting for it when `wait`); yields whether it was."""
+    taken = lock.acquire(blocking=wait)
+    try:
+        yield taken
+    finally:
+        if taken:
+            lock.release()
 
 
 def _newest_per_id(documents: Sequence[Document]) -> list[Document]:

@@ -1,6 +1,5 @@
-"""What the API sources that poll share: the `Changes` a poll returns (kbsync.sources.Changes) and the memory of
-which version of each document the index holds (the change gate that lets a listing or a poll skip the bodies of
-unchanged pages).
+"""What the API sources that poll share: the memory of which version of each document the index holds (the
+change gate that lets a listing or a poll skip the bodies of unchanged pages), and ISO timestamps as epochs.
 """
 
 from __future__ import annotations
@@ -10,9 +9,7 @@ import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from kbsync.sources import Changes  # re-exported: the API sources' modules take it from here
-
-__all__ = ["Changes", "Versions", "iso_to_epoch"]
+__all__ = ["Versions", "iso_to_epoch"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,9 @@ import structlog
 
 from kbsync.errors import IncompleteListing, SourceError, SourceRejected, SourceUnavailable
 from kbsync.settings import ConfluenceSourceSettings
-from kbsync.sources import DocError, Document, Listing, make_doc_id
+from kbsync.sources import Changes, DocError, Document, Listing, make_doc_id
 from kbsync.sources._http import HttpClient, HttpOptions, RejectedStatus
-from kbsync.sources._poll import Changes, Versions, iso_to_epoch
+from kbsync.sources._poll import Versions, iso_to_epoch
 from kbsync.sources.confluence_storage import StorageFormatError, storage_to_markdown
 
 __all__ = ["ConfluenceSource", "SpaceInfo", "open_client"]

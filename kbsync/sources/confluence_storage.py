@@ -105,10 +105,10 @@ class _Converter:
         if name in ("p", "div", "ac:layout", "ac:layout-section", "ac:layout-cell", "ac:rich-text-body"):
             return self.blocks(element)
         if name in ("ul", "ol"):
-            lines = self.list_lines(element, name == "ol", 0)
+            lines = self.list_lines(element, name == "ol", "")
             return ["\n".join(lines)] if lines else []
         if name == "ac:task-list":
-            lines = self.task_lines(element, 0)
+            lines = self.task_lines(element, "")
             return ["\n".join(lines)] if lines else []
         if name == "table":
             table = self.table(element)
@@ -152,7 +152,8 @@ class _Converter:
                 return _squash("".join(child.itertext()))
         return ""
 
-    def list_lines(self, element: etree._Element, ordered: bool, depth: int) -> list[str]:
+    def list_lines(self, element: etree._Element, ordered: bool, indent: str) -> list[str]:
+        """Markdown list lines; nested lists are indented to their parent item's text (CommonMark)."""
         lines: list[str] = []
         number = 0
         for item in element:
@@ -160,15 +161,15 @@ class _Converter:
                 continue
             number += 1
             marker = f"{number}." if ordered else "-"
-            indent = "  " * depth if not ordered else "   " * depth
+            inner = indent + " " * (len(marker) + 1)
             text_parts: list[str] = [item.text or ""]
             nested: list[str] = []
             for child in item:
                 name = _local(child)
                 if name in ("ul", "ol"):
-                    nested.extend(self.list_lines(child, name == "ol", depth + 1))
+                    nested.extend(self.list_lines(child, name == "ol", inner))
                 elif name == "ac:task-list":
-                    nested.extend(self.task_lines(child, depth + 1))
+                    nested.extend(self.task_lines(child, inner))
                 elif name in _BLOCK_TAGS or name == "ac:structured-macro":
                     rendered = self.block(child, name) or []
                     text_parts.append(" " + " ".join(r.replace("\n", " ") for r in rendered) + " ")
@@ -179,7 +180,7 @@ class _Converter:
             lines.extend(nested)
         return lines
 
-    def task_lines(self, element: etree._Element, depth: int) -> list[str]:
+    def task_lines(self, element: etree._Element, indent: str) -> list[str]:
         lines: list[str] = []
         for task in element:
             if _local(task) != "ac:task":
@@ -188,7 +189,7 @@ class _Converter:
             done = status is not None and "".join(status.itertext()).strip() == "complete"
             body = next((c for c in task if _local(c) == "ac:task-body"), None)
             text = _squash(self.inline_children(body)) if body is not None else ""
-            lines.append(f"{'  ' * depth}- [{'x' if done else ' '}] {text}".rstrip())
+            lines.append(f"{indent}- [{'x' if done else ' '}] {text}".rstrip())
         return lines
 
     def table(self, element: etree._Element) -> str:

@@ -29,9 +29,9 @@ import structlog
 
 from kbsync.errors import IncompleteListing, SourceError, SourceRejected, SourceUnavailable
 from kbsync.settings import NotionSourceSettings
-from kbsync.sources import Document, Listing, make_doc_id
+from kbsync.sources import Changes, Document, Listing, make_doc_id
 from kbsync.sources._http import HttpClient, HttpOptions, RejectedStatus
-from kbsync.sources._poll import Changes, Versions, iso_to_epoch
+from kbsync.sources._poll import Versions, iso_to_epoch
 from kbsync.sources.notion_blocks import blocks_to_markdown, plain_text
 
 __all__ = ["NOTION_VERSION", "NotionSource", "RootInfo", "open_client"]

@@ -61,11 +61,12 @@ def rich_text_to_markdown(rich_text: Iterable[Mapping[str, Any]] | None) -> str:
 
 def blocks_to_markdown(blocks: Iterable[Block]) -> str:
     """The markdown of a page's blocks (children attached under `"children"`)."""
-    rendered = "\n\n".join(b for b in _blocks(list(blocks), 0) if b.strip())
+    rendered = "\n\n".join(b for b in _blocks(list(blocks), "") if b.strip())
     return rendered.strip() + "\n" if rendered.strip() else ""
 
 
-def _blocks(blocks: list[Block], depth: int) -> list[str]:
+def _blocks(blocks: list[Block], indent: str) -> list[str]:
+    """Markdown blocks; `indent` is the parent list item's text column (nested content lines up with it)."""
     out: list[str] = []
     list_run: list[str] = []
     number = 0
@@ -78,13 +79,13 @@ def _blocks(blocks: list[Block], depth: int) -> list[str]:
                 list_run = []
             run_kind = kind
             number = number + 1 if kind == "numbered_list_item" else 0
-            list_run.extend(_list_item(block, kind, number, depth))
+            list_run.extend(_list_item(block, kind, number, indent))
             continue
         if list_run:
             out.append("\n".join(list_run))
             list_run = []
         number = 0
-        out.extend(_indent(b, depth) for b in _block(block, kind, 0))
+        out.extend(_indent(b, indent) for b in _block(block, kind))
     if list_run:
         out.append("\n".join(list_run))
     return out
@@ -100,23 +101,23 @@ def _body(block: Block, kind: str) -> Mapping[str, Any]:
     return body if isinstance(body, Mapping) else {}
 
 
-def _block(block: Block, kind: str, depth: int) -> list[str]:
+def _block(block: Block, kind: str) -> list[str]:
     body = _body(block, kind)
     text = rich_text_to_markdown(body.get("rich_text"))
     if kind in _DROPPED:
         return []
     if kind.startswith("heading_") and kind[-1] in "123":
         heading = [f"{'#' * int(kind[-1])} {text.strip()}"] if text.strip() else []
-        return heading + _blocks(_children(block), depth)
+        return heading + _blocks(_children(block), "")
     if kind == "paragraph":
-        return ([text.strip()] if text.strip() else []) + _blocks(_children(block), depth)
+        return ([text.strip()] if text.strip() else []) + _blocks(_children(block), "")
     if kind == "toggle":
-        return ([f"**{text.strip()}**"] if text.strip() else []) + _blocks(_children(block), depth)
+        return ([f"**{text.strip()}**"] if text.strip() else []) + _blocks(_children(block), "")
     if kind in ("quote", "callout"):
         icon = body.get("icon") if kind == "callout" else None
         emoji = str(icon.get("emoji") or "") if isinstance(icon, Mapping) and icon.get("type") == "emoji" else ""
         first = f"{emoji} {text.strip()}".strip()
-        inner = ([first] if first else []) + _blocks(_children(block), depth)
+        inner = ([first] if first else []) + _blocks(_children(block), "")
         return [_quote(inner)] if inner else []
     if kind == "code":
         code = "".join(str(p.get("plain_text") or "") for p in body.get("rich_text") or [])
@@ -131,27 +132,26 @@ def _block(block: Block, kind: str, depth: int) -> list[str]:
         expression = str(body.get("expression") or "")
         return [f"$${expression}$$"] if expression else []
     if kind in CONTAINER_TYPES:
-        return _blocks(_children(block), depth)
+        return _blocks(_children(block), "")
     return []  # unknown block types
 
 
-def _list_item(block: Block, kind: str, number: int, depth: int) -> list[str]:
+def _list_item(block: Block, kind: str, number: int, indent: str) -> list[str]:
     body = _body(block, kind)
     text = rich_text_to_markdown(body.get("rich_text")).strip().replace("\n", " ")
     if kind == "numbered_list_item":
-        marker, indent = f"{number}.", "   " * depth
+        marker, width = f"{number}.", len(f"{number}.") + 1
     elif kind == "to_do":
-        marker, indent = f"- [{'x' if body.get('checked') else ' '}]", "  " * depth
+        marker, width = f"- [{'x' if body.get('checked') else ' '}]", 2
     else:
-        marker, indent = "-", "  " * depth
+        marker, width = "-", 2
     lines = [f"{indent}{marker} {text}".rstrip()]
-    lines.extend(_blocks(_children(block), depth + 1))  # nested lists indent themselves, other blocks are padded
+    lines.extend(_blocks(_children(block), indent + " " * width))  # nested content lines up with the text
     return lines
 
 
-def _indent(text: str, depth: int) -> str:
-    pad = "  " * depth
-    return "\n".join(f"{pad}{line}" if line else line for line in text.split("\n")) if depth else text
+def _indent(text: str, pad: str) -> str:
+    return "\n".join(f"{pad}{line}" if line else line for line in text.split("\n")) if pad else text
 
 
 def _table(block: Block, body: Mapping[str, Any]) -> str:
