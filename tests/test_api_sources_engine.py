@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from kbsync.cli import app
-from kbsync.engine import ProjectKey
+from kbsync.runs import ProjectKey
 from kbsync.settings import load_settings
 from kbsync.sources._http import HttpOptions
 from kbsync.wiring import open_engine
-from tests.servers.confluence import EMAIL, TOKEN, ConfluenceServer, Fault, FakeConfluence
+from tests.servers.confluence import EMAIL, TOKEN, ConfluenceServer, FakeConfluence, Fault
 from tests.servers.notion import TOKEN as NOTION_TOKEN
 from tests.servers.notion import FakeNotion, NotionServer, rich
 
