@@ -122,7 +122,7 @@ class BenchDaemon:
         return response.json()
 
     def metrics(self) -> str:
-        return self.http.get("/metrics").text
+        return self.http.get("/metrics", headers={"Authorization": f"Bearer {self.admin_token}"}).text
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -114,7 +114,7 @@ def run_size(articles: int, queries: int) -> None:
                 chunks = daemon.status()["projects"][0]["chunks"]
                 rss = daemon.peak_rss_mb()
                 started = time.perf_counter()
-                (report,) = daemon.http.post("/v1/resync", json={}, timeout=3600).json()["reports"]
+                (report,) = daemon.http.post("/v1/resync", json={"wait": True}, timeout=3600).json()["reports"]
                 no_change = time.perf_counter() - started
                 embedded_q = daemon.query_times(queries)
                 rss_end = daemon.peak_rss_mb()  # VmHWM never falls: the peak of the whole life

@@ -190,7 +190,10 @@ def resync(
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
-        body = {"tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete}
+        body = {
+            "tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete,
+            "wait": True,
+        }
         answer = _daemon(settings, "POST", "/v1/resync", body, timeout=24 * 3600)
         if answer is None:
             _no_daemon(settings)
@@ -286,7 +289,7 @@ def query(
 ) -> None:
     """Top-k articles (or chunks) of a project for a question: score, title, heading, url. Exit 1 for an unknown
     project."""
-    from kbsync.engine import ProjectKey
+    from kbsync.runs import ProjectKey
 
     if group not in ("doc", "chunk"):
         _fail(f"--group must be doc or chunk, not {group!r}", EXIT_CONFIG)

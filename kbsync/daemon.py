@@ -8,6 +8,7 @@ any crash: they are committed to the state database before the 202.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from typing import Any
 import structlog
 import uvicorn
 
-from kbsync.engine import Engine, ProjectKey
+from kbsync.engine import Engine
 from kbsync.errors import KbsyncError, StoreLocked
 from kbsync.http import ApiContext, create_app
 from kbsync.leases import LeaseKeeper, Renewer
@@ -33,6 +34,7 @@ from kbsync.memory import limit_malloc_arenas
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
 from kbsync.retention import schedule_pruning
+from kbsync.runs import ProjectKey
 from kbsync.settings import Settings
 from kbsync.webhooks import POLLED_EVENTS, WebhookEvent
 from kbsync.wiring import open_engine
@@ -120,16 +122,26 @@ class Daemon:
                 self._exit_callbacks.append(replica.release)
             metrics = Metrics(queue_depth=lambda: _queue_depth(queue))
             engine.observe(metrics.observe_run)
-            context = ApiContext(self.settings, engine, queue, metrics, self._ready.is_set, self._wake.set)
+            # Webhook intake and /readyz get threads of their own: queries or a burst of requests filling the
+            # default pool must not hold a webhook past Chatwoot's 5 s (issue 17).
+            intake = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbsync-intake")
+            self._exit_callbacks.append(lambda: intake.shutdown(wait=False, cancel_futures=True))
+            context = ApiContext(
+                self.settings, engine, queue, metrics, self._ready.is_set, self._wake.set,
+                submit_resync=lambda keys, options: self._submit_resync(engine, keys, options), intake=intake,
+            )
             app = create_app(context)
+            server = self.settings.server
             config = uvicorn.Config(
                 app,
-                host=self.settings.server.host,
-                port=self.settings.server.port,
+                host=server.host,
+                port=server.port,
                 log_config=None,
                 access_log=False,
                 lifespan="off",
                 timeout_graceful_shutdown=5,
+                limit_concurrency=server.limit_concurrency,
+                timeout_keep_alive=server.keep_alive_seconds,
             )
             self._server = _Server(config)
             self._install_signals(engine)
@@ -233,6 +245,32 @@ class Daemon:
                 )
         self._jobs = scheduler
         return scheduler
+
+    def _submit_resync(
+        self, engine: Engine, keys: list[ProjectKey], options: Any
+    ) -> concurrent.futures.Future[list[dict[str, Any]]]:
+        """POST /v1/resync: reconcile `keys` one after the other in the scheduler's pool, off the request path, with
+        the request's `rebuild` and `allow_mass_delete`; the future gets their reports (or what stopped them)."""
+        future: concurrent.futures.Future[list[dict[str, Any]]] = concurrent.futures.Future()
+
+        def job() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                reports = [
+                    engine.reconcile(key, rebuild=options.rebuild, allow_mass_delete=options.allow_mass_delete)
+                    for key in keys
+                ]
+                future.set_result([report.as_dict() for report in reports])
+            except BaseException as exc:  # the job's edge: the caller gets it; the scheduler lives on
+                log.exception("resync.crashed")
+                future.set_exception(exc)
+
+        try:
+            self._jobs.add_job(job, "date", run_date=datetime.now(timezone.utc), misfire_grace_time=None)
+        except Exception as exc:  # the scheduler stopped (the daemon is stopping)
+            future.set_exception(KbsyncError(f"resync not started: {exc}"))
+        return future
 
     def _share_delay(self) -> float:
         return min(5.0, self.settings.state.lease_seconds / 3)
@@ -340,7 +378,11 @@ class Daemon:
         ):
             with _claim_renewed(queue, item, owner, claim_seconds):
                 try:
-                    report = engine.refresh(key, item.source, WebhookEvent(item.event), item.payload.get("doc_id"))
+                    # wait=False: a project busy in a long run here is tried again shortly (released as busy, below)
+                    # while this worker applies other projects' webhooks, instead of blocking on its lock.
+                    report = engine.refresh(
+                        key, item.source, WebhookEvent(item.event), item.payload.get("doc_id"), wait=False
+                    )
                     error = None if report.outcome == "ok" else "; ".join(report.errors) or report.outcome
                 except Exception as exc:  # the loop's edge: one bad item never stops the worker
                     log.exception("queue.item_crashed")

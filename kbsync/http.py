@@ -1,12 +1,16 @@
 """The HTTP API (design.md §5): webhooks, query, resync, status, health, metrics. A thin shell.
 
 The webhook route verifies, stores durably and answers (within 100 ms: Chatwoot waits 5 s and never retries); it
-never calls the engine. Blocking work (SQLite, Chroma, the embedder) runs in worker threads, off the event loop.
+never calls the engine. Blocking work (SQLite, Chroma, the embedder) runs in worker threads, off the event loop:
+webhook intake and readiness in a pool of their own (`ApiContext.intake`), so queries filling the default pool do
+not delay them. Bodies are read after authentication, capped and under a deadline (kbsync/bodies.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import hashlib
 import hmac
 import time
@@ -19,14 +23,16 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kbsync import __version__
-from kbsync.engine import Engine, ProjectKey
+from kbsync.bodies import BodyError, read_capped, strict_json
+from kbsync.engine import Engine
 from kbsync.errors import KbsyncError, UnknownProject
 from kbsync.http_errors import error_response, install_error_handlers
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue
+from kbsync.runs import ProjectKey
 from kbsync.settings import Settings, TenantSettings
 from kbsync.status import status_payload
 from kbsync.webhooks import parse_notice, projects_of_portal
@@ -35,8 +41,9 @@ __all__ = ["ApiContext", "create_app", "sign"]
 
 log = structlog.get_logger(__name__)
 
-MAX_WEBHOOK_BYTES = 1024 * 1024
 SIGNATURE_WINDOW_SECONDS = 300
+# One answer for an unknown tenant and a bad signature: the webhook route does not tell who is configured.
+NOT_SIGNED = "the webhook is not signed with this tenant's secret"
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -55,6 +62,10 @@ class ApiContext:
     metrics: Metrics
     ready: Callable[[], bool]
     wake_workers: Callable[[], None] = lambda: None  # tells idle webhook workers an item was queued
+    # Runs resyncs off the request path (the daemon's scheduler): (keys, ResyncBody) -> a future of their reports.
+    submit_resync: Callable[[list[ProjectKey], Any], concurrent.futures.Future[list[dict[str, Any]]]] | None = None
+    # Webhook intake and /readyz run here, never behind queries or resyncs in the default pool.
+    intake: concurrent.futures.Executor | None = None
 
 
 class QueryBody(BaseModel):
@@ -76,10 +87,34 @@ class ResyncBody(BaseModel):
     project: str | None = None
     rebuild: bool = False
     allow_mass_delete: bool = False
+    wait: bool = False  # answer 200 with the reports when done, instead of 202 at once
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return error_response(status, message)
+
+
+async def _body_error(_request: Request, exc: BodyError) -> JSONResponse:
+    return error_response(exc.status, exc.message, fields=exc.fields or None)
+
+
+def _body_model(model: type[BaseModel], raw: bytes, *, empty_ok: bool = False) -> Any:
+    """A pydantic model from a request body read by `read_capped`; BodyError (400/422) for what does not fit."""
+    if empty_ok and not raw.strip():
+        return model()
+    value = strict_json(raw)
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:  # named like FastAPI's own validation errors (kbsync/http_errors.py)
+        fields = [
+            {"field": ".".join(["body", *(str(p) for p in e["loc"])]), "message": str(e["msg"])} for e in exc.errors()
+        ]
+        raise BodyError(422, "invalid request", fields) from None
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the route reads itself (after authentication)."""
+    return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def _same(secret: Any, presented: str | None) -> bool:
@@ -93,8 +128,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     """The FastAPI application over one daemon's engine and queue."""
     app = FastAPI(title="kbsync", version=__version__, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    app.add_exception_handler(BodyError, _body_error)  # type: ignore[arg-type]
     bearer = HTTPBearer(auto_error=False)
     settings = ctx.settings
+    server = settings.server
+
+    async def read_body(request: Request, model: type[BaseModel], *, empty_ok: bool = False) -> Any:
+        raw = await read_capped(request, server.max_body_bytes, server.body_timeout_seconds)
+        return _body_model(model, raw, empty_ok=empty_ok)
+
+    async def light(fn: Callable[..., Any], *args: Any) -> Any:
+        """Run short blocking work (queue insert, readiness) in the intake pool."""
+        return await asyncio.get_running_loop().run_in_executor(ctx.intake, fn, *args)
 
     def admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if settings.admin_token is None:
@@ -109,12 +154,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
         ctx.metrics.webhooks.labels(tenant if settings.tenant(tenant) else "unknown", outcome).inc()
         return response
 
-    @app.post("/v1/query")
+    @app.post("/v1/query", openapi_extra=_schema(QueryBody))
     async def query(
-        body: QueryBody, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
     ) -> dict[str, Any]:
         """Top-k articles (or chunks) of a project. A tenant's query token opens only that tenant's projects."""
-        _authorize_query(settings, body.tenant, credentials.credentials if credentials else None)
+        token = credentials.credentials if credentials else None
+        _known_token(settings, token)  # before the body is read
+        body: QueryBody = await read_body(request, QueryBody)
+        _authorize_query(settings, body.tenant, token)
         started = time.perf_counter()
         try:
             hits = await asyncio.to_thread(
@@ -132,21 +180,26 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise HTTPException(503, str(exc)) from None
         return {"results": [h.as_result() for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
-    @app.post("/v1/resync", dependencies=[Depends(admin)])
-    async def resync(body: ResyncBody | None = None) -> dict[str, Any]:
-        """Full reconcile of every project (or the ones named), like `kbsync resync`; answers when done."""
-        body = body or ResyncBody()
+    @app.post("/v1/resync", dependencies=[Depends(admin)], status_code=202, openapi_extra=_schema(ResyncBody))
+    async def resync(request: Request) -> JSONResponse:
+        """Full reconcile of every project (or the ones named), like `kbsync resync`, run by the scheduler: 202 at
+        once, or with `wait` 200 and the reports when done (awaited without holding a thread)."""
+        body: ResyncBody = await read_body(request, ResyncBody, empty_ok=True)
         try:
             keys = ctx.engine.projects(body.tenant, body.project)
         except UnknownProject as exc:
             raise HTTPException(404, str(exc)) from None
-        reports = []
-        for key in keys:
-            report = await asyncio.to_thread(
-                ctx.engine.reconcile, key, rebuild=body.rebuild, allow_mass_delete=body.allow_mass_delete
-            )
-            reports.append(report.as_dict())
-        return {"reports": reports}
+        if ctx.submit_resync is None:
+            return _error(503, "resync is not available in this process")
+        future = ctx.submit_resync(keys, body)
+        projects = [{"tenant": k.tenant, "project": k.project} for k in keys]
+        if not body.wait:
+            return JSONResponse({"status": "accepted", "projects": projects}, status_code=202)
+        try:
+            reports = await asyncio.wrap_future(future)
+        except KbsyncError as exc:
+            return _error(503, str(exc))
+        return JSONResponse({"reports": reports}, status_code=200)
 
     @app.get("/v1/status", dependencies=[Depends(admin)])
     async def status() -> dict[str, Any]:
@@ -160,20 +213,35 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        """Ready: started, stores and state database answering, model loaded."""
+    async def readyz(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> JSONResponse:
+        """Ready: started, stores and state database answering, model loaded. What is wrong (it names stores and
+        hosts) only for the admin token."""
         if not ctx.ready():
             return JSONResponse({"status": "starting"}, status_code=503)
-        problems = await asyncio.to_thread(ctx.engine.problems)
+        problems = await light(ctx.engine.problems)
         if problems:
-            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+            admin_asks = credentials is not None and _same(settings.admin_token, credentials.credentials)
+            shown = {"problems": problems} if admin_asks else {}
+            return JSONResponse({"status": "unavailable", **shown}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
+    metrics_auth = [] if server.public_metrics else [Depends(admin)]
+
+    @app.get("/metrics", dependencies=metrics_auth)
     async def metrics() -> Response:
+        """Prometheus text; its labels name every tenant, so it takes the admin token unless
+        `server.public_metrics`."""
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _known_token(settings: Settings, token: str | None) -> None:
+    """401 unless `token` is the admin token or some tenant's query token: checked before a body is read."""
+    if not token:
+        raise HTTPException(401, "a bearer token is required")
+    if not (_same(settings.admin_token, token) or any(_same(t.query_token, token) for t in settings.tenants)):
+        raise HTTPException(401, "unknown bearer token")
 
 
 def _authorize_query(settings: Settings, tenant_id: str, token: str | None) -> None:
@@ -190,19 +258,23 @@ def _authorize_query(settings: Settings, tenant_id: str, token: str | None) -> N
 
 
 async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[str, JSONResponse]:
-    tenant = ctx.settings.tenant(tenant_id)
-    if tenant is None:
-        return "rejected", _error(404, f"unknown tenant {tenant_id!r}")
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_WEBHOOK_BYTES):
-        return "rejected", _error(413, "body over 1 MiB")
-    body = await request.body()
-    if len(body) > MAX_WEBHOOK_BYTES:
-        return "rejected", _error(413, "body over 1 MiB")
-    problem = _signature_problem(tenant, request.headers, body)
+    """Checks what needs no body first (headers, tenant), then reads at most `max_webhook_bytes`."""
+    server = ctx.settings.server
+    problem = _header_problem(request.headers)
     if problem:
-        log.warning("webhook.rejected", tenant=tenant_id, reason=problem)
         return "rejected", _error(401, problem)
+    tenant = ctx.settings.tenant(tenant_id)
+    if tenant is None or tenant.webhook_secret is None:
+        log.warning("webhook.rejected", reason="unknown tenant or no webhook secret configured")
+        return "rejected", _error(401, NOT_SIGNED)
+    try:
+        body = await read_capped(request, server.max_webhook_bytes, server.body_timeout_seconds)
+        if not _signed(tenant, request.headers, body):
+            log.warning("webhook.rejected", tenant=tenant_id, reason="signature does not match")
+            return "rejected", _error(401, NOT_SIGNED)
+        strict_json(body)  # 400 not JSON, 422 a lone surrogate: before parse_notice reads it
+    except BodyError as exc:
+        return "rejected", _error(exc.status, exc.message)
     try:
         notice = parse_notice(body)
     except ValueError as exc:
@@ -218,14 +290,18 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
     if notice.doc_id is not None:
         payload["doc_id"] = notice.doc_id
     try:
-        enqueued = await asyncio.to_thread(
-            ctx.queue.enqueue,
-            tenant_id,
-            projects,
-            notice.source_id,
-            notice.event.value,
-            payload,
-            request.headers.get("x-chatwoot-delivery") or None,
+        enqueued = await asyncio.get_running_loop().run_in_executor(
+            ctx.intake,
+            functools.partial(
+                ctx.queue.enqueue,
+                tenant_id,
+                projects,
+                notice.source_id,
+                notice.event.value,
+                payload,
+                request.headers.get("x-chatwoot-delivery") or None,
+                fingerprint=_fingerprint(request.headers, body),
+            ),
         )
     except KbsyncError as exc:
         log.error("webhook.not_stored", tenant=tenant_id, error=str(exc))
@@ -243,10 +319,8 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
     return "queued", JSONResponse({"status": "queued"}, status_code=202)
 
 
-def _signature_problem(tenant: TenantSettings, headers: Any, body: bytes) -> str | None:
-    """Why a request's signature is not acceptable, or None."""
-    if tenant.webhook_secret is None:
-        return "webhooks are disabled for this tenant (no webhook secret configured)"
+def _header_problem(headers: Any) -> str | None:
+    """Why a webhook is refused before its tenant is looked up or its body read (the same for every tenant)."""
     timestamp = headers.get("x-chatwoot-timestamp")
     signature = headers.get("x-chatwoot-signature")
     if not timestamp or not signature:
@@ -257,7 +331,19 @@ def _signature_problem(tenant: TenantSettings, headers: Any, body: bytes) -> str
         return "X-Chatwoot-Timestamp is not a unix time"
     if abs(time.time() - sent) > SIGNATURE_WINDOW_SECONDS:
         return "X-Chatwoot-Timestamp is outside the 300 s window"
-    expected = sign(tenant.webhook_secret.get_secret_value(), timestamp, body)
-    if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
-        return "signature does not match"
     return None
+
+
+def _signed(tenant: TenantSettings, headers: Any, body: bytes) -> bool:
+    """Whether the body carries the tenant's signature (headers already checked by `_header_problem`)."""
+    if tenant.webhook_secret is None:
+        return False
+    expected = sign(tenant.webhook_secret.get_secret_value(), headers["x-chatwoot-timestamp"], body)
+    return hmac.compare_digest(expected.encode(), headers["x-chatwoot-signature"].strip().encode())
+
+
+def _fingerprint(headers: Any, body: bytes) -> str:
+    """What identifies one signed delivery whatever its X-Chatwoot-Delivery says: a captured webhook replayed
+    under a new or no delivery id within the signature window is a duplicate."""
+    signed = headers["x-chatwoot-timestamp"].encode() + b"." + body
+    return "sha256:" + hashlib.sha256(signed).hexdigest()

@@ -18,7 +18,8 @@ __all__ = ["configure_logging", "redact_secrets"]
 
 _SECRET_KEY = re.compile(r"(token|secret|password|authorization|signature|api_key|cookie)", re.IGNORECASE)
 _SECRET_IN_TEXT = re.compile(
-    r"(?i)(api_access_token|authorization|bearer|token|password|secret)([\"']?\s*[:=]\s*[\"']?|\s+)([^\s\"'&,;]+)"
+    r"(?i)(api_access_token|authorization|bearer|token|password|secret)([\"']?\s*[:=]\s*[\"']?|\s+)"
+    r"((?:bearer\s+)?[^\s\"'&,;]+)"  # "Authorization: Bearer <token>": the token, not the word Bearer
 )
 REDACTED = "[redacted]"
 
@@ -53,8 +54,10 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
     ]
+    # Plain tracebacks only: rich's, with show_locals, printed every local of every frame (issue 17: the bearer
+    # token 21 times for one bad query). The traceback text is formatted first and redacted like any value.
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback)
         if use_console
         else structlog.processors.JSONRenderer()
     )
@@ -75,7 +78,8 @@ def configure_logging(
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                *([] if use_console else [structlog.processors.format_exc_info]),
+                structlog.processors.format_exc_info,
+                redact_secrets,
                 renderer,
             ],
         )

@@ -2,8 +2,8 @@
 
 Claims expire (`claimed_until`): a worker that dies with an item claimed, `kill -9` included, only delays it, and
 `claim()` takes expired items back, so there is no stalled-job sweeper. Items of one project are claimed one at a
-time (per-project serialization). `X-Chatwoot-Delivery` ids are a unique key: a repeated delivery is an
-IntegrityError mapped to "duplicate", never a read-then-insert race.
+time (per-project serialization). `X-Chatwoot-Delivery` ids and the hashes of what was signed are unique keys: a
+repeated delivery is an IntegrityError mapped to "duplicate", never a read-then-insert race.
 """
 
 from __future__ import annotations
@@ -124,15 +124,19 @@ class Queue:
         event: str,
         payload: dict[str, Any],
         delivery_id: str | None,
+        *,
+        fingerprint: str | None = None,
     ) -> Enqueued:
-        """Store one event durably (committed when this returns); a repeated delivery id is a duplicate. Several
-        projects (a portal that more than one project reads) get one item each, in one transaction."""
+        """Store one event durably (committed when this returns); a repeated delivery id, or a repeated
+        `fingerprint` (the hash of what was signed: the same webhook replayed under another delivery id), is a
+        duplicate. Several projects (a portal that more than one project reads) get one item each, in one
+        transaction."""
         projects = [project] if isinstance(project, str) else list(project)
         now = time.time()
         try:
             with self.db.begin() as tx:
-                if delivery_id:
-                    tx.execute(sa.insert(deliveries).values(tenant=tenant, delivery_id=delivery_id, received_at=now))
+                for key in {delivery_id, fingerprint} - {None, ""}:
+                    tx.execute(sa.insert(deliveries).values(tenant=tenant, delivery_id=key, received_at=now))
                 ids = []
                 for name in projects:
                     row = _new_item(tenant, name, source, event, payload, delivery_id, now)

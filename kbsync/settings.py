@@ -118,6 +118,13 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=1, le=65535)
     admin_token_env: EnvName = "KBSYNC_ADMIN_TOKEN"
+    # Limits (README "Security"): bodies are read after authentication, up to these caps, within this deadline.
+    max_webhook_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)  # /v1/query, /v1/resync
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    limit_concurrency: int = Field(default=200, ge=1, le=100_000)  # open connections; over it: 503
+    keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    public_metrics: bool = False  # /metrics without the admin token (its labels name every tenant)
 
 
 class ScheduleSettings(_Section):

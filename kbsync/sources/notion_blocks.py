@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kbsync.sources._mdout import fence, quote, table
+
 __all__ = ["CONTAINER_TYPES", "blocks_to_markdown", "plain_text", "rich_text_to_markdown"]
 
 Block = Mapping[str, Any]
@@ -61,11 +63,12 @@ def rich_text_to_markdown(rich_text: Iterable[Mapping[str, Any]] | None) -> str:
 
 def blocks_to_markdown(blocks: Iterable[Block]) -> str:
     """The markdown of a page's blocks (children attached under `"children"`)."""
-    rendered = "\n\n".join(b for b in _blocks(list(blocks), 0) if b.strip())
+    rendered = "\n\n".join(b for b in _blocks(list(blocks), "") if b.strip())
     return rendered.strip() + "\n" if rendered.strip() else ""
 
 
-def _blocks(blocks: list[Block], depth: int) -> list[str]:
+def _blocks(blocks: list[Block], indent: str) -> list[str]:
+    """Markdown blocks; `indent` is the parent list item's text column (nested content lines up with it)."""
     out: list[str] = []
     list_run: list[str] = []
     number = 0
@@ -78,13 +81,13 @@ def _blocks(blocks: list[Block], depth: int) -> list[str]:
                 list_run = []
             run_kind = kind
             number = number + 1 if kind == "numbered_list_item" else 0
-            list_run.extend(_list_item(block, kind, number, depth))
+            list_run.extend(_list_item(block, kind, number, indent))
             continue
         if list_run:
             out.append("\n".join(list_run))
             list_run = []
         number = 0
-        out.extend(_indent(b, depth) for b in _block(block, kind, 0))
+        out.extend(_indent(b, indent) for b in _block(block, kind))
     if list_run:
         out.append("\n".join(list_run))
     return out
@@ -100,83 +103,65 @@ def _body(block: Block, kind: str) -> Mapping[str, Any]:
     return body if isinstance(body, Mapping) else {}
 
 
-def _block(block: Block, kind: str, depth: int) -> list[str]:
+def _block(block: Block, kind: str) -> list[str]:
     body = _body(block, kind)
     text = rich_text_to_markdown(body.get("rich_text"))
     if kind in _DROPPED:
         return []
     if kind.startswith("heading_") and kind[-1] in "123":
         heading = [f"{'#' * int(kind[-1])} {text.strip()}"] if text.strip() else []
-        return heading + _blocks(_children(block), depth)
+        return heading + _blocks(_children(block), "")
     if kind == "paragraph":
-        return ([text.strip()] if text.strip() else []) + _blocks(_children(block), depth)
+        return ([text.strip()] if text.strip() else []) + _blocks(_children(block), "")
     if kind == "toggle":
-        return ([f"**{text.strip()}**"] if text.strip() else []) + _blocks(_children(block), depth)
+        return ([f"**{text.strip()}**"] if text.strip() else []) + _blocks(_children(block), "")
     if kind in ("quote", "callout"):
         icon = body.get("icon") if kind == "callout" else None
         emoji = str(icon.get("emoji") or "") if isinstance(icon, Mapping) and icon.get("type") == "emoji" else ""
         first = f"{emoji} {text.strip()}".strip()
-        inner = ([first] if first else []) + _blocks(_children(block), depth)
-        return [_quote(inner)] if inner else []
+        inner = ([first] if first else []) + _blocks(_children(block), "")
+        return [quote(inner)] if inner else []
     if kind == "code":
         code = "".join(str(p.get("plain_text") or "") for p in body.get("rich_text") or [])
         language = str(body.get("language") or "")
-        return [_fence(code, "" if language == "plain text" else language)] if code.strip() else []
+        return [fence(code, "" if language == "plain text" else language)] if code.strip() else []
     if kind == "divider":
         return ["---"]
     if kind == "table":
-        table = _table(block, body)
-        return [table] if table else []
+        rendered = _table(block, body)
+        return [rendered] if rendered else []
     if kind == "equation":
         expression = str(body.get("expression") or "")
         return [f"$${expression}$$"] if expression else []
     if kind in CONTAINER_TYPES:
-        return _blocks(_children(block), depth)
+        return _blocks(_children(block), "")
     return []  # unknown block types
 
 
-def _list_item(block: Block, kind: str, number: int, depth: int) -> list[str]:
+def _list_item(block: Block, kind: str, number: int, indent: str) -> list[str]:
     body = _body(block, kind)
     text = rich_text_to_markdown(body.get("rich_text")).strip().replace("\n", " ")
     if kind == "numbered_list_item":
-        marker, indent = f"{number}.", "   " * depth
+        marker, width = f"{number}.", len(f"{number}.") + 1
     elif kind == "to_do":
-        marker, indent = f"- [{'x' if body.get('checked') else ' '}]", "  " * depth
+        marker, width = f"- [{'x' if body.get('checked') else ' '}]", 2
     else:
-        marker, indent = "-", "  " * depth
+        marker, width = "-", 2
     lines = [f"{indent}{marker} {text}".rstrip()]
-    lines.extend(_blocks(_children(block), depth + 1))  # nested lists indent themselves, other blocks are padded
+    lines.extend(_blocks(_children(block), indent + " " * width))  # nested content lines up with the text
     return lines
 
 
-def _indent(text: str, depth: int) -> str:
-    pad = "  " * depth
-    return "\n".join(f"{pad}{line}" if line else line for line in text.split("\n")) if depth else text
+def _indent(text: str, pad: str) -> str:
+    return "\n".join(f"{pad}{line}" if line else line for line in text.split("\n")) if pad else text
 
 
 def _table(block: Block, body: Mapping[str, Any]) -> str:
-    rows: list[list[str]] = []
-    for row in _children(block):
-        if row.get("type") != "table_row":
-            continue
-        cells = _body(row, "table_row").get("cells") or []
-        rows.append([rich_text_to_markdown(c).strip().replace("\n", " ").replace("|", "\\|") for c in cells])
-    if not rows:
-        return ""
-    width = max(int(body.get("table_width") or 0), *(len(r) for r in rows))
-    rows = [r + [""] * (width - len(r)) for r in rows]
-    head, rest = (rows[0], rows[1:]) if body.get("has_column_header") else ([""] * width, rows)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * width]
-    lines.extend("| " + " | ".join(r) + " |" for r in rest)
-    return "\n".join(lines)
-
-
-def _fence(code: str, language: str) -> str:
-    fence = "```"
-    while fence in code:
-        fence += "`"
-    return f"{fence}{language}\n{code.strip(chr(10))}\n{fence}"
-
-
-def _quote(blocks: list[str]) -> str:
-    return "\n>\n".join("\n".join(f"> {line}" if line else ">" for line in b.split("\n")) for b in blocks if b)
+    rows = [
+        [rich_text_to_markdown(cell).strip() for cell in _body(row, "table_row").get("cells") or []]
+        for row in _children(block)
+        if row.get("type") == "table_row"
+    ]
+    width = int(body.get("table_width") or 0)
+    rows = [row + [""] * (width - len(row)) for row in rows]
+    return table(rows, header=bool(body.get("has_column_header")))

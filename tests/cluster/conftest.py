@@ -339,13 +339,13 @@ class Replica:
     def resync(self, tenant: str, project: str, *, rebuild: bool, timeout: float = 120) -> httpx.Response:
         return self.http.post(
             "/v1/resync",
-            json={"tenant": tenant, "project": project, "rebuild": rebuild},
+            json={"tenant": tenant, "project": project, "rebuild": rebuild, "wait": True},
             headers={"Authorization": f"Bearer {self.secrets.admin}"},
             timeout=timeout,
         )
 
     def metrics(self) -> str:
-        response = self.http.get("/metrics")
+        response = self.http.get("/metrics", headers={"Authorization": f"Bearer {self.secrets.admin}"})
         assert response.status_code == 200, f"{self.name} /metrics: {response.status_code} {response.text[:300]}"
         return response.text
 

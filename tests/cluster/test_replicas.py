@@ -290,7 +290,7 @@ def test_postgres_down_answers_503_keeps_every_replica_running_and_recovers(heal
     assert slowest < CHATWOOT_WAITS, f"a webhook took {slowest:.2f} s to be refused"
     for replica in replicas:
         assert replica.http.get("/readyz").status_code == 503, f"{replica.name} says ready without its database"
-    scraped = replicas[0].http.get("/metrics")
+    scraped = replicas[0].http.get("/metrics", headers={"Authorization": f"Bearer {replicas[0].secrets.admin}"})
     assert scraped.status_code == 200, f"/metrics fails while the database is away: {scraped.text[:300]}"
     dead = [f"{r.name} exited {r.proc.returncode}:\n{r.log_tail(15)}" for r in replicas if not r.alive]
     assert not dead, "a replica crashed while PostgreSQL was away:\n" + "\n".join(dead)

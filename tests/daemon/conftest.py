@@ -164,8 +164,11 @@ class DaemonProcess:
 
     Its stderr (the JSON log) of every start is appended to one file, so a test can read all of it."""
 
-    def __init__(self, config: Path, port: int, env: dict[str, str], log_path: Path, secrets_: Secrets) -> None:
+    def __init__(
+        self, config: Path, port: int, env: dict[str, str], log_path: Path, secrets_: Secrets, args: tuple[str, ...] = ()
+    ) -> None:
         self.config = config
+        self.args = args  # after `run`, e.g. ("--workers", "1")
         self.port = port
         self.env = env
         self.log_path = log_path
@@ -185,7 +188,7 @@ class DaemonProcess:
         self.started_at = time.time()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kbsync", "--config", str(self.config), "run"],
+                [sys.executable, "-m", "kbsync", "--config", str(self.config), "run", *self.args],
                 cwd=REPO,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -260,7 +263,7 @@ class DaemonProcess:
         return next(p for p in self.status()["projects"] if (p["tenant"], p["project"]) == (tenant, project))
 
     def metrics(self) -> str:
-        response = self.http.get("/metrics")
+        response = self.http.get("/metrics", headers=self.admin_headers())
         assert response.status_code == 200
         return response.text
 
@@ -395,7 +398,15 @@ def seed_chatwoot(secrets_: Secrets) -> tuple[FakeChatwoot, list[int], list[int]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def daemon_options() -> tuple[tuple[str, ...], dict[str, str]]:
+    """Arguments after `kbsync run` and extra environment of the module's daemon; a module overrides it."""
+    return (), {}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, daemon_options: tuple[tuple[str, ...], dict[str, str]]
+) -> Iterator[Stack]:
     """Chatwoot server + a started daemon whose start-up reconcile has finished."""
     root = tmp_path_factory.mktemp("daemon")
     secrets_ = Secrets()
@@ -405,7 +416,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         state_dir = root / "state"
         config = root / "settings.toml"
         config.write_text(settings_text(state_dir, port, chatwoot.base_url), encoding="utf-8")
-        daemon = DaemonProcess(config, port, base_env(secrets_.env()), root / "daemon.log", secrets_)
+        args, extra_env = daemon_options
+        env = base_env({**secrets_.env(), **extra_env})
+        daemon = DaemonProcess(config, port, env, root / "daemon.log", secrets_, args)
         try:
             daemon.start()
             yield Stack(chatwoot, fake, daemon, secrets_, config, state_dir, acme_ids, globex_ids)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -159,7 +160,8 @@ REJECTED: dict[str, tuple[int, Send]] = {
     "JSON that is not an object": (400, lambda d, s: _signed_raw(d, b'["article_updated"]')),
     "article without an id": (400, lambda d, s: d.webhook("article_updated", article={"title": "no id"})),
     "wrong account id": (403, lambda d, s: d.webhook("article_updated", s.acme_ids[1], account=2)),
-    "unknown tenant": (404, lambda d, s: d.webhook("article_updated", s.acme_ids[1], tenant="initech")),
+    # 401 like a bad signature, not 404: the route does not tell which tenants exist (issue 17).
+    "unknown tenant": (401, lambda d, s: d.webhook("article_updated", s.acme_ids[1], tenant="initech")),
     "unconfigured portal": (404, lambda d, s: d.webhook("article_updated", s.acme_ids[1], portal="nope-help")),
     "another tenant's portal": (404, lambda d, s: d.webhook("article_updated", s.globex_ids[0], portal=GLOBEX_PORTAL)),
 }
@@ -168,8 +170,8 @@ REJECTED: dict[str, tuple[int, Send]] = {
 @pytest.mark.parametrize("case", list(REJECTED))
 def test_rejected_webhook_answers_its_code_and_writes_nothing(case: str, stack: Stack, daemon: DaemonProcess) -> None:
     """design §5 codes: 401 bad/missing signature or timestamp out of the 300 s window, 413 over 1 MiB, 400
-    malformed, 403 foreign account, 404 unknown tenant or portal. If broken, a forged or replayed event is queued
-    (the queued counter or a refresh run moves) or the rejected counter stays still."""
+    malformed, 403 foreign account, 404 unknown portal, 401 unknown tenant. If broken, a forged or replayed event is
+    queued (the queued counter or a refresh run moves) or the rejected counter stays still."""
     expected, send = REJECTED[case]
     before = written_counters(daemon)
     tenant_label = "unknown" if case == "unknown tenant" else "acme"
@@ -360,7 +362,7 @@ def test_status_and_resync_need_the_admin_token(stack: Stack, daemon: DaemonProc
     for secret in daemon.secrets.values():
         assert secret not in status.text
 
-    resync = daemon.http.post("/v1/resync", json={"tenant": "globex"}, headers=daemon.admin_headers())
+    resync = daemon.http.post("/v1/resync", json={"tenant": "globex", "wait": True}, headers=daemon.admin_headers())
     assert resync.status_code == 200, resync.text
     [report] = resync.json()["reports"]
     assert (report["tenant"], report["project"], report["outcome"]) == ("globex", "beta", "ok")
@@ -389,7 +391,7 @@ DESIGN_METRICS = {
 
 def test_metrics_expose_the_design_names(stack: Stack, daemon: DaemonProcess) -> None:
     """design §5: at least these metrics, with these labels, in Prometheus text format."""
-    response = daemon.http.get("/metrics")
+    response = daemon.http.get("/metrics", headers=daemon.admin_headers())
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
@@ -564,7 +566,8 @@ def test_secrets_never_appear_in_the_daemon_log(stack: Stack) -> None:
 
 # -- systemd units -----------------------------------------------------------------------------------------
 
-UNITS = ("kbsync.service", "kbsync-resync.service")
+UNITS = ("kbsync.service", "kbsync-resync.service", "kbsync@.service")
+KBSYNC = "/opt/kbsync/.venv/bin/kbsync"
 
 
 def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -580,8 +583,8 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         executable = Path(sys.executable)
     for unit in UNITS:
         text = (REPO / "systemd" / unit).read_text(encoding="utf-8")
-        assert "ExecStart=/opt/kbsync/.venv/bin/kbsync " in text
-        text = text.replace("ExecStart=/opt/kbsync/.venv/bin/kbsync", f"ExecStart={executable}")
+        assert re.search(rf"^ExecStart=(/bin/sh -c '.*exec )?{re.escape(KBSYNC)} ", text, re.M), unit
+        text = text.replace(KBSYNC, str(executable))
         text = re.sub(r"^User=.*$", "User=root", text, flags=re.M)
         text = re.sub(r"^Group=.*$", "Group=root", text, flags=re.M)
         (tmp_path / unit).write_text(text, encoding="utf-8")
@@ -615,3 +618,39 @@ def test_systemd_units_carry_the_required_settings() -> None:
     assert re.search(r"^Type=oneshot$", resync, re.M)
     assert re.search(r"^ExecStart=\S+ resync$", resync, re.M)
     assert "EnvironmentFile=-/etc/kbsync/kbsync.env" in resync
+
+
+HARDENING = (  # issue 17: both units, the resync as sandboxed as the daemon
+    "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
+    "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectKernelLogs=yes", "ProtectControlGroups=yes",
+    "ProtectClock=yes", "ProtectHostname=yes", "RestrictSUIDSGID=yes", "RestrictRealtime=yes",
+    "RestrictNamespaces=yes", "LockPersonality=yes", "RemoveIPC=yes", "CapabilityBoundingSet=",
+    "SystemCallArchitectures=native", "SystemCallFilter=@system-service", "IPAddressDeny=169.254.0.0/16",
+    "StartLimitIntervalSec=300", "StartLimitBurst=5", "ReadWritePaths=/var/lib/kbsync",
+)
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_systemd_units_are_sandboxed_bounded_and_do_not_restart_forever(unit: str) -> None:
+    """Issue 17 (low): no MemoryMax, cloud metadata reachable, no syscall filter, a less sandboxed resync unit,
+    and Restart= looping forever on a start-up crash."""
+    text = (REPO / "systemd" / unit).read_text(encoding="utf-8")
+    for line in HARDENING:
+        assert re.search(rf"^{re.escape(line)}$", text, re.M), f"{unit} lacks {line}"
+    assert re.search(r"^MemoryMax=\d+[KMG]$", text, re.M), f"{unit} has no MemoryMax"
+    # The deny list must not cut the daemon off from loopback (its Chroma, PostgreSQL or proxy may be local).
+    assert not re.search(r"^IPAddressDeny=.*\b(any|127\.|localhost)", text, re.M)
+
+
+@pytest.mark.parametrize(("instance", "port"), [("1", "8701"), ("9", "8709"), ("10", "8710"), ("42", "8742")])
+def test_replica_unit_listens_on_8700_plus_its_instance(instance: str, port: str) -> None:
+    """Issue 17 (low): `KBSYNC_SERVER__PORT=870%i` made port 87010 for kbsync@10. The ExecStart line is run here
+    with %i expanded as systemd does and `kbsync run` replaced by printing the port it would get."""
+    text = (REPO / "systemd" / "kbsync@.service").read_text(encoding="utf-8")
+    assert not re.search(r"^Environment=KBSYNC_SERVER__PORT=", text, re.M)
+    (line,) = re.findall(r"^ExecStart=(.*)$", text, re.M)
+    command = shlex.split(line.replace("%i", instance).replace("$$", "$"))
+    command = [part.replace(f"exec {KBSYNC} run", "printenv KBSYNC_SERVER__PORT") for part in command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=10, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == port

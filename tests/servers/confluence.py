@@ -61,6 +61,19 @@ def storage_from_markdown(markdown: str) -> str:
     return re.sub(r"<(br|hr|img)([^>]*)>", r"<\1\2/>", rendered).replace("//>", "/>")
 
 
+def shorten(markdown: str, max_chars: int | None) -> str:
+    """The leading paragraphs of `markdown` within about `max_chars` (at least one paragraph)."""
+    if max_chars is None or len(markdown) <= max_chars:
+        return markdown
+    kept: list[str] = []
+    for paragraph in markdown.split("\n\n"):
+        if kept and sum(len(p) + 2 for p in kept) + len(paragraph) > max_chars:
+            break
+        kept.append(paragraph)
+    text = "\n\n".join(kept)
+    return text if text.count("```") % 2 == 0 else text + "\n```"
+
+
 def _iso(epoch: int) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
@@ -110,9 +123,11 @@ class FakeConfluence:
             return page_id
 
     def load_corpus(
-        self, space: str, path: Path, *, count: int | None = None, labels: list[str] | None = None
+        self, space: str, path: Path, *, count: int | None = None, labels: list[str] | None = None,
+        max_chars: int | None = None,
     ) -> list[str]:
-        """Pages from a corpus file's articles (cycled to `count` pages with numbered titles)."""
+        """Pages from a corpus file's articles (cycled to `count` pages with numbered titles; bodies cut to about
+        `max_chars` at a paragraph break)."""
         articles = json.loads(path.read_text(encoding="utf-8"))["articles"]
         articles = [a for a in articles if a.get("status") == "published"] or articles
         total = count or len(articles)
@@ -120,7 +135,7 @@ class FakeConfluence:
         for index in range(total):
             article = articles[index % len(articles)]
             title = article["title"] if index < len(articles) else f"{article['title']} ({index // len(articles) + 1})"
-            body = storage_from_markdown(article.get("content") or "")
+            body = storage_from_markdown(shorten(article.get("content") or "", max_chars))
             if index % 7 == 0:
                 body = (
                     '<ac:structured-macro ac:name="info"><ac:rich-text-body><p>Applies to every plan.</p>'

@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from tests.servers._faults import Fault, FaultBook
+from tests.servers.confluence import shorten
 from tests.servers.threaded import ThreadedServer
 
 __all__ = ["TOKEN", "Fault", "FakeNotion", "NotionServer", "blocks_from_markdown", "rich"]
@@ -382,7 +383,8 @@ def create_app(fake: FakeNotion) -> FastAPI:
     return app
 
 
-def build_tree(fake: FakeNotion, corpus: Path, *, pages: int, sections: int = 10, database_rows: int = 0) -> str:
+def build_tree(fake: FakeNotion, corpus: Path, *, pages: int, sections: int = 10, database_rows: int = 0,
+               max_chars: int | None = None) -> str:
     """A root page with `sections` section pages holding the corpus articles (cycled to `pages` pages in all,
     the root and sections included), optionally a child database of `database_rows` rows under the root.
     Returns the root's id."""
@@ -396,7 +398,7 @@ def build_tree(fake: FakeNotion, corpus: Path, *, pages: int, sections: int = 10
     for index in range(max(0, remaining) + database_rows):
         article = articles[index % len(articles)]
         title = article["title"] if index < len(articles) else f"{article['title']} ({index // len(articles) + 1})"
-        body = blocks_from_markdown(article.get("content") or "")
+        body = blocks_from_markdown(shorten(article.get("content") or "", max_chars))
         when = old + index * 3600
         if database is not None and index >= remaining:
             fake.add_page(title, body, database=database, edited=when)
