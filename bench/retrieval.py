@@ -31,9 +31,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import CORPORA, corpus_articles, model_dir  # noqa: E402
-from kbsync.engine import Engine, ProjectKey  # noqa: E402
-from kbsync.wiring import open_engine  # noqa: E402
+from kbsync.engine import Engine  # noqa: E402
+from kbsync.runs import ProjectKey  # noqa: E402
 from kbsync.settings import load_settings  # noqa: E402
+from kbsync.wiring import open_engine  # noqa: E402
 
 QUESTIONS = Path(__file__).with_name("retrieval_questions.json")
 KEY = ProjectKey("bench", "corpus")
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=None)
     parser.add_argument("--state", type=Path, default=None, help="keep the synced state here between runs")
     parser.add_argument("--no-windows", action="store_true")
+    parser.add_argument("--max-postings", type=int, default=None, help="LexicalIndex.max_postings")
+    parser.add_argument("--bm25", default=None, help="title,heading,body column weights of the lexical ranking")
     args = parser.parse_args()
     weights = [float(w) for w in args.weights.split(",") if w]
 
@@ -126,11 +129,17 @@ def main() -> None:
         )
         questions = json.loads(QUESTIONS.read_text(encoding="utf-8"))
         with open_engine(load_settings(config)) as engine:
+            if args.bm25 and engine.lexical is not None:
+                engine.lexical.weights = tuple(float(w) for w in args.bm25.split(","))  # type: ignore[assignment]
+            if args.max_postings and engine.lexical is not None:
+                engine.lexical.max_postings = args.max_postings
             started = time.perf_counter()
             report = engine.reconcile(KEY)
             print(f"sync: {report.chunks_total} chunks ({report.chunks_embedded} embedded) in "
                   f"{time.perf_counter() - started:.0f} s; chunking {engine.chunker.fingerprint}; "
-                  f"candidates {engine.settings.retrieval.candidates}", flush=True)
+                  f"candidates {engine.settings.retrieval.candidates}; bm25 weights "
+                  f"{engine.lexical.weights if engine.lexical else None}; max postings "
+                  f"{engine.lexical.max_postings if engine.lexical else None}", flush=True)
             systems: dict[str, Callable[[str, str, str], list[str]]] = {}
 
             def chunk_ranks(question: str, locale: str, target: str) -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kbsync.embedding import TokenCounter
 from kbsync.markdown import Block, parse_blocks
 
-__all__ = ["CHUNKER_VERSION", "MAX_CHUNK_BYTES", "Chunk", "Chunker", "chunk_id", "split_bytes"]
+__all__ = ["CHUNKER_VERSION", "MAX_CHUNK_BYTES", "Chunk", "Chunker", "chunk_id", "doc_id_of", "split_bytes"]
 
 # Bump when the chunk texts produced for the same input change, so stored documents are re-chunked.
 CHUNKER_VERSION = 1
@@ -63,6 +63,11 @@ def chunk_id(doc_id: str, text: str, seen: dict[str, int]) -> str:
     base = f"{doc_id}#{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
     seen[base] = seen.get(base, 0) + 1
     return base if seen[base] == 1 else f"{base}-{seen[base]}"
+
+
+def doc_id_of(chunk_id: str) -> str:
+    """The document id a chunk id starts with (the inverse of `chunk_id`: the hash part holds no `#`)."""
+    return chunk_id.rsplit("#", 1)[0]
 
 
 class Chunker:

@@ -15,9 +15,10 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from kbsync.chunking import doc_id_of
 from kbsync.store import QueryHit
 
-__all__ = ["Group", "LexicalHit", "LexicalSearch", "RankedHit", "Retrieval", "best_per_document", "fuse", "minmax"]
+__all__ = ["Group", "LexicalHit", "LexicalSearch", "RankedHit", "Retrieval", "fuse", "minmax"]
 
 Group = Literal["doc", "chunk"]
 
@@ -45,6 +46,10 @@ class ChunkReader(Protocol):
     def query(
         self, name: str, embedding: np.ndarray, *, k: int, where: Mapping[str, Any] | None = None
     ) -> list[QueryHit]: ...
+
+    def nearest(
+        self, name: str, embedding: np.ndarray, *, k: int, where: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, float]]: ...
 
     def get(self, name: str, ids: Sequence[str]) -> list[QueryHit]: ...
 
@@ -94,16 +99,6 @@ class RankedHit:
                 for c in self.context
             ]
         return result
-
-
-def best_per_document(hits: Iterable[QueryHit]) -> dict[str, QueryHit]:
-    """Each document's best chunk, in the order of first appearance (hits arrive best first)."""
-    best: dict[str, QueryHit] = {}
-    for hit in hits:
-        doc_id = str(hit.metadata.get("doc_id", ""))
-        if doc_id not in best or hit.score > best[doc_id].score:
-            best[doc_id] = hit
-    return best
 
 
 def minmax(scores: Mapping[str, float]) -> dict[str, float]:
@@ -169,7 +164,10 @@ class Retrieval:
         locale: str | None,
         weight: float,
     ) -> list[RankedHit]:
-        dense_best = best_per_document(self.store.query(collection, vector, k=max(self.candidates, k), where=where))
+        # Candidates as bare ids and scores; texts and metadata are read for the k winners only.
+        dense_best: dict[str, tuple[str, float]] = {}
+        for chunk_id, similarity in self.store.nearest(collection, vector, k=max(self.candidates, k), where=where):
+            dense_best.setdefault(doc_id_of(chunk_id), (chunk_id, similarity))  # best first
         lexical_best: dict[str, LexicalHit] = {}
         if weight > 0 and self.lexical is not None:
             found = self.lexical.search(*scope, text, locale=locale, limit=max(self.candidates, k))
@@ -177,23 +175,24 @@ class Retrieval:
                 if hit.doc_id not in lexical_best or hit.score > lexical_best[hit.doc_id].score:
                     lexical_best[hit.doc_id] = hit
         fused = fuse(
-            {doc: hit.score for doc, hit in dense_best.items()},
+            {doc: similarity for doc, (_, similarity) in dense_best.items()},
             {doc: hit.score for doc, hit in lexical_best.items()},
             weight if lexical_best else 0.0,
         )
         top = fused[:k]
-        # Documents only the lexical leg found: read their best chunk from the store. One the store lacks (a
-        # lexical row left by a failed delete) is skipped, so a result always exists in Chroma.
-        missing = [lexical_best[doc].chunk_id for doc, _ in top if doc not in dense_best]
-        fetched = {hit.id: hit for hit in self.store.get(collection, missing)} if missing else {}
+        # Each winner's chunk: its best dense chunk, else its best lexical one. A chunk the store lacks (a lexical
+        # row left by a failed delete) is skipped, so every result exists in Chroma.
+        chosen = {doc: dense_best[doc][0] if doc in dense_best else lexical_best[doc].chunk_id for doc, _ in top}
+        fetched = {hit.id: hit for hit in self.store.get(collection, list(chosen.values()))} if chosen else {}
         ranked: list[RankedHit] = []
         for doc, score in top:
-            lexical = lexical_best.get(doc)
-            if doc in dense_best:
-                hit = dense_best[doc]
-                ranked.append(RankedHit(hit, score, hit.score, lexical.score if lexical else None))
-            elif lexical is not None and lexical.chunk_id in fetched:
-                ranked.append(RankedHit(fetched[lexical.chunk_id], score, None, lexical.score))
+            chunk = fetched.get(chosen[doc])
+            if chunk is None:
+                continue
+            dense = dense_best[doc][1] if doc in dense_best else None
+            lexical = lexical_best[doc].score if doc in lexical_best else None
+            hit = QueryHit(chunk.id, dense if dense is not None else 0.0, chunk.text, chunk.metadata)
+            ranked.append(RankedHit(hit, score, dense, lexical))
         return ranked
 
     def _expand(self, collection: str, ranked: list[RankedHit], expand: int) -> list[RankedHit]:

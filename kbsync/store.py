@@ -479,6 +479,20 @@ class Store:
             )
         ]
 
+    def nearest(
+        self, name: str, embedding: np.ndarray, *, k: int, where: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, float]]:
+        """Ids and scores (1 - cosine distance) of the nearest chunks, best first, without their texts or
+        metadata: reading those is most of a query's cost (100 candidates: ~1.4 ms bare, ~12 ms with metadata)."""
+        collection = self._collection(name, create=False)
+        if collection is None:
+            return []
+        with _chroma_errors("query", name):
+            result = collection.query(
+                query_embeddings=[embedding], n_results=k, where=dict(where) if where else None, include=["distances"]
+            )
+        return [(chunk_id, 1.0 - float(distance)) for chunk_id, distance in zip(result["ids"][0], result["distances"][0])]
+
     def get(self, name: str, ids: Sequence[str]) -> list[QueryHit]:
         """Chunks by id (score 0), in no particular order; ids the collection lacks are left out."""
         collection = self._collection(name, create=False)

@@ -29,7 +29,7 @@ from kbsync.errors import IncompleteListing, SourceError, SourceRejected, Source
 from kbsync.settings import ConfluenceSourceSettings
 from kbsync.sources import Changes, DocError, Document, Listing, make_doc_id
 from kbsync.sources._http import HttpClient, HttpOptions, RejectedStatus
-from kbsync.sources._poll import Versions, iso_to_epoch
+from kbsync.sources._poll import GatedSource, Versions, iso_to_epoch
 from kbsync.sources.confluence_storage import StorageFormatError, storage_to_markdown
 
 __all__ = ["ConfluenceSource", "SpaceInfo", "open_client"]
@@ -74,7 +74,7 @@ class SpaceInfo:
     name: str
 
 
-class ConfluenceSource:
+class ConfluenceSource(GatedSource):
     """The current pages of one space (`Source` protocol, plus `changes_since` and `applied`)."""
 
     kind = "confluence"
@@ -140,34 +140,15 @@ class ConfluenceSource:
     def confirm_gone(self, doc_ids: Collection[str]) -> set[str]:
         """Each candidate read on its own: gone when 404, not current, moved to another space, or without the
         labels. Any failure confirms nothing for that page."""
-        gone: set[str] = set()
-        space = self._space
-        for doc_id in doc_ids:
-            page_id = doc_id.rsplit(":", 1)[-1]
-            try:
-                page = self.client.get_json(f"{self._path}/api/v2/pages/{page_id}")
-                _check_page(page, self.client.url(f"{self._path}/api/v2/pages/{page_id}"), self.source_id)
-                if page.get("status") != "current" or (space is not None and str(page.get("spaceId")) != space.id):
-                    gone.add(doc_id)
-                elif self._labels and not self._labels & self.labels(page_id):
-                    gone.add(doc_id)
-            except RejectedStatus as exc:
-                if exc.status == 404:
-                    gone.add(doc_id)
-                else:
-                    log.warning("confluence.confirm_failed", source=self.source_id, error=str(exc))
-            except SourceError as exc:
-                log.warning("confluence.confirm_failed", source=self.source_id, error=str(exc))
-        self._versions.forget(gone)
-        return gone
+        return self._confirm_each(doc_ids, self._page_gone)
 
-    def applied(self, listing: Listing, indexed: Collection[str]) -> None:
-        """After a listing was applied: the versions of what the index holds are the change gate."""
-        self._versions.applied(indexed, whole_index=True)
-
-    def applied_changes(self, changes: Changes, indexed: Collection[str]) -> None:
-        """After a poll was applied: what it wrote is held now."""
-        self._versions.applied(indexed, whole_index=False)
+    def _page_gone(self, page_id: str) -> bool:
+        page = self._read_page(page_id, body=False)
+        if page is None or page.get("status") != "current":
+            return True
+        if self._space is not None and str(page.get("spaceId")) != self._space.id:
+            return True
+        return bool(self._labels) and not self._labels & self.labels(page_id)
 
     # -- poll -----------------------------------------------------------------------------------------
 
@@ -332,10 +313,11 @@ class ConfluenceSource:
         pages = list(self._paged(path, {"status": "current", "limit": str(PAGE_LIMIT)}, "poll"))
         return [(str(p["id"]), _version(p), _version_time(p)) for p in pages], len(pages)
 
-    def _read_page(self, page_id: str) -> dict[str, Any] | None:
+    def _read_page(self, page_id: str, *, body: bool = True) -> dict[str, Any] | None:
+        """One page (with its storage body), or None when it is 404."""
         path = f"{self._path}/api/v2/pages/{page_id}"
         try:
-            page = self.client.get_json(path, {"body-format": "storage"})
+            page = self.client.get_json(path, {"body-format": "storage"} if body else None)
         except RejectedStatus as exc:
             if exc.status == 404:
                 return None

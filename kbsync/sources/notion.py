@@ -25,18 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import structlog
 
-from kbsync.errors import IncompleteListing, SourceError, SourceRejected, SourceUnavailable
+from kbsync.errors import IncompleteListing, SourceRejected, SourceUnavailable
 from kbsync.settings import NotionSourceSettings
 from kbsync.sources import Changes, Document, Listing, make_doc_id
 from kbsync.sources._http import HttpClient, HttpOptions, RejectedStatus
-from kbsync.sources._poll import Versions, iso_to_epoch
+from kbsync.sources._poll import GatedSource, Versions, iso_to_epoch
 from kbsync.sources.notion_blocks import blocks_to_markdown, plain_text
 
 __all__ = ["NOTION_VERSION", "NotionSource", "RootInfo", "open_client"]
-
-log = structlog.get_logger(__name__)
 
 NOTION_VERSION = "2022-06-28"  # pinned: block and page shapes differ between versions
 PAGE_SIZE = 100
@@ -81,7 +78,7 @@ class _Walk:
     seen: set[str]
 
 
-class NotionSource:
+class NotionSource(GatedSource):
     """Pages under one Notion root (`Source` protocol, plus `changes_since`, `applied`, `applied_changes`)."""
 
     kind = "notion"
@@ -129,23 +126,11 @@ class NotionSource:
 
     def confirm_gone(self, doc_ids: Collection[str]) -> set[str]:
         """Each candidate read on its own: gone when 404, archived, in the trash, or no longer under the root."""
-        gone: set[str] = set()
-        for doc_id in doc_ids:
-            page_id = doc_id.rsplit(":", 1)[-1]
-            try:
-                page = self._get_page(page_id, missing_ok=True)
-                if page is None or _dead(page) or self._under_root(page.get("parent")) is False:
-                    gone.add(doc_id)
-            except SourceError as exc:
-                log.warning("notion.confirm_failed", source=self.source_id, error=str(exc))
-        self._versions.forget(gone)
-        return gone
+        return self._confirm_each(doc_ids, self._page_gone)
 
-    def applied(self, listing: Listing, indexed: Collection[str]) -> None:
-        self._versions.applied(indexed, whole_index=True)
-
-    def applied_changes(self, changes: Changes, indexed: Collection[str]) -> None:
-        self._versions.applied(indexed, whole_index=False)
+    def _page_gone(self, page_id: str) -> bool:
+        page = self._get_page(page_id, missing_ok=True)
+        return page is None or _dead(page) or self._under_root(page.get("parent")) is False
 
     # -- poll -----------------------------------------------------------------------------------------
 
