@@ -289,7 +289,7 @@ def query(
 ) -> None:
     """Top-k articles (or chunks) of a project for a question: score, title, heading, url. Exit 1 for an unknown
     project."""
-    from kbsync.engine import ProjectKey
+    from kbsync.runs import ProjectKey
 
     if group not in ("doc", "chunk"):
         _fail(f"--group must be doc or chunk, not {group!r}", EXIT_CONFIG)

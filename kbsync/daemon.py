@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 import uvicorn
 
-from kbsync.engine import Engine, ProjectKey
+from kbsync.engine import Engine
 from kbsync.errors import KbsyncError, StoreLocked
 from kbsync.http import ApiContext, create_app
 from kbsync.leases import LeaseKeeper, Renewer
@@ -35,6 +35,7 @@ from kbsync.memory import limit_malloc_arenas
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue, QueueItem
 from kbsync.retention import schedule_pruning
+from kbsync.runs import ProjectKey
 from kbsync.settings import Settings
 from kbsync.webhooks import POLLED_EVENTS, WebhookEvent
 from kbsync.wiring import open_engine

@@ -27,11 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kbsync import __version__
 from kbsync.bodies import BodyError, read_capped, strict_json
-from kbsync.engine import Engine, ProjectKey
+from kbsync.engine import Engine
 from kbsync.errors import KbsyncError, UnknownProject
 from kbsync.http_errors import error_response, install_error_handlers
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue
+from kbsync.runs import ProjectKey
 from kbsync.settings import Settings, TenantSettings
 from kbsync.status import status_payload
 from kbsync.webhooks import parse_notice, projects_of_portal

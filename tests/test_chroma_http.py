@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kbsync.cli import app
-from kbsync.engine import ProjectKey
+from kbsync.runs import ProjectKey
 from kbsync.settings import load_settings
 from kbsync.wiring import open_engine
 from tests.servers.chroma import ChromaServer

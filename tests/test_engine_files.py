@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kbsync.engine import ProjectKey
 from kbsync.errors import StoreLocked
+from kbsync.runs import ProjectKey
 from kbsync.store import Store
 
 KEY = ProjectKey("acme", "alpha")

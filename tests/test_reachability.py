@@ -47,8 +47,8 @@ def upstream_collection(client) -> object:
     )
 
 
-def churn(collection, seed: int = 0, *, upsert: bool = True) -> list[ChunkRecord]:
-    """Insert, delete half, and (with `upsert`) upsert 30% of the rest with new vectors, in batches of 300.
+def churn(collection, seed: int = 0, *, upsert: bool = True, share: float = 0.3) -> list[ChunkRecord]:
+    """Insert, delete half, and (with `upsert`) upsert `share` of the rest with new vectors, in batches of 300.
     Returns the records of that last step (written here, or left to the caller when `upsert` is False)."""
     rng = np.random.default_rng(seed)
     basis = rng.standard_normal((DIM, DIM)).astype(np.float32) * np.exp(-np.arange(DIM) / 20.0).astype(np.float32)
@@ -69,7 +69,7 @@ def churn(collection, seed: int = 0, *, upsert: bool = True) -> list[ChunkRecord
     for start in range(0, len(deleted), 300):
         collection.delete(ids=[ids[i] for i in deleted[start : start + 300]])
     live = sorted(set(range(RECORDS)) - set(deleted.tolist()))
-    chosen = rng.choice(live, int(len(live) * 0.3), replace=False)
+    chosen = rng.choice(live, int(len(live) * share), replace=False)
     fresh = sample(len(chosen))
     records = [
         ChunkRecord(ids[i], f"chunk {i} v2", {"doc_id": f"doc{i % 97}", "chunk_index": int(i)}, vector)
@@ -115,10 +115,11 @@ def chroma(tmp_path_factory) -> Iterator[ChromaServer]:
 
 @pytest.fixture
 def churned_embedded(tmp_path: Path) -> Iterator[Store]:
-    """The upstream reproduction in an embedded store under tmp_path, then opened by kbsync."""
-    churn(upstream_collection(embedded_client(tmp_path / "chroma")))
-    close_embedded()
+    """The upstream reproduction in kbsync's embedded store under tmp_path. The plain client shares the store's
+    Chroma system (same path and settings), so kbsync sees the index as the churn left it: reopening the store
+    changes which records are unreachable (measured: an open may find none, the next some)."""
     with Store.open_embedded(tmp_path) as store:
+        churn(upstream_collection(embedded_client(tmp_path / "chroma")))
         yield store
 
 
@@ -167,10 +168,11 @@ def test_audit_finds_the_upstream_unreachable_records_and_repair_leaves_none(
 
 def test_verify_after_write_repairs_the_written_records_no_query_returns(tmp_path: Path) -> None:
     """The last step of the reproduction (the upserts) goes through kbsync's own write; the check that follows a
-    write finds the written records no query returns and repairs them. If broken, they stay unreachable."""
-    records = churn(upstream_collection(embedded_client(tmp_path / "chroma")), upsert=False)
-    close_embedded()
+    write finds the written records no query returns and repairs them. If broken, they stay unreachable. Every
+    live record is upserted here (upstream: 30%), so that the records lost (5-10 of 2000, measured) are written
+    ones: with 30%, often none of the few lost was among them."""
     with Store.open_embedded(tmp_path) as store:
+        records = churn(upstream_collection(embedded_client(tmp_path / "chroma")), upsert=False, share=1.0)
         store.write(NAME, records)
         vectors = np.stack([r.embedding for r in records])
         ids = [r.id for r in records]
@@ -211,7 +213,7 @@ path = "{docs}"
 
 
 def test_kbsync_audit_reports_unreachable_chunks_and_repair_fixes_them(tmp_path: Path) -> None:
-    """`kbsync audit` exits 1 and counts what no query returns; `--repair` fixes it; a second audit finds none."""
+    """`kbsync audit` exits 1 and counts what no query returns; `--repair` fixes it; later audits find none."""
     (tmp_path / "docs").mkdir()
     config = tmp_path / "settings.toml"
     config.write_text(settings_text(tmp_path / "docs"))
@@ -223,13 +225,20 @@ def test_kbsync_audit_reports_unreachable_chunks_and_repair_fixes_them(tmp_path:
         result = runner.invoke(app, ["--config", str(config), "audit", "--json", *args])
         return result.exit_code, json.loads(result.stdout)[0]
 
-    code, report = audit()
-    assert code == 1 and report["kind"] == "audit" and report["chunks_checked"] == 2000
-    assert report["chunks_unreachable"] > 0 and report["chunks_repaired"] == 0
-    code, report = audit("--repair")
-    assert code == 0 and report["chunks_repaired"] == report["chunks_unreachable"] > 0
-    code, report = audit()
-    assert code == 0 and report["chunks_unreachable"] == 0 and report["outcome"] == "ok"
+    code, first = audit()
+    assert first["kind"] == "audit" and first["chunks_checked"] == 2000 and first["chunks_repaired"] == 0
+    assert code == (1 if first["chunks_unreachable"] else 0)
+    # Each command opens the store anew, and reopening changes which records are unreachable (measured: an open may
+    # find none, the next some), so a repairing audit that found none is run again, a few times at most.
+    for _ in range(4):
+        code, repaired = audit("--repair")
+        assert code == 0 and repaired["chunks_repaired"] == repaired["chunks_unreachable"]
+        if repaired["collections_rebuilt"]:
+            break
+    assert repaired["collections_rebuilt"] == 1 and repaired["chunks_repaired"] > 0
+    for _ in range(2):  # after a rebuild, reopening finds none either
+        code, report = audit()
+        assert code == 0 and report["chunks_unreachable"] == 0 and report["outcome"] == "ok"
     status = runner.invoke(app, ["--config", str(config), "status", "--json"])
     runs = json.loads(status.stdout)["projects"][0]["last_runs"]
     assert runs["audit"]["counts"]["chunks_unreachable"] == 0
