@@ -186,6 +186,15 @@ def test_an_edit_during_the_walk_is_caught_by_the_next_poll(fake: FakeNotion, ma
     assert [(d.title, d.text) for d in changes.published] == [("Guide", "Rewritten guide.\n")]
 
 
+def test_a_child_database_the_api_cannot_query_is_skipped(fake: FakeNotion, make_source) -> None:
+    ids = tree(fake)
+    linked = {"object": "error", "status": 400, "code": "validation_error",
+              "message": "Database with ID x is a linked database."}
+    fake.faults.add(Fault(path_contains="/query", status=400, body=linked))
+    listing = make_source(ids["root"]).list()
+    assert listing.complete and sorted(d.title for d in listing.documents) == ["Guide", "Handbook", "Nested"]
+
+
 def test_a_child_that_keeps_failing_makes_the_listing_incomplete(fake: FakeNotion, make_source) -> None:
     ids = tree(fake)
     fake.faults.add(Fault(path_contains=f"/v1/pages/{ids['nested'].replace('-', '')}", status=502, times=None))

@@ -232,7 +232,8 @@ class ConfluenceSource(GatedSource):
 
     def _paged(self, path: str, params: dict[str, str] | None, what: str, *,
                incomplete: bool = True, check: bool = True) -> Iterator[dict[str, Any]]:
-        """Every result of a v2 collection, following `_links.next` (site-relative)."""
+        """Every result of a collection (v2 lists, v1 search), following `_links.next`. A page that fails after
+        retries ends it as an IncompleteListing (unless `incomplete` is False: then SourceUnavailable)."""
         number = 0
         while True:
             number += 1
@@ -252,7 +253,7 @@ class ConfluenceSource(GatedSource):
                     _check_page(item, url, self.source_id)
                 yield item
             next_link = (body.get("_links") or {}).get("next") if isinstance(body.get("_links"), dict) else None
-            if not next_link:
+            if not next_link or not results:
                 return
             path, params = self._follow(str(next_link), body), None
 
@@ -268,33 +269,18 @@ class ConfluenceSource(GatedSource):
         return context.rstrip("/") + link
 
     def _cql_window(self, space: SpaceInfo, watermark: int) -> Iterator[tuple[str, str, int]]:
+        """(page id, version, version time) of the pages CQL says changed since a day before `watermark`."""
         day = dt.datetime.fromtimestamp(max(0, watermark - _WINDOW_SLACK), dt.timezone.utc).strftime("%Y-%m-%d")
         cql = f'space = "{space.key}" and type = page and lastmodified >= "{day}"'
-        path: str = f"{self._path}/rest/api/search"
-        params: dict[str, str] | None = {"cql": cql, "limit": str(SEARCH_LIMIT), "expand": "content.version"}
-        number = 0
-        while True:
-            number += 1
-            try:
-                body = self.client.get_json(path, params)
-            except SourceUnavailable as exc:
-                raise IncompleteListing(f"poll stopped at page {number}: {exc}", source=self.source_id,
-                                        url=exc.url) from exc
-            url = self.client.url(path, params)
-            results = body.get("results") if isinstance(body, dict) else None
-            if not isinstance(results, list):
-                raise SourceRejected("unexpected search response: no `results` list", source=self.source_id, url=url)
-            for item in results:
-                content = item.get("content") if isinstance(item, dict) else None
-                version = content.get("version") if isinstance(content, dict) else None
-                if not isinstance(content, dict) or not isinstance(version, dict) or "number" not in version:
-                    raise SourceRejected("unexpected search result: no content.version", source=self.source_id, url=url)
-                when = iso_to_epoch(str(version.get("when") or item.get("lastModified")))
-                yield str(content["id"]), str(version["number"]), when
-            next_link = (body.get("_links") or {}).get("next")
-            if not next_link or not results:
-                return
-            path, params = self._follow(str(next_link), body), None
+        path = f"{self._path}/rest/api/search"
+        params = {"cql": cql, "limit": str(SEARCH_LIMIT), "expand": "content.version"}
+        for item in self._paged(path, params, "poll", check=False):
+            content = item.get("content") if isinstance(item, dict) else None
+            version = content.get("version") if isinstance(content, dict) else None
+            if not isinstance(content, dict) or not isinstance(version, dict) or "number" not in version:
+                raise SourceRejected("unexpected search result: no content.version", source=self.source_id,
+                                     url=self.client.url(path, params))
+            yield str(content["id"]), str(version["number"]), iso_to_epoch(str(version.get("when")))
 
     def _count_current(self, space: SpaceInfo) -> int:
         """The space's current pages, counted by CQL (`totalSize` of a one-result search)."""

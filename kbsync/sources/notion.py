@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import structlog
 
 from kbsync.errors import IncompleteListing, SourceRejected, SourceUnavailable
 from kbsync.settings import NotionSourceSettings
@@ -34,6 +35,8 @@ from kbsync.sources._poll import GatedSource, Versions, iso_to_epoch
 from kbsync.sources.notion_blocks import blocks_to_markdown, plain_text
 
 __all__ = ["NOTION_VERSION", "NotionSource", "RootInfo", "open_client"]
+
+log = structlog.get_logger(__name__)
 
 NOTION_VERSION = "2022-06-28"  # pinned: block and page shapes differ between versions
 PAGE_SIZE = 100
@@ -112,7 +115,7 @@ class NotionSource(GatedSource):
                         continue
                     if kind == "child_database":
                         walk.seen.add(child_id)
-                        queue.extend(self._query_database(child_id, missing_ok=True))
+                        queue.extend(self._query_database(child_id, skip_unreadable=True))
                     else:
                         child = self._get_page(child_id, missing_ok=True)
                         if child is not None:
@@ -236,14 +239,17 @@ class NotionSource(GatedSource):
         _check_page(page, self.client.url(path), self.source_id)
         return page
 
-    def _query_database(self, database_id: str, *, missing_ok: bool = False) -> Iterator[dict[str, Any]]:
+    def _query_database(self, database_id: str, *, skip_unreadable: bool = False) -> Iterator[dict[str, Any]]:
+        """The rows of a database. `skip_unreadable`: a child database the API will not query (404: not shared;
+        400: a linked database, which the API cannot read) holds no rows for this walk."""
         path = f"/v1/databases/{database_id}/query"
         body: dict[str, Any] = {"page_size": PAGE_SIZE}
         while True:
             try:
                 result = self.client.request_json("POST", path, json_body=body)
             except RejectedStatus as exc:
-                if missing_ok and exc.status == 404:
+                if skip_unreadable and exc.status in (400, 404):
+                    log.warning("notion.database_skipped", source=self.source_id, database=database_id, error=str(exc))
                     return
                 raise
             for page in _results(result, self.client.url(path), self.source_id):
