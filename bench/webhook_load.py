@@ -71,8 +71,11 @@ def _webhooks(port: int, secret: str, ids: list[int], count: int, gap: float) ->
     answers = []
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         for n in range(count):
+            # `updated_at` differs per edit, as in Chatwoot's payloads: the same body signed in the same second is a
+            # replay (deduplicated), not a new edit.
+            article = {"id": ids[n % len(ids)], "updated_at": f"{time.time():.6f}"}
             body = json.dumps({"event": "article_updated", "account": {"id": 1}, "portal": {"slug": PORTAL},
-                               "article": {"id": ids[n % len(ids)]}}).encode()
+                               "article": article}).encode()
             ts = str(int(time.time()))
             headers = {"Content-Type": "application/json", "X-Chatwoot-Timestamp": ts,
                        "X-Chatwoot-Signature": sign(secret, ts, body), "X-Chatwoot-Delivery": str(uuid.uuid4())}

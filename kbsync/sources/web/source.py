@@ -13,8 +13,8 @@ import httpx
 import structlog
 
 from kbsync.errors import SourceError, SourceRejected
-from kbsync.settings import WebSourceSettings
 from kbsync.markdown import first_h1
+from kbsync.settings import WebSourceSettings
 from kbsync.sources import DocError, Document, Listing
 from kbsync.sources.web.cache import MemoryPageCache, PageCache, PageValidators
 from kbsync.sources.web.crawl import Crawl, Response
