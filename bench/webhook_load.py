@@ -1,4 +1,4 @@
-"""Webhook answer time under query load (issue 17 item 7; design.md: a webhook is answered within 100 ms, because
+"""Webhook answer time under query load (issue 17 item 7; the target: a webhook is answered within 100 ms, because
 Chatwoot waits 5 s and never retries) against a real `kbsync run` subprocess.
 
 A portal of corpus articles on the Chatwoot-compatible test server is synced by the daemon's start-up reconcile.

@@ -1,4 +1,4 @@
-"""The `kbsync` command line: a thin shell over the engine (design.md §4).
+"""The `kbsync` command line: a thin shell over the engine (README "CLI").
 
 Exit codes: 0 ok; 1 a source, check or lookup failed; 2 invalid settings.
 """

@@ -1,4 +1,4 @@
-"""The HTTP API (design.md §5): webhooks, query, resync, status, health, metrics. A thin shell.
+"""The HTTP API (README "HTTP API"): webhooks, query, resync, status, health, metrics. A thin shell.
 
 The webhook route verifies, stores durably and answers (within 100 ms: Chatwoot waits 5 s and never retries); it
 never calls the engine. Blocking work (SQLite, Chroma, the embedder) runs in worker threads, off the event loop:

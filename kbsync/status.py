@@ -1,4 +1,4 @@
-"""The status report of design.md §4 (`kbsync status --json`) and §5 (`GET /v1/status`): one builder for both."""
+"""The status report of `kbsync status --json` and `GET /v1/status`: one builder for both."""
 
 from __future__ import annotations
 

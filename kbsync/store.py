@@ -3,7 +3,7 @@
 The only module that imports chromadb. Chroma errors are translated into `StoreError` here.
 
 Embedded mode opens a PersistentClient at `<state_dir>/chroma` under an exclusive lock (`StoreLocked` for a second
-process): Chroma is not process-safe, and two processes on one path silently lose vectors (chroma-notes.md §4).
+process): Chroma is not process-safe, and two processes on one path silently lose vectors (docs/chroma.md §1).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class QueryHit:
     metadata: dict[str, Any]
 
     def as_result(self) -> dict[str, Any]:
-        """The result shape of design.md §5 (`/v1/query`, and `kbsync query --json`)."""
+        """The result shape of `/v1/query` and `kbsync query --json` (README "HTTP API")."""
         meta = self.metadata
         return {
             "id": self.id,
