@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import CORPORA, model_dir  # noqa: E402
 from bench.sync import TimedEmbedder  # noqa: E402
-from kbsync.engine import ProjectKey, RunReport  # noqa: E402
 from kbsync.logging import configure_logging  # noqa: E402
+from kbsync.runs import ProjectKey, RunReport  # noqa: E402
 from kbsync.settings import load_settings  # noqa: E402
 from kbsync.wiring import open_engine  # noqa: E402
 from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot  # noqa: E402

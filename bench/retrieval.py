@@ -31,9 +31,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import CORPORA, corpus_articles, model_dir  # noqa: E402
-from kbsync.engine import Engine, ProjectKey  # noqa: E402
-from kbsync.wiring import open_engine  # noqa: E402
+from kbsync.engine import Engine  # noqa: E402
+from kbsync.runs import ProjectKey  # noqa: E402
 from kbsync.settings import load_settings  # noqa: E402
+from kbsync.wiring import open_engine  # noqa: E402
 
 QUESTIONS = Path(__file__).with_name("retrieval_questions.json")
 KEY = ProjectKey("bench", "corpus")

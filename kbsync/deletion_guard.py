@@ -2,8 +2,9 @@
 page) must not wipe a source. A run may delete at most `max_delete_fraction` of the documents a source held, once
 the source held at least `mass_delete_min_docs`; more needs an explicit `kbsync resync --allow-mass-delete`.
 
-It guards the sources whose listing one answer can fake: `web` (robots.txt, sitemaps, pages) and `files` (a
-half-checked-out folder). A Chatwoot listing is complete only when its ids add up to Chatwoot's own counts, and an
+It guards the sources whose listing one answer can fake: `web` (robots.txt, sitemaps, pages), `files` (a
+half-checked-out folder), and `confluence` and `notion`, where one permission change (a page restriction, the
+integration removed from a parent page's connections) hides a whole subtree. A Chatwoot listing is complete only when its ids add up to Chatwoot's own counts, and an
 archived portal must leave the index at once (only published content is indexed), so it is not held back.
 """
 
@@ -16,7 +17,7 @@ from kbsync.settings import SyncSettings
 
 __all__ = ["GUARDED_KINDS", "DeleteVerdict", "check_deletes"]
 
-GUARDED_KINDS = frozenset({"web", "files"})
+GUARDED_KINDS = frozenset({"web", "files", "confluence", "notion"})
 
 
 @dataclass(frozen=True, slots=True)

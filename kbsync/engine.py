@@ -19,11 +19,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 
@@ -33,15 +32,18 @@ from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.leases import LeaseKeeper
 from kbsync.lexical import LexicalIndex, converge_lexical
+from kbsync.locking import try_lock
 from kbsync.memory import release_free_memory
+from kbsync.metadata import chunk_metadata
 from kbsync.retrieval import Group, RankedHit, Retrieval
+from kbsync.runs import Progress, ProjectKey, RunReport
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
-from kbsync.sources import ChangesObserver, Document, ListingObserver, Polling, Source
+from kbsync.sources import ChangesObserver, Document, ListingObserver, Polling, Source, newest_per_id
 from kbsync.state import State, Watermark
-from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, check_storable, collection_name
+from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, check_storable
 from kbsync.webhooks import WebhookEvent
 
-__all__ = ["Engine", "ProjectKey", "Progress", "RunReport"]
+__all__ = ["Engine"]
 
 log = structlog.get_logger(__name__)
 
@@ -50,90 +52,6 @@ log = structlog.get_logger(__name__)
 _EMBED_GROUP = 64
 # Documents (new, changed or with metadata to refresh) written together at most: one write call per group.
 _WRITE_GROUP = 100
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class ProjectKey:
-    tenant: str
-    project: str
-
-    @property
-    def collection(self) -> str:
-        return collection_name(self.tenant, self.project)
-
-    def __str__(self) -> str:
-        return f"{self.tenant}/{self.project}"
-
-
-# RunReport fields that are not counters.
-_NOT_COUNTS = frozenset(
-    {"tenant", "project", "kind", "errors", "permanent_errors", "warnings", "failed_sources", "sources", "interrupted",
-     "busy"}
-)
-
-
-@dataclass(slots=True)
-class RunReport:
-    """What one run did; the counters are what `resync` prints and `status` shows."""
-
-    tenant: str
-    project: str
-    kind: str
-    docs_seen: int = 0
-    docs_added: int = 0
-    docs_updated: int = 0
-    docs_unchanged: int = 0
-    docs_deleted: int = 0
-    chunks_embedded: int = 0
-    chunks_written: int = 0
-    chunks_deleted: int = 0
-    chunks_total: int = 0
-    seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    # The errors a retry cannot fix (SourceError.transient False: a rejected token, an unknown portal; a project
-    # without the source): the webhook worker dead-letters an item whose refresh failed with these alone.
-    permanent_errors: list[str] = field(default_factory=list)
-    failed_sources: int = 0
-    sources: int = 0
-    requests: int = 0
-    interrupted: bool = False
-    busy: bool = False  # another replica held the project's lease: nothing was done
-    warnings: list[str] = field(default_factory=list)  # e.g. deletions deferred; the outcome stays ok
-
-    @property
-    def outcome(self) -> str:
-        if self.busy:
-            return "busy"
-        if self.interrupted:
-            return "interrupted"
-        if not self.errors:
-            return "ok"
-        return "failed" if self.failed_sources >= self.sources > 0 or self.sources == 0 else "partial"
-
-    @property
-    def permanent(self) -> bool:
-        """Whether the run failed and every error it met is permanent (retrying will not help)."""
-        return bool(self.errors) and len(self.permanent_errors) == len(self.errors)
-
-    def add_error(self, exc: KbsyncError) -> None:
-        """Record an error, keeping whether a retry can help."""
-        self.errors.append(str(exc))
-        if isinstance(exc, UnknownProject) or (isinstance(exc, SourceError) and not exc.transient):
-            self.permanent_errors.append(str(exc))
-
-    def counts(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if key not in _NOT_COUNTS}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "outcome": self.outcome}
-
-
-class Progress(Protocol):
-    """Told how far a run is; the CLI draws a progress bar with it."""
-
-    def listed(self, key: ProjectKey, source_id: str, total: int) -> None: ...
-
-    def advanced(self, key: ProjectKey, done: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -252,7 +170,7 @@ class Engine:
         self._project_settings(key)
         report = RunReport(key.tenant, key.project, kind)
         started = time.monotonic()
-        with _locked(self._locks[key], wait) as locked, structlog.contextvars.bound_contextvars(
+        with try_lock(self._locks[key], wait) as locked, structlog.contextvars.bound_contextvars(
             tenant=key.tenant, project=key.project, trigger=kind
         ):
             if not locked:
@@ -505,7 +423,7 @@ class Engine:
         pending: list[_Pending] = []
         touched: list[tuple[Document, IndexedDoc]] = []  # same content, newer updated_at: metadata only
         fresh_count = 0
-        for doc in _newest_per_id(documents):
+        for doc in newest_per_id(documents):
             report.docs_seen += 1
             held = index.docs.get(doc.doc_id)
             # Arbitrary content meets the chunker and the store's limits here: one document fails, not the run.
@@ -570,7 +488,7 @@ class Engine:
             fresh_ids = {c.id for c in item.fresh}
             metadatas = []
             for chunk in item.chunks:
-                metadata = _chunk_metadata(key, item.doc, chunk, len(item.chunks), item.doc_hash, now)
+                metadata = chunk_metadata(key, item.doc, chunk, len(item.chunks), item.doc_hash, now)
                 metadatas.append(metadata)
                 if chunk.id in fresh_ids:
                     records.append(ChunkRecord(chunk.id, chunk.text, metadata, next(vectors)))
@@ -681,53 +599,3 @@ class Engine:
             key.collection, (key.tenant, key.project), vector, text,
             k=k, where=where, locale=locale, group=group, expand=expand, weight=weight, lexical_hits=lexical,
         )
-
-
-@contextmanager
-def _locked(lock: threading.Lock, wait: bool) -> Iterator[bool]:
-    """Hold `lock` for the block if it could be taken (waiting for it when `wait`); yields whether it was."""
-    taken = lock.acquire(blocking=wait)
-    try:
-        yield taken
-    finally:
-        if taken:
-            lock.release()
-
-
-def _newest_per_id(documents: Sequence[Document]) -> list[Document]:
-    """A listing read while it shifts can return a document twice: keep its newest version."""
-    newest: dict[str, Document] = {}
-    for doc in documents:
-        if doc.doc_id not in newest or doc.updated_at > newest[doc.doc_id].updated_at:
-            newest[doc.doc_id] = doc
-    return list(newest.values())
-
-
-def _chunk_metadata(
-    key: ProjectKey, doc: Document, chunk: Chunk, count: int, doc_hash: str, indexed_at: int
-) -> dict[str, str | int]:
-    """design.md §6: every key always present (Chroma's upsert merges metadata; None would delete a key).
-    String values are kept within Chroma Cloud's 4 KB per value."""
-    return {
-        "tenant": key.tenant,
-        "project": key.project,
-        "source": _clip(doc.source),
-        "source_kind": doc.kind,
-        "doc_id": doc.doc_id,
-        "title": _clip(doc.title),
-        "url": _clip(doc.url),
-        "locale": _clip(doc.locale),
-        "category": _clip(doc.category),
-        "heading": _clip(chunk.heading),
-        "chunk_index": chunk.index,
-        "chunk_count": count,
-        "doc_hash": doc_hash,
-        "doc_updated_at": int(doc.updated_at),
-        "indexed_at": indexed_at,
-    }
-
-
-def _clip(value: str, limit: int = 4000) -> str:
-    """At most `limit` UTF-8 bytes, cut on a character boundary."""
-    data = value.encode("utf-8")
-    return value if len(data) <= limit else data[:limit].decode("utf-8", errors="ignore")

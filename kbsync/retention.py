@@ -20,8 +20,8 @@ from typing import Any
 
 import structlog
 
-from kbsync.leases import LeaseKeeper
 from kbsync.errors import KbsyncError
+from kbsync.leases import LeaseKeeper
 from kbsync.queue import Queue
 from kbsync.settings import RetentionSettings
 from kbsync.state import State

@@ -9,7 +9,7 @@ not find scores 0 there). Grouping comes before fusion, so four chunks of one ar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -54,7 +54,7 @@ class ChunkReader(Protocol):
 
     def get(self, name: str, ids: Sequence[str]) -> list[QueryHit]: ...
 
-    def neighbours(self, name: str, around: Mapping[str, Iterable[int]]) -> list[QueryHit]: ...
+    def neighbours(self, name: str, around: Mapping[str, Collection[int]]) -> list[QueryHit]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,8 @@ class RankedHit:
         return self.hit.metadata
 
     def as_result(self) -> dict[str, Any]:
-        """The result shape of design.md §5, with `dense_score`, `lexical_score` and `context` added."""
+        """The result shape of `/v1/query` (README "HTTP API"), with `dense_score`, `lexical_score` and `context`
+        added."""
         result = self.hit.as_result()
         result["score"] = round(self.score, 6)
         result["dense_score"] = None if self.dense is None else round(self.dense, 6)
@@ -207,8 +208,8 @@ class Retrieval:
                 continue
             dense = dense_best[doc][1] if doc in dense_best else None
             lexical = lexical_best[doc].score if doc in lexical_best else None
-            hit = QueryHit(chunk.id, dense if dense is not None else 0.0, chunk.text, chunk.metadata)
-            ranked.append(RankedHit(hit, score, dense, lexical))
+            best = QueryHit(chunk.id, dense if dense is not None else 0.0, chunk.text, chunk.metadata)
+            ranked.append(RankedHit(best, score, dense, lexical))
         return ranked
 
     def _expand(self, collection: str, ranked: list[RankedHit], expand: int) -> list[RankedHit]:

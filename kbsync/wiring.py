@@ -14,12 +14,19 @@ from typing import TYPE_CHECKING
 
 from kbsync.chunking import Chunker
 from kbsync.embedding import Embedder, TokenCounter, default_model_dir, missing_model_files
-from kbsync.engine import Engine, ProjectKey
+from kbsync.engine import Engine
 from kbsync.errors import KbsyncError
 from kbsync.lexical import LexicalIndex
 from kbsync.locking import lock_holder
-from kbsync.settings import ChatwootSourceSettings, ConfluenceSourceSettings, FilesSourceSettings, NotionSourceSettings
-from kbsync.settings import Settings, TenantSettings
+from kbsync.runs import ProjectKey
+from kbsync.settings import (
+    ChatwootSourceSettings,
+    ConfluenceSourceSettings,
+    FilesSourceSettings,
+    NotionSourceSettings,
+    Settings,
+    TenantSettings,
+)
 from kbsync.sources import Source
 from kbsync.state import STATE_LOCK, PageCacheTable, State
 from kbsync.store import STORE_LOCK, ChromaTarget, Store

@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 
-from kbsync.engine import Engine, ProjectKey, RunReport
+from kbsync.engine import Engine
+from kbsync.runs import ProjectKey, RunReport
 from kbsync.settings import load_settings
 from kbsync.sources.chatwoot import ChatwootClientOptions
 from kbsync.store import ProjectIndex

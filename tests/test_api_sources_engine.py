@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from kbsync.cli import app
-from kbsync.engine import ProjectKey
+from kbsync.runs import ProjectKey
 from kbsync.settings import load_settings
 from kbsync.sources._http import HttpOptions
 from kbsync.wiring import open_engine
-from tests.servers.confluence import EMAIL, TOKEN, ConfluenceServer, Fault, FakeConfluence
+from tests.servers.confluence import EMAIL, TOKEN, ConfluenceServer, FakeConfluence, Fault
 from tests.servers.notion import TOKEN as NOTION_TOKEN
 from tests.servers.notion import FakeNotion, NotionServer, rich
 
@@ -150,6 +150,26 @@ def test_a_partial_listing_deletes_nothing_and_the_other_sources_still_sync(
         assert held(engine) == before
         (Path(config).parent / "docs" / "new.md").write_text("# New\n\nA new file.\n", encoding="utf-8")
         assert engine.reconcile(KEY).docs_added == 1  # the files source kept working
+
+
+def test_unsharing_most_of_a_tree_is_held_back_by_the_mass_delete_breaker(config: Path, notion: NotionServer) -> None:
+    root = notion.fake.root
+    for _ in range(3):  # six pages under the root in all: the breaker counts from mass_delete_min_docs (5)
+        notion.fake.add_page("More", [para("More text.")], parent=root, edited=notion.fake.clock - 86_400)
+    with open_engine(load_settings(config), api_options=FAST) as engine:
+        assert engine.reconcile(KEY).outcome == "ok"
+        before = held(engine)
+        for page in notion.fake.pages.values():
+            if page.id != root:
+                page.shared = False  # the integration lost access to everything below the root
+        notion.fake.pages[root].edited = notion.fake.clock  # the root page changed: its children are read again
+        for child in list(notion.fake.children[root]):
+            if notion.fake.blocks[child]["type"] == "child_page":
+                notion.fake.children[root].remove(child)
+        refused = engine.reconcile(KEY)
+        assert refused.docs_deleted == 0 and held(engine) == before
+        assert any("refused to delete 5 of its 6 documents" in w for w in refused.warnings), refused.warnings
+        assert engine.reconcile(KEY, allow_mass_delete=True).docs_deleted == 5
 
 
 def test_check_verifies_token_space_root_and_counts(config: Path, notion: NotionServer, monkeypatch) -> None:

@@ -1,4 +1,4 @@
-"""Chroma server mode (issue 8, design.md §6, §9): the same collections as embedded mode, readable by a bot with
+"""Chroma server mode (issue 8; README "Collections", "Scaling out"): the same collections as embedded mode, readable by a bot with
 nothing but chromadb, tenants on servers of their own, and `copy-store` without re-embedding."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kbsync.cli import app
-from kbsync.engine import ProjectKey
+from kbsync.runs import ProjectKey
 from kbsync.settings import load_settings
 from kbsync.wiring import open_engine
 from tests.servers.chroma import ChromaServer

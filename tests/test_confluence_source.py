@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
@@ -133,7 +132,8 @@ def test_unchanged_versions_are_not_converted_again(fake: FakeConfluence, make_s
 
 
 def test_poll_fetches_only_changed_bodies(fake: FakeConfluence, make_source) -> None:
-    ids = [fake.add_page("DOCS", f"Page {n}", f"<p>Body {n}</p>", updated=fake.clock - 86_400 * 9 + n) for n in range(5)]
+    nine_days_ago = fake.clock - 86_400 * 9  # outside the poll's window (a day before the watermark)
+    ids = [fake.add_page("DOCS", f"Page {n}", f"<p>Body {n}</p>", updated=nine_days_ago + n) for n in range(5)]
     source = make_source()
     listing = source.list()
     source.applied(listing, [d.doc_id for d in listing.documents])

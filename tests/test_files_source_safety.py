@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kbsync.engine import ProjectKey
+from kbsync.runs import ProjectKey
 from kbsync.settings import FilesSourceSettings
 from kbsync.sources.files import FilesSource
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from kbsync.engine import ProjectKey
 from kbsync.lexical import LexicalIndex, query_terms
+from kbsync.runs import ProjectKey
 from kbsync.state import State
 from tests.servers.postgres import PostgresServer, require_postgres
 

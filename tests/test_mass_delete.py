@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kbsync.deletion_guard import check_deletes
-from kbsync.engine import ProjectKey
+from kbsync.runs import ProjectKey
 from kbsync.settings import SyncSettings, load_settings
 from kbsync.wiring import open_engine
 from tests.servers.hostile_web import HostileServer, Reply

@@ -172,6 +172,29 @@ def test_the_second_look(fake: FakeNotion, make_source) -> None:
     assert listing.complete
 
 
+def test_an_edit_during_the_walk_is_caught_by_the_next_poll(fake: FakeNotion, make_source) -> None:
+    ids = tree(fake)
+    # Once the walk reads the nested page, edit the guide it has already passed.
+    nested = ids["nested"].replace("-", "")
+    fake.faults.before(f"/v1/pages/{nested}", lambda: fake.edit_page(ids["guide"], [para("Rewritten guide.")]))
+    source = make_source(ids["root"])
+    listing = source.list()
+    guide = next(d for d in listing.documents if d.title == "Guide")
+    assert "Rewritten" not in guide.text
+    source.applied(listing, [d.doc_id for d in listing.documents])
+    changes = source.changes_since(listing.watermark or 0)
+    assert [(d.title, d.text) for d in changes.published] == [("Guide", "Rewritten guide.\n")]
+
+
+def test_a_child_database_the_api_cannot_query_is_skipped(fake: FakeNotion, make_source) -> None:
+    ids = tree(fake)
+    linked = {"object": "error", "status": 400, "code": "validation_error",
+              "message": "Database with ID x is a linked database."}
+    fake.faults.add(Fault(path_contains="/query", status=400, body=linked))
+    listing = make_source(ids["root"]).list()
+    assert listing.complete and sorted(d.title for d in listing.documents) == ["Guide", "Handbook", "Nested"]
+
+
 def test_a_child_that_keeps_failing_makes_the_listing_incomplete(fake: FakeNotion, make_source) -> None:
     ids = tree(fake)
     fake.faults.add(Fault(path_contains=f"/v1/pages/{ids['nested'].replace('-', '')}", status=502, times=None))

@@ -10,7 +10,7 @@ import pytest
 
 from kbsync.chunking import MAX_CHUNK_BYTES, Chunker, split_bytes
 from kbsync.embedding import TokenCounter
-from kbsync.engine import ProjectKey, RunReport
+from kbsync.runs import ProjectKey, RunReport
 from kbsync.sources import Document
 from kbsync.store import MAX_DOCUMENT_BYTES
 

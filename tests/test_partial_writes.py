@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kbsync.engine import Engine, ProjectKey
+from kbsync.engine import Engine
+from kbsync.runs import ProjectKey
 from kbsync.settings import load_settings
 from kbsync.store import MAX_RECORDS_PER_WRITE
 from kbsync.wiring import open_engine

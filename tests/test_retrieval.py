@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kbsync.engine import ProjectKey
 from kbsync.retrieval import fuse, minmax
+from kbsync.runs import ProjectKey
 
 KEY = ProjectKey("acme", "alpha")
 QUESTION = "how do agents handle conversations"

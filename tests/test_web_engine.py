@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kbsync.engine import ProjectKey
+from kbsync.runs import ProjectKey
 from kbsync.settings import load_settings
 from kbsync.sources.chatwoot import ChatwootClientOptions
 from kbsync.wiring import open_engine

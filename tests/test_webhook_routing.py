@@ -12,10 +12,10 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from kbsync.engine import ProjectKey
 from kbsync.http import ApiContext, create_app, sign
 from kbsync.metrics import Metrics
 from kbsync.queue import Queue
+from kbsync.runs import ProjectKey
 from tests.chatwoot_fixtures import (  # noqa: F401  (fixtures)
     TINY,
     chatwoot,

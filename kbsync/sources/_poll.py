@@ -1,15 +1,23 @@
 """What the API sources that poll share: the memory of which version of each document the index holds (the
-change gate that lets a listing or a poll skip the bodies of unchanged pages), and ISO timestamps as epochs.
+change gate that lets a listing or a poll skip the bodies of unchanged pages), the second look page by page, and
+ISO timestamps as epochs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-__all__ = ["Versions", "iso_to_epoch"]
+import structlog
+
+from kbsync.errors import SourceError
+from kbsync.sources import Changes, Listing
+
+__all__ = ["GatedSource", "Versions", "iso_to_epoch"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +81,31 @@ def iso_to_epoch(value: str) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     return int(parsed.timestamp())
+
+
+class GatedSource:
+    """The part of the Confluence and Notion sources that is the same: the version gate told what the index
+    holds (`ListingObserver`, `ChangesObserver`) and the second look, one page read at a time."""
+
+    source_id: str
+    _versions: Versions
+
+    def applied(self, listing: Listing, indexed: Collection[str]) -> None:
+        """After a listing was applied: the versions of what the index holds are the change gate."""
+        self._versions.applied(indexed, whole_index=True)
+
+    def applied_changes(self, changes: Changes, indexed: Collection[str]) -> None:
+        """After a poll was applied: what it wrote is held now."""
+        self._versions.applied(indexed, whole_index=False)
+
+    def _confirm_each(self, doc_ids: Collection[str], is_gone: Callable[[str], bool]) -> set[str]:
+        """Of `doc_ids`, those `is_gone(page id)` says are gone; a page that cannot be read confirms nothing."""
+        gone: set[str] = set()
+        for doc_id in doc_ids:
+            try:
+                if is_gone(doc_id.rsplit(":", 1)[-1]):
+                    gone.add(doc_id)
+            except SourceError as exc:
+                log.warning("source.confirm_failed", source=self.source_id, doc_id=doc_id, error=str(exc))
+        self._versions.forget(gone)
+        return gone

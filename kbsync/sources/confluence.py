@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import datetime as dt
 import time
 from collections.abc import Collection, Iterator
@@ -29,7 +30,7 @@ from kbsync.errors import IncompleteListing, SourceError, SourceRejected, Source
 from kbsync.settings import ConfluenceSourceSettings
 from kbsync.sources import Changes, DocError, Document, Listing, make_doc_id
 from kbsync.sources._http import HttpClient, HttpOptions, RejectedStatus
-from kbsync.sources._poll import Versions, iso_to_epoch
+from kbsync.sources._poll import GatedSource, Versions, iso_to_epoch
 from kbsync.sources.confluence_storage import StorageFormatError, storage_to_markdown
 
 __all__ = ["ConfluenceSource", "SpaceInfo", "open_client"]
@@ -74,7 +75,7 @@ class SpaceInfo:
     name: str
 
 
-class ConfluenceSource:
+class ConfluenceSource(GatedSource):
     """The current pages of one space (`Source` protocol, plus `changes_since` and `applied`)."""
 
     kind = "confluence"
@@ -140,34 +141,15 @@ class ConfluenceSource:
     def confirm_gone(self, doc_ids: Collection[str]) -> set[str]:
         """Each candidate read on its own: gone when 404, not current, moved to another space, or without the
         labels. Any failure confirms nothing for that page."""
-        gone: set[str] = set()
-        space = self._space
-        for doc_id in doc_ids:
-            page_id = doc_id.rsplit(":", 1)[-1]
-            try:
-                page = self.client.get_json(f"{self._path}/api/v2/pages/{page_id}")
-                _check_page(page, self.client.url(f"{self._path}/api/v2/pages/{page_id}"), self.source_id)
-                if page.get("status") != "current" or (space is not None and str(page.get("spaceId")) != space.id):
-                    gone.add(doc_id)
-                elif self._labels and not self._labels & self.labels(page_id):
-                    gone.add(doc_id)
-            except RejectedStatus as exc:
-                if exc.status == 404:
-                    gone.add(doc_id)
-                else:
-                    log.warning("confluence.confirm_failed", source=self.source_id, error=str(exc))
-            except SourceError as exc:
-                log.warning("confluence.confirm_failed", source=self.source_id, error=str(exc))
-        self._versions.forget(gone)
-        return gone
+        return self._confirm_each(doc_ids, self._page_gone)
 
-    def applied(self, listing: Listing, indexed: Collection[str]) -> None:
-        """After a listing was applied: the versions of what the index holds are the change gate."""
-        self._versions.applied(indexed, whole_index=True)
-
-    def applied_changes(self, changes: Changes, indexed: Collection[str]) -> None:
-        """After a poll was applied: what it wrote is held now."""
-        self._versions.applied(indexed, whole_index=False)
+    def _page_gone(self, page_id: str) -> bool:
+        page = self._read_page(page_id, body=False)
+        if page is None or page.get("status") != "current":
+            return True
+        if self._space is not None and str(page.get("spaceId")) != self._space.id:
+            return True
+        return bool(self._labels) and not self._labels & self.labels(page_id)
 
     # -- poll -----------------------------------------------------------------------------------------
 
@@ -251,7 +233,8 @@ class ConfluenceSource:
 
     def _paged(self, path: str, params: dict[str, str] | None, what: str, *,
                incomplete: bool = True, check: bool = True) -> Iterator[dict[str, Any]]:
-        """Every result of a v2 collection, following `_links.next` (site-relative)."""
+        """Every result of a collection (v2 lists, v1 search), following `_links.next`. A page that fails after
+        retries ends it as an IncompleteListing (unless `incomplete` is False: then SourceUnavailable)."""
         number = 0
         while True:
             number += 1
@@ -271,7 +254,7 @@ class ConfluenceSource:
                     _check_page(item, url, self.source_id)
                 yield item
             next_link = (body.get("_links") or {}).get("next") if isinstance(body.get("_links"), dict) else None
-            if not next_link:
+            if not next_link or not results:
                 return
             path, params = self._follow(str(next_link), body), None
 
@@ -287,33 +270,18 @@ class ConfluenceSource:
         return context.rstrip("/") + link
 
     def _cql_window(self, space: SpaceInfo, watermark: int) -> Iterator[tuple[str, str, int]]:
+        """(page id, version, version time) of the pages CQL says changed since a day before `watermark`."""
         day = dt.datetime.fromtimestamp(max(0, watermark - _WINDOW_SLACK), dt.timezone.utc).strftime("%Y-%m-%d")
         cql = f'space = "{space.key}" and type = page and lastmodified >= "{day}"'
-        path: str = f"{self._path}/rest/api/search"
-        params: dict[str, str] | None = {"cql": cql, "limit": str(SEARCH_LIMIT), "expand": "content.version"}
-        number = 0
-        while True:
-            number += 1
-            try:
-                body = self.client.get_json(path, params)
-            except SourceUnavailable as exc:
-                raise IncompleteListing(f"poll stopped at page {number}: {exc}", source=self.source_id,
-                                        url=exc.url) from exc
-            url = self.client.url(path, params)
-            results = body.get("results") if isinstance(body, dict) else None
-            if not isinstance(results, list):
-                raise SourceRejected("unexpected search response: no `results` list", source=self.source_id, url=url)
-            for item in results:
-                content = item.get("content") if isinstance(item, dict) else None
-                version = content.get("version") if isinstance(content, dict) else None
-                if not isinstance(content, dict) or not isinstance(version, dict) or "number" not in version:
-                    raise SourceRejected("unexpected search result: no content.version", source=self.source_id, url=url)
-                when = iso_to_epoch(str(version.get("when") or item.get("lastModified")))
-                yield str(content["id"]), str(version["number"]), when
-            next_link = (body.get("_links") or {}).get("next")
-            if not next_link or not results:
-                return
-            path, params = self._follow(str(next_link), body), None
+        path = f"{self._path}/rest/api/search"
+        params = {"cql": cql, "limit": str(SEARCH_LIMIT), "expand": "content.version"}
+        for item in self._paged(path, params, "poll", check=False):
+            content = item.get("content") if isinstance(item, dict) else None
+            version = content.get("version") if isinstance(content, dict) else None
+            if not isinstance(content, dict) or not isinstance(version, dict) or "number" not in version:
+                raise SourceRejected("unexpected search result: no content.version", source=self.source_id,
+                                     url=self.client.url(path, params))
+            yield str(content["id"]), str(version["number"]), iso_to_epoch(str(version.get("when")))
 
     def _count_current(self, space: SpaceInfo) -> int:
         """The space's current pages, counted by CQL (`totalSize` of a one-result search)."""
@@ -326,16 +294,17 @@ class ConfluenceSource:
                                  url=self.client.url(path, {"cql": cql}))
         return total
 
-    def _version_scan(self, space: SpaceInfo) -> tuple[list[tuple[str, str, int]], int]:
+    def _version_scan(self, space: SpaceInfo) -> tuple[builtins.list[tuple[str, str, int]], int]:
         """Every current page's version without bodies (the poll where CQL is not allowed)."""
         path = f"{self._path}/api/v2/spaces/{space.id}/pages"
         pages = list(self._paged(path, {"status": "current", "limit": str(PAGE_LIMIT)}, "poll"))
         return [(str(p["id"]), _version(p), _version_time(p)) for p in pages], len(pages)
 
-    def _read_page(self, page_id: str) -> dict[str, Any] | None:
+    def _read_page(self, page_id: str, *, body: bool = True) -> dict[str, Any] | None:
+        """One page (with its storage body), or None when it is 404."""
         path = f"{self._path}/api/v2/pages/{page_id}"
         try:
-            page = self.client.get_json(path, {"body-format": "storage"})
+            page = self.client.get_json(path, {"body-format": "storage"} if body else None)
         except RejectedStatus as exc:
             if exc.status == 404:
                 return None

@@ -13,6 +13,8 @@ import re
 
 from lxml import etree
 
+from kbsync.sources._mdout import fence, quote, table
+
 __all__ = ["StorageFormatError", "storage_to_markdown"]
 
 _AC = "http://atlassian.com/content"
@@ -111,12 +113,12 @@ class _Converter:
             lines = self.task_lines(element, "")
             return ["\n".join(lines)] if lines else []
         if name == "table":
-            table = self.table(element)
-            return [table] if table else []
+            rendered = self.table(element)
+            return [rendered] if rendered else []
         if name == "pre":
-            return [_fence("".join(element.itertext()), "")]
+            return [fence("".join(element.itertext()), "")]
         if name == "blockquote":
-            return [_quote(self.blocks(element))]
+            return [quote(self.blocks(element))]
         if name == "hr":
             return ["---"]
         if name == "ac:structured-macro" or name == "ac:macro":
@@ -131,14 +133,14 @@ class _Converter:
             body = next((c for c in element if _local(c) == "ac:plain-text-body"), None)
             code = "".join(body.itertext()) if body is not None else ""
             language = self.parameter(element, "language") if macro == "code" else ""
-            return [_fence(code, language)] if code.strip() else []
+            return [fence(code, language)] if code.strip() else []
         body = next((c for c in element if _local(c) == "ac:rich-text-body"), None)
         if macro in _QUOTE_MACROS and body is not None:
             inner = self.blocks(body)
             title = self.parameter(element, "title")
             if title:
                 inner.insert(0, f"**{title}**")
-            return [_quote(inner)] if inner else []
+            return [quote(inner)] if inner else []
         if macro in _BODY_MACROS and body is not None:
             inner = self.blocks(body)
             title = self.parameter(element, "title")
@@ -199,16 +201,8 @@ class _Converter:
             cells = [c for c in row if _local(c) in ("td", "th")]
             if not rows:
                 header = bool(cells) and all(_local(c) == "th" for c in cells)
-            rows.append([_cell(" ".join(self.blocks(c))) for c in cells])
-        rows = [r for r in rows if r]
-        if not rows:
-            return ""
-        width = max(len(r) for r in rows)
-        rows = [r + [""] * (width - len(r)) for r in rows]
-        head, body = (rows[0], rows[1:]) if header else ([""] * width, rows)
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * width]
-        lines.extend("| " + " | ".join(r) + " |" for r in body)
-        return "\n".join(lines)
+            rows.append([_squash(" ".join(self.blocks(c))) for c in cells])
+        return table(rows, header=header)
 
     def inline_children(self, element: etree._Element) -> str:
         parts = [element.text or ""]
@@ -264,19 +258,3 @@ def _squash(text: str) -> str:
     """Runs of whitespace become one space; explicit line breaks (<br/>) are kept."""
     lines = [re.sub(r"[ \t\r\f\v\u00a0]+", " ", line).strip() for line in text.split("\n")]
     return "\n".join(line for line in lines if line)
-
-
-def _cell(text: str) -> str:
-    return _squash(text).replace("\n", " ").replace("|", "\\|")
-
-
-def _fence(code: str, language: str) -> str:
-    code = code.strip("\n")
-    fence = "```"
-    while fence in code:
-        fence += "`"
-    return f"{fence}{language}\n{code}\n{fence}"
-
-
-def _quote(blocks: list[str]) -> str:
-    return "\n>\n".join("\n".join(f"> {line}" if line else ">" for line in b.split("\n")) for b in blocks if b)

@@ -18,6 +18,7 @@ every row of a root database, as markdown Documents (Notion API, `Notion-Version
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections import deque
 from collections.abc import Collection, Iterator
@@ -27,11 +28,11 @@ from typing import Any
 import httpx
 import structlog
 
-from kbsync.errors import IncompleteListing, SourceError, SourceRejected, SourceUnavailable
+from kbsync.errors import IncompleteListing, SourceRejected, SourceUnavailable
 from kbsync.settings import NotionSourceSettings
 from kbsync.sources import Changes, Document, Listing, make_doc_id
 from kbsync.sources._http import HttpClient, HttpOptions, RejectedStatus
-from kbsync.sources._poll import Versions, iso_to_epoch
+from kbsync.sources._poll import GatedSource, Versions, iso_to_epoch
 from kbsync.sources.notion_blocks import blocks_to_markdown, plain_text
 
 __all__ = ["NOTION_VERSION", "NotionSource", "RootInfo", "open_client"]
@@ -81,7 +82,7 @@ class _Walk:
     seen: set[str]
 
 
-class NotionSource:
+class NotionSource(GatedSource):
     """Pages under one Notion root (`Source` protocol, plus `changes_since`, `applied`, `applied_changes`)."""
 
     kind = "notion"
@@ -115,7 +116,7 @@ class NotionSource:
                         continue
                     if kind == "child_database":
                         walk.seen.add(child_id)
-                        queue.extend(self._query_database(child_id, missing_ok=True))
+                        queue.extend(self._query_database(child_id, skip_unreadable=True))
                     else:
                         child = self._get_page(child_id, missing_ok=True)
                         if child is not None:
@@ -129,23 +130,11 @@ class NotionSource:
 
     def confirm_gone(self, doc_ids: Collection[str]) -> set[str]:
         """Each candidate read on its own: gone when 404, archived, in the trash, or no longer under the root."""
-        gone: set[str] = set()
-        for doc_id in doc_ids:
-            page_id = doc_id.rsplit(":", 1)[-1]
-            try:
-                page = self._get_page(page_id, missing_ok=True)
-                if page is None or _dead(page) or self._under_root(page.get("parent")) is False:
-                    gone.add(doc_id)
-            except SourceError as exc:
-                log.warning("notion.confirm_failed", source=self.source_id, error=str(exc))
-        self._versions.forget(gone)
-        return gone
+        return self._confirm_each(doc_ids, self._page_gone)
 
-    def applied(self, listing: Listing, indexed: Collection[str]) -> None:
-        self._versions.applied(indexed, whole_index=True)
-
-    def applied_changes(self, changes: Changes, indexed: Collection[str]) -> None:
-        self._versions.applied(indexed, whole_index=False)
+    def _page_gone(self, page_id: str) -> bool:
+        page = self._get_page(page_id, missing_ok=True)
+        return page is None or _dead(page) or self._under_root(page.get("parent")) is False
 
     # -- poll -----------------------------------------------------------------------------------------
 
@@ -209,7 +198,7 @@ class NotionSource:
     def doc_id(self, page_id: str) -> str:
         return make_doc_id(self.kind, _dashless(page_id))
 
-    def _visit(self, page: dict[str, Any], walk: _Walk, *, rebuild: bool) -> list[tuple[str, str]]:
+    def _visit(self, page: dict[str, Any], walk: _Walk, *, rebuild: bool) -> builtins.list[tuple[str, str]]:
         """Add one page to `walk` (a Document, or unchanged) and return its child pages and databases."""
         page_id = _dashless(page["id"])
         walk.seen.add(page_id)
@@ -251,14 +240,17 @@ class NotionSource:
         _check_page(page, self.client.url(path), self.source_id)
         return page
 
-    def _query_database(self, database_id: str, *, missing_ok: bool = False) -> Iterator[dict[str, Any]]:
+    def _query_database(self, database_id: str, *, skip_unreadable: bool = False) -> Iterator[dict[str, Any]]:
+        """The rows of a database. `skip_unreadable`: a child database the API will not query (404: not shared;
+        400: a linked database, which the API cannot read) holds no rows for this walk."""
         path = f"/v1/databases/{database_id}/query"
         body: dict[str, Any] = {"page_size": PAGE_SIZE}
         while True:
             try:
                 result = self.client.request_json("POST", path, json_body=body)
             except RejectedStatus as exc:
-                if missing_ok and exc.status == 404:
+                if skip_unreadable and exc.status in (400, 404):
+                    log.warning("notion.database_skipped", source=self.source_id, database=database_id, error=str(exc))
                     return
                 raise
             for page in _results(result, self.client.url(path), self.source_id):
@@ -282,7 +274,7 @@ class NotionSource:
                 return
             params = {"page_size": str(PAGE_SIZE), "start_cursor": str(result["next_cursor"])}
 
-    def _block_tree(self, block_id: str, depth: int = 0) -> list[dict[str, Any]]:
+    def _block_tree(self, block_id: str, depth: int = 0) -> builtins.list[dict[str, Any]]:
         """A page's blocks with their children under `"children"` (child pages and databases not entered)."""
         blocks = []
         for block in self._block_list(block_id):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kbsync.sources._mdout import fence, quote, table
+
 __all__ = ["CONTAINER_TYPES", "blocks_to_markdown", "plain_text", "rich_text_to_markdown"]
 
 Block = Mapping[str, Any]
@@ -118,16 +120,16 @@ def _block(block: Block, kind: str) -> list[str]:
         emoji = str(icon.get("emoji") or "") if isinstance(icon, Mapping) and icon.get("type") == "emoji" else ""
         first = f"{emoji} {text.strip()}".strip()
         inner = ([first] if first else []) + _blocks(_children(block), "")
-        return [_quote(inner)] if inner else []
+        return [quote(inner)] if inner else []
     if kind == "code":
         code = "".join(str(p.get("plain_text") or "") for p in body.get("rich_text") or [])
         language = str(body.get("language") or "")
-        return [_fence(code, "" if language == "plain text" else language)] if code.strip() else []
+        return [fence(code, "" if language == "plain text" else language)] if code.strip() else []
     if kind == "divider":
         return ["---"]
     if kind == "table":
-        table = _table(block, body)
-        return [table] if table else []
+        rendered = _table(block, body)
+        return [rendered] if rendered else []
     if kind == "equation":
         expression = str(body.get("expression") or "")
         return [f"$${expression}$$"] if expression else []
@@ -155,28 +157,11 @@ def _indent(text: str, pad: str) -> str:
 
 
 def _table(block: Block, body: Mapping[str, Any]) -> str:
-    rows: list[list[str]] = []
-    for row in _children(block):
-        if row.get("type") != "table_row":
-            continue
-        cells = _body(row, "table_row").get("cells") or []
-        rows.append([rich_text_to_markdown(c).strip().replace("\n", " ").replace("|", "\\|") for c in cells])
-    if not rows:
-        return ""
-    width = max(int(body.get("table_width") or 0), *(len(r) for r in rows))
-    rows = [r + [""] * (width - len(r)) for r in rows]
-    head, rest = (rows[0], rows[1:]) if body.get("has_column_header") else ([""] * width, rows)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * width]
-    lines.extend("| " + " | ".join(r) + " |" for r in rest)
-    return "\n".join(lines)
-
-
-def _fence(code: str, language: str) -> str:
-    fence = "```"
-    while fence in code:
-        fence += "`"
-    return f"{fence}{language}\n{code.strip(chr(10))}\n{fence}"
-
-
-def _quote(blocks: list[str]) -> str:
-    return "\n>\n".join("\n".join(f"> {line}" if line else ">" for line in b.split("\n")) for b in blocks if b)
+    rows = [
+        [rich_text_to_markdown(cell).strip() for cell in _body(row, "table_row").get("cells") or []]
+        for row in _children(block)
+        if row.get("type") == "table_row"
+    ]
+    width = int(body.get("table_width") or 0)
+    rows = [row + [""] * (width - len(row)) for row in rows]
+    return table(rows, header=bool(body.get("has_column_header")))

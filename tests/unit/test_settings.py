@@ -1,4 +1,4 @@
-"""Settings (design.md §3): one clear error naming the key, env overrides, secrets only from the environment."""
+"""Settings (README "Configuration"): one clear error naming the key, env overrides, secrets only from the environment."""
 
 from __future__ import annotations
 
@@ -56,6 +56,9 @@ def test_defaults_and_relative_paths(write_settings, tmp_path: Path) -> None:
             "regex",
         ),
         ('[[tenants]]\nid = "a"\n[[tenants]]\nid = "a"\n', "tenants", "twice"),
+        ("[retention]\nruns_per_project = 5\n", "retention.runs_per_project", "10"),
+        ("[retention]\nruns_days = 0\n", "retention.runs_days", "greater than 0"),
+        ('[[tenants]]\nid = "a"\nchatwoot_retry_seconds = 0\n', "tenants[0].chatwoot_retry_seconds", "1"),
     ],
 )
 def test_invalid_settings_name_the_key(write_settings, toml: str, key: str, words: str) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Literal, TypeVar
 from urllib.parse import urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
@@ -18,7 +17,8 @@ import httpx
 import tenacity
 
 from kbsync.errors import SourceRejected, SourceUnavailable
-from kbsync.sources.web.body import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_decoded
+from kbsync.sources._http import BodyTooLarge, UndecodableBody, parse_retry_after, read_bounded
+from kbsync.sources.web.deadline import deadline, passed
 from kbsync.sources.web.options import USER_AGENT_TOKEN, CrawlStats, FetchOptions
 from kbsync.sources.web.pages import page_format
 from kbsync.sources.web.politeness import HostGate
@@ -32,7 +32,9 @@ _ACCEPT = "text/html,application/xhtml+xml;q=0.9,text/markdown;q=0.9,text/plain;
 # Never sent, whatever the client passed in carries.
 _CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "api_access_token", "x-api-key")
 _NO_AUTH = httpx.Auth()
-_RAW_CHUNK = 16 * 1024  # undecoded bytes per read: what one inflate call may expand
+# What kbsync.sources._http.BoundedDecoder undoes (one coding, never stacked): bodies are inflated there with a bound
+# on decoded bytes, because httpx inflates a whole network chunk at once (a decompression bomb).
+_ACCEPT_ENCODING = "gzip, deflate"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,7 +46,6 @@ class _Throttled(SourceUnavailable):
     def __init__(self, message: str, *, source: str, url: str, retry_after: float) -> None:
         super().__init__(message, source=source, url=url)
         self.retry_after = retry_after
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ class Crawl:
         self._lock = threading.Lock()
         self._robots: dict[str, RobotFileParser | None] = {}
         self._robots_locks: dict[str, threading.Lock] = {}
+        self._ends = time.monotonic() + options.crawl_deadline
 
     # -- guards
 
@@ -166,13 +168,14 @@ class Crawl:
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(max(1, self.options.attempts)),
             wait=self._wait,
-            retry=tenacity.retry_if_exception_type(SourceUnavailable),
+            retry=tenacity.retry_if_exception(_retryable),
             reraise=True,
         )
         return retrying(self._request_once, url, kind, headers)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        backoff = tenacity.wait_random_exponential(multiplier=self.options.backoff_initial, max=self.options.backoff_max)
+        options = self.options
+        backoff = tenacity.wait_random_exponential(multiplier=options.backoff_initial, max=options.backoff_max)
         seconds = backoff(state)
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, _Throttled) and error.retry_after:
@@ -180,6 +183,7 @@ class Crawl:
         return seconds
 
     def _request_once(self, url: str, kind: Kind, headers: dict[str, str]) -> tuple[int, httpx.Headers, bytes]:
+        self._check_crawl_deadline(url)
         self.guard(url)
         request = self.client.build_request(
             "GET",
@@ -187,23 +191,23 @@ class Crawl:
             headers={
                 "User-Agent": self.options.user_agent,
                 "Accept": _ACCEPT,
-                "Accept-Encoding": ACCEPT_ENCODING,
+                "Accept-Encoding": _ACCEPT_ENCODING,
                 **headers,
             },
         )
         for name in _CREDENTIAL_HEADERS:
             request.headers.pop(name, None)
-        with self._gate.slot(host_key(url)):
+        with self._gate.slot(host_key(url)), deadline(self._attempt_seconds()):
             try:
                 response = self.client.send(request, stream=True, auth=_NO_AUTH, follow_redirects=False)
             except httpx.TimeoutException as exc:
-                raise SourceUnavailable(f"timed out ({type(exc).__name__})", source=self.source_id, url=url) from exc
+                raise self._timed_out(url, exc) from exc
             except httpx.TransportError as exc:
                 raise SourceUnavailable(f"connection failed: {exc}", source=self.source_id, url=url) from exc
             try:
                 return self._read(response, url, kind)
             except httpx.TimeoutException as exc:
-                raise SourceUnavailable("timed out reading the body", source=self.source_id, url=url) from exc
+                raise self._timed_out(url, exc) from exc
             except httpx.TransportError as exc:
                 raise SourceUnavailable(f"connection lost: {exc}", source=self.source_id, url=url) from exc
             finally:
@@ -216,9 +220,8 @@ class Crawl:
         self.addresses.check_peer(response, url)
         status = response.status_code
         if status == 429 or status == 503:
-            raise _Throttled(
-                f"HTTP {status}", source=self.source_id, url=url, retry_after=_retry_after(response.headers)
-            )
+            retry_after = parse_retry_after(response.headers.get("retry-after")) or 0.0
+            raise _Throttled(f"HTTP {status}", source=self.source_id, url=url, retry_after=retry_after)
         if status >= 500:
             raise SourceUnavailable(f"HTTP {status}", source=self.source_id, url=url)
         if status not in (200, 203):
@@ -238,14 +241,39 @@ class Crawl:
         if declared.isdigit() and int(declared) > limit and "content-encoding" not in response.headers:
             raise OutOfScope(f"larger than {limit} bytes", source=self.source_id, url=url)
         try:
-            body = read_decoded(
-                response.iter_raw(_RAW_CHUNK), response.headers.get("content-encoding", ""), limit
-            )
+            raw = _until_deadline(response.iter_raw())  # each network read as it comes: checked per read
+            body = read_bounded(response, limit=limit, chunks=raw)
         except BodyTooLarge as exc:
             raise OutOfScope(str(exc), source=self.source_id, url=url) from None
-        except BadEncoding as exc:
+        except UndecodableBody as exc:
             raise SourceRejected(str(exc), source=self.source_id, url=url) from None
         return status, response.headers, body
+
+    # -- deadlines
+
+    def _attempt_seconds(self) -> float:
+        return max(0.0, min(self.options.request_deadline, self._ends - time.monotonic()))
+
+    def _check_crawl_deadline(self, url: str) -> None:
+        if time.monotonic() >= self._ends:
+            raise _Late(
+                f"not fetched: the crawl ran past its {self.options.crawl_deadline:g} s deadline",
+                source=self.source_id,
+                url=url,
+            )
+
+    def _timed_out(self, url: str, exc: httpx.TimeoutException) -> SourceUnavailable:
+        if not passed():
+            return SourceUnavailable(f"timed out ({type(exc).__name__})", source=self.source_id, url=url)
+        if time.monotonic() >= self._ends:
+            return _Late(
+                f"the crawl ran past its {self.options.crawl_deadline:g} s deadline", source=self.source_id, url=url
+            )
+        return SourceUnavailable(
+            f"no complete answer within {self.options.request_deadline:g} s (a trickling server?)",
+            source=self.source_id,
+            url=url,
+        )
 
     # -- threads
 
@@ -259,12 +287,18 @@ class Crawl:
             return [future.result() for future in futures]
 
 
-def _retry_after(headers: httpx.Headers) -> float:
-    value = headers.get("retry-after", "").strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time()) if value else 0.0
-    except (TypeError, ValueError):
-        return 0.0
+class _Late(SourceUnavailable):
+    """The crawl's deadline passed: not retried (nothing would finish), and never proof that a page is gone."""
 
+
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, SourceUnavailable) and not isinstance(error, _Late)
+
+
+def _until_deadline(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """`chunks`, stopping with httpx.ReadTimeout once the request's deadline passed (a client passed in from
+    outside has no deadline on its sockets)."""
+    for chunk in chunks:
+        if passed():
+            raise httpx.ReadTimeout("the request's total deadline passed")
+        yield chunk

@@ -17,7 +17,9 @@ class FetchOptions:
 
     user_agent: str = f"{USER_AGENT_TOKEN}/{__version__}"
     connect_timeout: float = 5.0
-    read_timeout: float = 15.0
+    read_timeout: float = 15.0  # per socket read: a trickling server never trips it, hence the deadlines below
+    request_deadline: float = 60.0  # one attempt, from sending the request to the body's last byte
+    crawl_deadline: float = 3600.0  # one list() or confirm_gone(); pages not fetched by then are errors (no deletes)
     attempts: int = 3  # per request, the first one included
     backoff_initial: float = 0.5
     backoff_max: float = 8.0
@@ -49,4 +51,3 @@ class CrawlStats:
     requests: int = 0
     bytes_downloaded: int = 0
     seconds: float = 0.0
-

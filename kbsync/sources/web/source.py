@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import replace
 from urllib.parse import urljoin
 
@@ -13,8 +14,8 @@ import httpx
 import structlog
 
 from kbsync.errors import SourceError, SourceRejected
-from kbsync.settings import WebSourceSettings
 from kbsync.markdown import first_h1
+from kbsync.settings import WebSourceSettings
 from kbsync.sources import DocError, Document, Listing
 from kbsync.sources.web.cache import MemoryPageCache, PageCache, PageValidators
 from kbsync.sources.web.crawl import Crawl, Response
@@ -217,7 +218,7 @@ class WebSource:
         return Visit(target, unchanged=cached.doc_id, validators=fresh if fresh != cached else None)
 
     @staticmethod
-    def _count(stats: CrawlStats, visits: list[Visit]) -> None:
+    def _count(stats: CrawlStats, visits: Sequence[Visit]) -> None:
         for visit in visits:
             if visit.document is not None:
                 stats.documents += 1
@@ -270,7 +271,7 @@ class WebSource:
             return served_from
         return canonical
 
-    def _assemble(self, visits: list[Visit], discovery: Discovery) -> Listing:
+    def _assemble(self, visits: builtins.list[Visit], discovery: Discovery) -> Listing:
         """One document per doc_id: the page served from its own canonical URL wins, else the first one."""
         visits, warnings = unshare_canonicals(visits, self.source_id)
         documents: dict[str, Document] = {}
@@ -308,7 +309,7 @@ class WebSource:
             warnings=discovery.warnings + warnings + self._kept_disallowed(discovery),
         )
 
-    def _kept_disallowed(self, discovery: Discovery) -> list[str]:
+    def _kept_disallowed(self, discovery: Discovery) -> builtins.list[str]:
         """A warning when robots.txt now disallows pages the index holds (they have validators): kept, not gone."""
         held = [t for t in discovery.disallowed if self.cache.get(t.key) is not None]
         if not held:
@@ -327,7 +328,7 @@ class WebSource:
         if url is None:
             url = self.cache.url_for(doc_id)
         if url is None and doc_id.startswith("web:") and not doc_id.startswith("web:sha256:"):
-            url = doc_id[len("web:"):]
+            url = doc_id[len("web:") :]
         return url
 
     def _confirm_one(
@@ -369,5 +370,3 @@ class WebSource:
             log.info("web.not_confirmed", doc_id=doc_id, error=str(exc))
             return False
         return document.doc_id if document.doc_id != doc_id else False  # the page now stands for another document
-
-

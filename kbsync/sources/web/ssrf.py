@@ -14,6 +14,7 @@ import httpcore
 import httpx
 
 from kbsync.errors import SourceUnavailable
+from kbsync.sources.web.deadline import DeadlineStream, bounded
 from kbsync.sources.web.scope import Refused
 from kbsync.sources.web.urls import DEFAULT_PORTS
 
@@ -110,7 +111,8 @@ class AddressGuard:
 
 class _PinnedBackend(httpcore.SyncBackend):
     """Opens TCP connections to the guard's address for the host; TLS still verifies and sends SNI for the host
-    name (httpcore takes both from the request's origin, not from the socket), and the Host header is unchanged."""
+    name (httpcore takes both from the request's origin, not from the socket), and the Host header is unchanged.
+    Every socket operation is bounded by the current request's total deadline (kbsync.sources.web.deadline)."""
 
     def __init__(self, guard: AddressGuard) -> None:
         self._guard = guard
@@ -123,7 +125,9 @@ class _PinnedBackend(httpcore.SyncBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        return super().connect_tcp(self._guard.pinned(host, port), port, timeout, local_address, socket_options)
+        address = self._guard.pinned(host, port)
+        stream = super().connect_tcp(address, port, bounded(timeout), local_address, socket_options)
+        return DeadlineStream(stream)
 
 
 class PinnedTransport(httpx.HTTPTransport):
