@@ -93,7 +93,7 @@ def _new_item(
     }
 
 
-def _item(row: Any) -> QueueItem:
+def _item(row: sa.Row[Any]) -> QueueItem:
     return QueueItem(
         id=row.id,
         tenant=row.tenant,
