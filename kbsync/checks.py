@@ -24,7 +24,7 @@ class CheckResult:
 def run_checks(settings: Settings, *, chatwoot_options: Any = None, api_options: Any = None) -> Iterator[CheckResult]:
     """Settings were already validated by loading them; this checks what loading cannot.
 
-    `chatwoot_options` (a ChatwootClientOptions) tunes the Chatwoot requests; by default a check waits and retries
+    `chatwoot_options` (HttpOptions) tunes the Chatwoot requests; by default a check waits and retries
     less than a sync does, so an unreachable Chatwoot fails the check within seconds. `api_options` (HttpOptions)
     does the same for Confluence and Notion sources."""
     yield CheckResult("settings", True, f"{settings.source_file} ({len(settings.tenants)} tenants)")
@@ -157,7 +157,8 @@ def _state_check(settings: Settings) -> CheckResult:
 def _chatwoot_checks(tenant: TenantSettings, options: Any) -> Iterator[CheckResult]:
     """The tenant's token is accepted (`GET …/portals`), then each configured portal exists, is live, holds
     articles, and has the locales its source filters on. Messages name URLs, never the token."""
-    from kbsync.sources.chatwoot import ChatwootClient, ChatwootClientOptions
+    from kbsync.sources._http import HttpOptions
+    from kbsync.sources.chatwoot import ChatwootClient
 
     sources = [
         (project.id, source)
@@ -167,7 +168,7 @@ def _chatwoot_checks(tenant: TenantSettings, options: Any) -> Iterator[CheckResu
     ]
     if not sources:
         return
-    options = options or ChatwootClientOptions(
+    options = options or HttpOptions(
         connect_timeout=5.0, read_timeout=10.0, attempts=2, retry_budget_seconds=10.0, requests_per_second=None
     )
     name = f"{tenant.id} chatwoot"

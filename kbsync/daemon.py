@@ -61,7 +61,7 @@ class DaemonOptions:
     # checks the stop only between document groups) exits anyway: what is in flight is abandoned as after a crash,
     # which loses nothing (accepted webhooks are durable, writes go before deletes). systemd's TimeoutStopSec is 30.
     stop_seconds: float = 7.0
-    chatwoot_options: Any = None  # ChatwootClientOptions for tests
+    chatwoot_options: Any = None  # HttpOptions of the Chatwoot clients, for tests
 
 
 class _Server(uvicorn.Server):
