@@ -1,12 +1,12 @@
 """`/v1/query` latency at k=5 on a 50k-chunk collection, embedded store: the default path (grouped per article,
-lexical leg, fusion; issue 13: p50 <= 20 ms, p99 <= 60 ms) and the raw dense chunk ranking (`group=chunk`, design.md
-§8: p50 <= 15 ms, p99 <= 40 ms), alternating over the same questions in one run.
+lexical leg, fusion; issue 13: p50 <= 20 ms, p99 <= 60 ms) and the raw dense chunk ranking (`group=chunk`, target:
+p50 <= 15 ms, p99 <= 40 ms), alternating over the same questions in one run.
 
 The collection is written straight through `kbsync.store.Store` with precomputed vectors, not by syncing 50k
 chunks (that would take an hour of embedding on 2 cores): `--base` corpus paragraphs are embedded once, and each of
 the `--chunks` records takes one of them plus gaussian noise (cosine ~0.9 to its base, renormalized), so the vectors
 cluster like real help-center chunks instead of spreading like uniform random ones. Records carry the full chunk
-metadata of design §6 (5 chunks per document), and their lexical rows are written to the SQLite state as the
+metadata of README "Collections" (5 chunks per document), and their lexical rows are written to the SQLite state as the
 engine's write path writes them. `--random` uses uniform random unit vectors instead (no embedding).
 Then a real `kbsync run` subprocess opens that state dir and the bench times `--queries` POST /v1/query (k=5, the
 retrieval questions of bench/retrieval_questions.json, cycled) one at a time over a kept-alive connection: the

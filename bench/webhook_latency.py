@@ -1,4 +1,4 @@
-"""Webhook to queryable (design.md §8: p50 <= 0.5 s, p99 <= 1.5 s) against a real `kbsync run` subprocess.
+"""Webhook to queryable (target: p50 <= 0.5 s, p99 <= 1.5 s) against a real `kbsync run` subprocess.
 
 A portal of corpus articles on the Chatwoot-compatible test server (tests/servers/chatwoot.py) is synced by the
 daemon's start-up reconcile. Then, one after the other, an article gets a new "Revision" section at its end (a

@@ -12,7 +12,7 @@ import asyncio
 import json
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 __all__ = ["BodyError", "has_lone_surrogate", "read_capped", "strict_json"]
 
@@ -30,7 +30,8 @@ class BodyError(Exception):
 
 async def read_capped(request: Request, limit: int, seconds: float) -> bytes:
     """The body of `request`, refused (413) as soon as it is declared or read past `limit` bytes, and (408) when
-    it has not arrived within `seconds`. What is over the cap is never read: the server closes the connection."""
+    it has not arrived within `seconds`, or (400) its sender hung up. What is over the cap is never read: the server
+    closes the connection."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BodyError(413, f"request body over {_size(limit)}")
@@ -43,6 +44,8 @@ async def read_capped(request: Request, limit: int, seconds: float) -> bytes:
                     raise BodyError(413, f"request body over {_size(limit)}")
     except TimeoutError:
         raise BodyError(408, f"request body not received within {seconds:g} s") from None
+    except ClientDisconnect:  # the sender went away: nothing to answer, and nothing gone wrong here
+        raise BodyError(400, "the client closed the connection before its body was complete") from None
     return bytes(body)
 
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbsync.embedding import default_model_dir, missing_model_files
 from kbsync.errors import KbsyncError, SourceError, StateLocked, StoreLocked
-from kbsync.settings import ChatwootSourceSettings, ConfluenceSourceSettings, FilesSourceSettings, NotionSourceSettings
-from kbsync.settings import Settings, TenantSettings
+from kbsync.settings import (
+    ChatwootSourceSettings,
+    ConfluenceSourceSettings,
+    FilesSourceSettings,
+    NotionSourceSettings,
+    Settings,
+    TenantSettings,
+)
+from kbsync.sources._http import HttpOptions
+
+if TYPE_CHECKING:
+    from kbsync.sources.chatwoot import ChatwootClient
 
 __all__ = ["CheckResult", "run_checks"]
 
@@ -21,11 +31,16 @@ class CheckResult:
     detail: str
 
 
-def run_checks(settings: Settings, *, chatwoot_options: Any = None, api_options: Any = None) -> Iterator[CheckResult]:
+def run_checks(
+    settings: Settings,
+    *,
+    chatwoot_options: HttpOptions | None = None,
+    api_options: HttpOptions | None = None,
+) -> Iterator[CheckResult]:
     """Settings were already validated by loading them; this checks what loading cannot.
 
-    `chatwoot_options` (HttpOptions) tunes the Chatwoot requests; by default a check waits and retries
-    less than a sync does, so an unreachable Chatwoot fails the check within seconds. `api_options` (HttpOptions)
+    `chatwoot_options` tunes the Chatwoot requests; by default a check waits and retries
+    less than a sync does, so an unreachable Chatwoot fails the check within seconds. `api_options`
     does the same for Confluence and Notion sources."""
     yield CheckResult("settings", True, f"{settings.source_file} ({len(settings.tenants)} tenants)")
     yield from _secret_checks(settings)
@@ -154,10 +169,9 @@ def _state_check(settings: Settings) -> CheckResult:
     return CheckResult("state", True, f"{state.dialect} database answers")
 
 
-def _chatwoot_checks(tenant: TenantSettings, options: Any) -> Iterator[CheckResult]:
+def _chatwoot_checks(tenant: TenantSettings, options: HttpOptions | None) -> Iterator[CheckResult]:
     """The tenant's token is accepted (`GET …/portals`), then each configured portal exists, is live, holds
     articles, and has the locales its source filters on. Messages name URLs, never the token."""
-    from kbsync.sources._http import HttpOptions
     from kbsync.sources.chatwoot import ChatwootClient
 
     sources = [
@@ -190,18 +204,18 @@ def _chatwoot_checks(tenant: TenantSettings, options: Any) -> Iterator[CheckResu
             yield _portal_check(client, f"{tenant.id}/{project_id} {source.source_id}", source)
 
 
-def _portal_check(client: Any, name: str, source: ChatwootSourceSettings) -> CheckResult:
+def _portal_check(client: ChatwootClient, name: str, source: ChatwootSourceSettings) -> CheckResult:
     try:
         portal = client.portal(source.portal)
     except SourceError as exc:
         return CheckResult(name, False, str(exc))
     if portal.get("archived"):
         return CheckResult(name, False, f"portal {source.portal!r} is archived (publicly 404): nothing is indexed")
-    meta = portal.get("meta") if isinstance(portal.get("meta"), dict) else {}
+    meta = _object(portal.get("meta"))
     counts = f"{meta.get('all_articles_count', '?')} articles ({meta.get('published_count', '?')} published)"
     if source.locales is None:
         return CheckResult(name, True, f"portal found, {counts}")
-    config = portal.get("config") if isinstance(portal.get("config"), dict) else {}
+    config = _object(portal.get("config"))
     allowed = {
         str(item.get("code")): item.get("articles_count")
         for item in config.get("allowed_locales") or []
@@ -217,3 +231,8 @@ def _portal_check(client: Any, name: str, source: ChatwootSourceSettings) -> Che
         )
     per_locale = ", ".join(f"{locale}: {allowed[locale]}" for locale in source.locales)
     return CheckResult(name, True, f"portal found, {counts}; articles per configured locale: {per_locale}")
+
+
+def _object(value: object) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one (a portal's optional sections)."""
+    return value if isinstance(value, dict) else {}

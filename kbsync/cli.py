@@ -1,4 +1,4 @@
-"""The `kbsync` command line: a thin shell over the engine (design.md §4).
+"""The `kbsync` command line: a thin shell over the engine (README "CLI").
 
 Exit codes: 0 ok; 1 a source, check or lookup failed; 2 invalid settings.
 """
@@ -6,11 +6,10 @@ Exit codes: 0 ok; 1 a source, check or lookup failed; 2 invalid settings.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,6 +19,14 @@ from rich.table import Table
 from kbsync import __version__
 from kbsync.cli_options import ConfigOption, JsonOption, LogLevelOption, cli_state
 from kbsync.errors import ConfigError, KbsyncError, UnknownProject
+
+if TYPE_CHECKING:
+    import httpx
+    from rich.progress import TaskID
+
+    from kbsync.engine import Engine
+    from kbsync.runs import ProjectKey, RunReport
+    from kbsync.settings import Settings
 
 app = typer.Typer(
     name="kbsync",
@@ -37,7 +44,7 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _settings(ctx: typer.Context) -> Any:
+def _settings(ctx: typer.Context) -> Settings:
     state = cli_state(ctx)
     if state.settings is None:
         from kbsync.logging import configure_logging
@@ -52,7 +59,7 @@ def _settings(ctx: typer.Context) -> Any:
 
 
 @contextmanager
-def _engine(ctx: typer.Context) -> Iterator[Any]:
+def _engine(ctx: typer.Context) -> Iterator[Engine]:
     from kbsync.wiring import open_engine
 
     settings = _settings(ctx)
@@ -112,7 +119,9 @@ def run(
     raise typer.Exit(code)
 
 
-def _daemon(settings: Any, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
+def _daemon(
+    settings: Settings, method: str, path: str, body: dict[str, Any] | None, timeout: float
+) -> dict[str, Any] | None:
     """Ask the running daemon (it owns the embedded store). Returns the JSON answer, or None when no daemon
     answers on server.host:port."""
     import httpx
@@ -135,10 +144,11 @@ def _daemon(settings: Any, method: str, path: str, body: dict[str, Any] | None, 
         )
     if response.status_code >= 400:
         _fail(f"the running daemon answered {response.status_code}: {_error_text(response)}", EXIT_FAILED)
-    return response.json()
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
-def _error_text(response: Any) -> str:
+def _error_text(response: httpx.Response) -> str:
     """The message of the daemon's error body (kbsync.http_errors), else the start of the raw body."""
     from kbsync.http_errors import error_message
 
@@ -154,16 +164,16 @@ class _RichProgress:
 
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
-        self._tasks: dict[Any, Any] = {}
+        self._tasks: dict[ProjectKey, TaskID] = {}
 
-    def listed(self, key: Any, source_id: str, total: int) -> None:
+    def listed(self, key: ProjectKey, source_id: str, total: int) -> None:
         task = self._tasks.get(key)
         if task is None:
             self._tasks[key] = self._progress.add_task(str(key), total=total)
         else:
             self._progress.update(task, total=(self._progress.tasks[task].total or 0) + total)
 
-    def advanced(self, key: Any, done: int) -> None:
+    def advanced(self, key: ProjectKey, done: int) -> None:
         if key in self._tasks:
             self._progress.advance(self._tasks[key], done)
 
@@ -186,7 +196,7 @@ def resync(
     Asks the running daemon instead when it owns the embedded store.
     Exit 0 when every source synced, 1 when some source failed (the others were still synced), 2 bad config.
     """
-    from types import SimpleNamespace
+    from kbsync.runs import RunReport
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
@@ -197,7 +207,7 @@ def resync(
         answer = _daemon(settings, "POST", "/v1/resync", body, timeout=24 * 3600)
         if answer is None:
             _no_daemon(settings)
-        reports = [SimpleNamespace(**r) for r in answer["reports"]]
+        reports = [RunReport.from_dict(r) for r in answer["reports"]]
         _finish_resync(reports, as_json)
     with _engine(ctx) as engine:
         try:
@@ -223,7 +233,7 @@ def resync(
     _finish_resync(reports, as_json)
 
 
-def _store_is_locked(settings: Any) -> bool:
+def _store_is_locked(settings: Settings) -> bool:
     """Whether another process (a running daemon) holds the embedded store or the SQLite state, checked without
     opening either."""
     from kbsync.wiring import local_owner
@@ -231,7 +241,7 @@ def _store_is_locked(settings: Any) -> bool:
     return local_owner(settings) is not None
 
 
-def _no_daemon(settings: Any) -> NoReturn:
+def _no_daemon(settings: Settings) -> NoReturn:
     from kbsync.wiring import local_owner
 
     _fail(
@@ -242,15 +252,15 @@ def _no_daemon(settings: Any) -> NoReturn:
     )
 
 
-def _finish_resync(reports: list[Any], as_json: bool) -> NoReturn:
+def _finish_resync(reports: list[RunReport], as_json: bool) -> NoReturn:
     if as_json:
-        typer.echo(json.dumps([r.as_dict() if hasattr(r, "as_dict") else vars(r) for r in reports], indent=2))
+        typer.echo(json.dumps([r.as_dict() for r in reports], indent=2))
     else:
         _print_reports(reports)
     raise typer.Exit(EXIT_OK if all(r.outcome == "ok" for r in reports) else EXIT_FAILED)
 
 
-def _print_reports(reports: list[Any]) -> None:
+def _print_reports(reports: list[RunReport]) -> None:
     table = Table(title="kbsync resync", caption="docs: seen, new, changed, same, gone; chunks: embedded, held")
     table.add_column("project", no_wrap=True)
     for column in ("seen", "new", "changed", "same", "gone", "embedded", "held", "errors", "secs"):
@@ -469,4 +479,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -17,11 +17,12 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
@@ -38,6 +39,13 @@ from kbsync.runs import ProjectKey
 from kbsync.settings import Settings
 from kbsync.webhooks import POLLED_EVENTS, WebhookEvent
 from kbsync.wiring import open_engine
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from kbsync.http import ResyncBody
+    from kbsync.runs import RunReport
+    from kbsync.sources._http import HttpOptions
 
 __all__ = ["Daemon", "DaemonOptions"]
 
@@ -61,7 +69,7 @@ class DaemonOptions:
     # checks the stop only between document groups) exits anyway: what is in flight is abandoned as after a crash,
     # which loses nothing (accepted webhooks are durable, writes go before deletes). systemd's TimeoutStopSec is 30.
     stop_seconds: float = 7.0
-    chatwoot_options: Any = None  # HttpOptions of the Chatwoot clients, for tests
+    chatwoot_options: HttpOptions | None = None  # of the Chatwoot clients: tests shrink timeouts and retries
 
 
 class _Server(uvicorn.Server):
@@ -84,9 +92,9 @@ class Daemon:
         self._failed: str | None = None
         self._server: _Server | None = None
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._exit_callbacks: list[Any] = []
+        self._exit_callbacks: list[Callable[[], None]] = []
         self._stop_timer: threading.Timer | None = None
-        self._jobs: Any = None  # the APScheduler scheduler, for deferred runs
+        self._jobs: BackgroundScheduler | None = None  # the APScheduler scheduler, for deferred runs
         self._share_changed = threading.Condition()
         self._taken: Counter[ProjectKey] = Counter()  # projects whose scheduled runs this replica is doing
 
@@ -191,7 +199,7 @@ class Daemon:
         os._exit(1 if self._failed else 0)
 
     def _install_signals(self, engine: Engine) -> None:
-        def handle(signum: int, _frame: Any) -> None:
+        def handle(signum: int, _frame: FrameType | None) -> None:
             if self.stop.is_set() and signum == signal.SIGINT:
                 os._exit(130)  # a second Ctrl-C: stop now; accepted webhooks are already durable
             engine.stop_event.set()
@@ -200,7 +208,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
-    def _shutdown(self, engine: Engine, scheduler: Any, workers: list[threading.Thread]) -> None:
+    def _shutdown(self, engine: Engine, scheduler: BackgroundScheduler, workers: list[threading.Thread]) -> None:
         engine.stop_event.set()
         self.request_stop("shutdown")
         scheduler.shutdown(wait=True)  # running jobs stop at their next document group
@@ -210,7 +218,7 @@ class Daemon:
 
     # -- scheduled runs ------------------------------------------------------------------------------
 
-    def _scheduler(self, engine: Engine) -> Any:
+    def _scheduler(self, engine: Engine) -> BackgroundScheduler:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.interval import IntervalTrigger
@@ -247,7 +255,7 @@ class Daemon:
         return scheduler
 
     def _submit_resync(
-        self, engine: Engine, keys: list[ProjectKey], options: Any
+        self, engine: Engine, keys: list[ProjectKey], options: ResyncBody
     ) -> concurrent.futures.Future[list[dict[str, Any]]]:
         """POST /v1/resync: reconcile `keys` one after the other in the scheduler's pool, off the request path, with
         the request's `rebuild` and `allow_mass_delete`; the future gets their reports (or what stopped them)."""
@@ -267,6 +275,8 @@ class Daemon:
                 future.set_exception(exc)
 
         try:
+            if self._jobs is None:
+                raise KbsyncError("the scheduler has not started")
             self._jobs.add_job(job, "date", run_date=datetime.now(timezone.utc), misfire_grace_time=None)
         except Exception as exc:  # the scheduler stopped (the daemon is stopping)
             future.set_exception(KbsyncError(f"resync not started: {exc}"))
@@ -323,6 +333,8 @@ class Daemon:
             when = datetime.now(timezone.utc) + timedelta(seconds=self._share_delay())
             # A run another replica began a moment before this one was due serves as well (scheduled runs jitter).
             since = deferred_since if deferred_since is not None else time.time() - self._share_delay()
+            if self._jobs is None:  # never: scheduled runs come from the scheduler
+                return
             try:
                 self._jobs.add_job(
                     self._scheduled, "date", run_date=when, args=[engine, key, kind, since],
@@ -396,7 +408,7 @@ class Daemon:
                 log.error("queue.settle_failed", error=str(exc))
 
     def _settle(
-        self, queue: Queue, metrics: Metrics, item: QueueItem, owner: str, report: Any, error: str | None,
+        self, queue: Queue, metrics: Metrics, item: QueueItem, owner: str, report: RunReport | None, error: str | None,
         started: float,
     ) -> None:
         """Record an item's outcome: done (with the items its refresh covered), retried later, or dead."""

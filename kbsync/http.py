@@ -1,4 +1,4 @@
-"""The HTTP API (design.md §5): webhooks, query, resync, status, health, metrics. A thin shell.
+"""The HTTP API (README "HTTP API"): webhooks, query, resync, status, health, metrics. A thin shell.
 
 The webhook route verifies, stores durably and answers (within 100 ms: Chatwoot waits 5 s and never retries); it
 never calls the engine. Blocking work (SQLite, Chroma, the embedder) runs in worker threads, off the event loop:
@@ -16,14 +16,15 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from starlette.datastructures import Headers
 
 from kbsync import __version__
 from kbsync.bodies import BodyError, read_capped, strict_json
@@ -45,6 +46,10 @@ SIGNATURE_WINDOW_SECONDS = 300
 # One answer for an unknown tenant and a bad signature: the webhook route does not tell who is configured.
 NOT_SIGNED = "the webhook is not signed with this tenant's secret"
 
+Body = TypeVar("Body", bound=BaseModel)  # a request body model
+# Starts a resync of these projects with the request's options; the future gets their reports (as dicts).
+ResyncSubmitter = Callable[[list["ProjectKey"], "ResyncBody"], concurrent.futures.Future[list[dict[str, Any]]]]
+
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """Chatwoot's webhook signature: `sha256=` + hex HMAC-SHA256(secret, "<timestamp>.<raw body>")."""
@@ -63,7 +68,7 @@ class ApiContext:
     ready: Callable[[], bool]
     wake_workers: Callable[[], None] = lambda: None  # tells idle webhook workers an item was queued
     # Runs resyncs off the request path (the daemon's scheduler): (keys, ResyncBody) -> a future of their reports.
-    submit_resync: Callable[[list[ProjectKey], Any], concurrent.futures.Future[list[dict[str, Any]]]] | None = None
+    submit_resync: ResyncSubmitter | None = None
     # Webhook intake and /readyz run here, never behind queries or resyncs in the default pool.
     intake: concurrent.futures.Executor | None = None
 
@@ -98,7 +103,7 @@ async def _body_error(_request: Request, exc: BodyError) -> JSONResponse:
     return error_response(exc.status, exc.message, fields=exc.fields or None)
 
 
-def _body_model(model: type[BaseModel], raw: bytes, *, empty_ok: bool = False) -> Any:
+def _body_model(model: type[Body], raw: bytes, *, empty_ok: bool = False) -> Body:
     """A pydantic model from a request body read by `read_capped`; BodyError (400/422) for what does not fit."""
     if empty_ok and not raw.strip():
         return model()
@@ -117,7 +122,7 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-def _same(secret: Any, presented: str | None) -> bool:
+def _same(secret: SecretStr | None, presented: str | None) -> bool:
     """Constant-time comparison of a SecretStr with what a request presented."""
     if secret is None or not presented:
         return False
@@ -133,7 +138,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     settings = ctx.settings
     server = settings.server
 
-    async def read_body(request: Request, model: type[BaseModel], *, empty_ok: bool = False) -> Any:
+    async def read_body(request: Request, model: type[Body], *, empty_ok: bool = False) -> Body:
         raw = await read_capped(request, server.max_body_bytes, server.body_timeout_seconds)
         return _body_model(model, raw, empty_ok=empty_ok)
 
@@ -319,7 +324,7 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
     return "queued", JSONResponse({"status": "queued"}, status_code=202)
 
 
-def _header_problem(headers: Any) -> str | None:
+def _header_problem(headers: Headers) -> str | None:
     """Why a webhook is refused before its tenant is looked up or its body read (the same for every tenant)."""
     timestamp = headers.get("x-chatwoot-timestamp")
     signature = headers.get("x-chatwoot-signature")
@@ -334,7 +339,7 @@ def _header_problem(headers: Any) -> str | None:
     return None
 
 
-def _signed(tenant: TenantSettings, headers: Any, body: bytes) -> bool:
+def _signed(tenant: TenantSettings, headers: Headers, body: bytes) -> bool:
     """Whether the body carries the tenant's signature (headers already checked by `_header_problem`)."""
     if tenant.webhook_secret is None:
         return False
@@ -342,7 +347,7 @@ def _signed(tenant: TenantSettings, headers: Any, body: bytes) -> bool:
     return hmac.compare_digest(expected.encode(), headers["x-chatwoot-signature"].strip().encode())
 
 
-def _fingerprint(headers: Any, body: bytes) -> str:
+def _fingerprint(headers: Headers, body: bytes) -> str:
     """What identifies one signed delivery whatever its X-Chatwoot-Delivery says: a captured webhook replayed
     under a new or no delivery id within the signature window is a duplicate."""
     signed = headers["x-chatwoot-timestamp"].encode() + b"." + body

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any, Literal
+from typing import Literal, TextIO
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = ["configure_logging", "redact_secrets"]
 
@@ -24,7 +24,7 @@ _SECRET_IN_TEXT = re.compile(
 REDACTED = "[redacted]"
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Overwrite values under secret-looking keys, and secret-looking `key=value` runs inside strings.
 
     The second net: secrets are never bound or logged on purpose (invariant 10).
@@ -38,7 +38,7 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
 
 
 def configure_logging(
-    log_format: Literal["auto", "json", "console"] = "auto", log_level: str = "info", *, stream: Any = None
+    log_format: Literal["auto", "json", "console"] = "auto", log_level: str = "info", *, stream: TextIO | None = None
 ) -> None:
     """Configure structlog and route stdlib loggers (uvicorn, httpx, apscheduler) through the same chain.
 
@@ -47,7 +47,7 @@ def configure_logging(
     stream = stream or sys.stderr
     use_console = log_format == "console" or (log_format == "auto" and stream.isatty())
     level = getattr(logging, log_level.upper())
-    shared: list[Any] = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -56,7 +56,7 @@ def configure_logging(
     ]
     # Plain tracebacks only: rich's, with show_locals, printed every local of every frame (issue 17: the bearer
     # token 21 times for one bad query). The traceback text is formatted first and redacted like any value.
-    renderer: Any = (
+    renderer: Processor = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback)
         if use_console
         else structlog.processors.JSONRenderer()

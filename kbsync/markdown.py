@@ -1,6 +1,6 @@
 """Markdown normalisation: Chatwoot article markdown (and HTML converted to markdown) into clean blocks.
 
-What a reader of the public page sees is what gets embedded (chatwoot-helpcenter-api.md §7): raw HTML is not
+What a reader of the public page sees is what gets embedded (docs/chatwoot.md §6): raw HTML is not
 rendered there, `<!--cw-colwidths-->` comments are layout, image widths are CSS, a bare embed URL on its own line is
 a video player. Link and image URLs are dropped from the text (they cost word pieces and carry no meaning for the
 model); the document's own URL travels in the chunk metadata.

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one daemon (design.md §5), in a registry of its own: no process-global collectors."""
+"""Prometheus metrics of one daemon (README "HTTP API"), in a registry of its own: no process-global collectors."""
 
 from __future__ import annotations
 

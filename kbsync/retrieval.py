@@ -82,7 +82,8 @@ class RankedHit:
         return self.hit.metadata
 
     def as_result(self) -> dict[str, Any]:
-        """The result shape of design.md §5, with `dense_score`, `lexical_score` and `context` added."""
+        """The result shape of `/v1/query` (README "HTTP API"), with `dense_score`, `lexical_score` and `context`
+        added."""
         result = self.hit.as_result()
         result["score"] = round(self.score, 6)
         result["dense_score"] = None if self.dense is None else round(self.dense, 6)

@@ -3,8 +3,9 @@ prints, `status` shows and the state database records) and `Progress` (told how 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol
 
 from kbsync.errors import KbsyncError, SourceError, UnknownProject
 from kbsync.store import collection_name
@@ -86,6 +87,13 @@ class RunReport:
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "outcome": self.outcome}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunReport:
+        """A report from `as_dict()` (what the daemon answers); `outcome` is recomputed from the counters, and
+        keys this version does not know are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 class Progress(Protocol):

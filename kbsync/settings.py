@@ -1,4 +1,4 @@
-"""Settings: `settings.toml` plus `KBSYNC_<SECTION>__<KEY>` environment overrides (design.md §3).
+"""Settings: `settings.toml` plus `KBSYNC_<SECTION>__<KEY>` environment overrides (README "Configuration").
 
 `load_settings` is the only reader of the settings file and of the environment. Secrets never live in the file:
 the file names the environment variable that holds each secret, and `load_settings` resolves those variables once
@@ -341,7 +341,7 @@ class TenantSettings(_Section):
     api_token_env: EnvName = ""
     webhook_secret_env: EnvName = ""
     query_token_env: EnvName = ""
-    # Chatwoot throttles per client IP (rack-attack, 3000 requests a minute by default, api doc §4.3); tenants on
+    # Chatwoot throttles per client IP (rack-attack, 3000 requests a minute by default, docs/chatwoot.md §4); tenants on
     # one Chatwoot share that budget. A complete listing reads 25 articles per request, so this bounds a reconcile
     # of N articles to at least N / 25 / rate seconds.
     chatwoot_requests_per_second: float = Field(default=10.0, gt=0, le=1000)

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -22,6 +22,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kbsync.errors import StateError, StateLocked
 from kbsync.locking import FileLock, lock_holder
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from kbsync.settings import Settings
 
 __all__ = ["STATE_LOCK", "PageCacheTable", "RunRecord", "State", "Watermark", "db_errors", "metadata"]
 
@@ -193,7 +198,7 @@ class State:
                 time.sleep(0.2 * (attempt + 1))
 
     @classmethod
-    def open(cls, settings: Any) -> State:
+    def open(cls, settings: Settings) -> State:
         """The state of `settings`: PostgreSQL when `state.url` is set, else SQLite under `state_dir`."""
         if settings.state.url:
             return cls.open_postgres(settings.state.url, settings.state_password)
@@ -219,7 +224,7 @@ class State:
             raise
 
     @classmethod
-    def open_postgres(cls, url: str, password: Any = None) -> State:
+    def open_postgres(cls, url: str, password: SecretStr | None = None) -> State:
         """PostgreSQL, shared by every replica; the password comes from `state.password_env`, never the URL."""
         parsed = sa.engine.make_url(url)
         if parsed.drivername in ("postgresql", "postgres"):

@@ -1,13 +1,16 @@
-"""The status report of design.md §4 (`kbsync status --json`) and §5 (`GET /v1/status`): one builder for both."""
+"""The status report of `kbsync status --json` and `GET /v1/status`: one builder for both."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbsync.settings import Settings
 from kbsync.state import State
 from kbsync.store import Store, collection_name
+
+if TYPE_CHECKING:
+    from kbsync.queue import Queue
 
 __all__ = ["status_payload"]
 
@@ -18,7 +21,7 @@ def status_payload(
     store_for: Callable[[str], Store] | None,
     *,
     store_note: str = "ok",
-    queue: Any = None,
+    queue: Queue | None = None,
 ) -> dict[str, Any]:
     """Per project: docs and chunks held (kept in the state database by the runs; read from the store,
     `store_for(tenant)`, only while not known yet), last run of each kind, last error, queue depth; plus

@@ -3,7 +3,7 @@
 The only module that imports chromadb. Chroma errors are translated into `StoreError` here.
 
 Embedded mode opens a PersistentClient at `<state_dir>/chroma` under an exclusive lock (`StoreLocked` for a second
-process): Chroma is not process-safe, and two processes on one path silently lose vectors (chroma-notes.md §4).
+process): Chroma is not process-safe, and two processes on one path silently lose vectors (docs/chroma.md §1).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,11 @@ from kbsync.embedding import MODEL_NAME
 from kbsync.errors import ModelMismatch, StoreError, StoreLocked
 from kbsync.locking import FileLock, lock_holder
 from kbsync.memory import release_free_memory
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from kbsync.settings import Settings, TenantSettings
 
 __all__ = [
     "MAX_RECORDS_PER_WRITE",
@@ -133,7 +138,7 @@ class QueryHit:
     metadata: dict[str, Any]
 
     def as_result(self) -> dict[str, Any]:
-        """The result shape of design.md §5 (`/v1/query`, and `kbsync query --json`)."""
+        """The result shape of `/v1/query` and `kbsync query --json` (README "HTTP API")."""
         meta = self.metadata
         return {
             "id": self.id,
@@ -158,14 +163,14 @@ class ChromaTarget:
     port: int = 0
     ssl: bool = False
     database: str = "default_database"
-    token: Any = field(default=None, compare=True, repr=False)  # SecretStr | None
+    token: SecretStr | None = field(default=None, compare=True, repr=False)
 
     @classmethod
-    def of(cls, settings: Any, tenant: Any) -> ChromaTarget:
+    def of(cls, settings: Settings, tenant: TenantSettings | None) -> ChromaTarget:
         """The target of `[chroma]`, or of a tenant's `[tenants.chroma]` (keys not given come from `[chroma]`)."""
         base = settings.chroma
         own = tenant.chroma if tenant is not None else None
-        if own is None:
+        if tenant is None or own is None:
             if base.mode == "embedded":
                 return cls("embedded")
             return cls("http", base.host, base.port, base.ssl, base.database, settings.chroma_token)

@@ -107,10 +107,5 @@ def parse_notice(body: bytes) -> Notice | None:
 
 def projects_of_portal(tenant: TenantSettings, portal: str) -> list[str]:
     """Every project of the tenant that reads `portal` (one portal in several projects is a supported layout)."""
-    from kbsync.settings import ChatwootSourceSettings
-
-    return [
-        project.id
-        for project in tenant.projects
-        if any(isinstance(s, ChatwootSourceSettings) and s.portal == portal for s in project.sources)
-    ]
+    source_id = chatwoot_source_id(portal)
+    return [project.id for project in tenant.projects if any(s.source_id == source_id for s in project.sources)]

@@ -1,4 +1,4 @@
-"""Chroma server mode (issue 8, design.md §6, §9): the same collections as embedded mode, readable by a bot with
+"""Chroma server mode (issue 8; README "Collections", "Scaling out"): the same collections as embedded mode, readable by a bot with
 nothing but chromadb, tenants on servers of their own, and `copy-store` without re-embedding."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pipeline over a `files` source and a real embedded Chroma store (design.md §6, §7 invariants 2-4, 6)."""
+"""The pipeline over a `files` source and a real embedded Chroma store (README "Collections"; invariants 2-4 and 6 of docs/invariants.md)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_unchanged_documents_cost_zero_embeddings(engine, docs_dir: Path) -> Non
 
 
 def test_one_paragraph_edited_re_embeds_only_its_chunks(engine, docs_dir: Path) -> None:
-    """Invariant 4 / design §8: one paragraph edited in a long article embeds <= 2 chunks."""
+    """Invariant 4 and its target: one paragraph edited in a long article embeds <= 2 chunks."""
     (docs_dir / "guide.md").write_text(long_article())
     first = engine.reconcile(KEY)
     assert first.chunks_embedded >= 8

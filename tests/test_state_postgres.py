@@ -1,4 +1,4 @@
-"""One schema, one code path, two dialects (design.md §9): the state and the queue on a real PostgreSQL, shared by
+"""One schema, one code path, two dialects (README "Scaling out"): the state and the queue on a real PostgreSQL, shared by
 several processes' worth of State objects (replicas), and on SQLite."""
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def test_a_single_layer_bomb_stops_at_max_bytes(server: HostileServer, bombs: di
 
     assert listing.documents == [] and peak < PEAK_LIMIT
     [skipped] = [e for e in logs if e["event"] == "web.page_skipped"]
-    assert skipped["url"] == server.url("/bomb") and skipped["reason"] == f"larger than {MIB} bytes once decoded"
+    assert skipped["url"] == server.url("/bomb") and f"larger than {MIB} bytes once decoded" in skipped["reason"]
     assert web.stats.bytes_downloaded < len(bombs["single"])  # stopped reading once the bound was hit
 
 

@@ -1,4 +1,4 @@
-"""`kind = "chatwoot"`: the articles of one Chatwoot Help Center portal (chatwoot-helpcenter-api.md §2, §8).
+"""`kind = "chatwoot"`: the articles of one Chatwoot Help Center portal (docs/chatwoot.md §1-§3).
 
 Two layers:
 - `ChatwootClient` speaks the Help Center API for one tenant over the shared `_http.HttpClient` (one pool, the
@@ -33,7 +33,7 @@ __all__ = ["PER_PAGE", "Changes", "ChatwootClient", "ChatwootClientOptions", "Ch
 
 log = structlog.get_logger(__name__)
 
-PER_PAGE = 25  # Kaminari's default; the account articles endpoint has no per_page override (api doc §2.1)
+PER_PAGE = 25  # Kaminari's default; the account articles endpoint has no per_page override (docs/chatwoot.md §2)
 _BACKOFF_INITIAL = 0.5  # seconds before the first retry of a request
 
 
@@ -340,7 +340,7 @@ class ChatwootSource:
         """
         portal = self._load_portal()
         if portal.archived:
-            # An archived portal answers 404 publicly (api doc §1.2), so none of its articles are published
+            # An archived portal answers 404 publicly (docs/chatwoot.md §1), so none of its articles are published
             # content any more: an empty, complete listing lets the engine remove them (after confirm_gone).
             return Listing(documents=[], complete=True)
         scan = self._complete_scan()
@@ -499,7 +499,7 @@ class ChatwootSource:
         config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
         allowed = config.get("allowed_locales") if isinstance(config.get("allowed_locales"), list) else []
         first_allowed = next((str(x["code"]) for x in allowed if isinstance(x, dict) and x.get("code")), "")
-        # Chatwoot's own fallback chain (api doc §3): default_locale, else the first allowed locale.
+        # Chatwoot's own fallback chain (docs/chatwoot.md §3): default_locale, else the first allowed locale.
         default_locale = str(meta.get("default_locale") or config.get("default_locale") or first_allowed or "")
         self._portal = _Portal(
             base_url=self._base_url(raw.get("custom_domain")),

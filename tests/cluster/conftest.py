@@ -1,6 +1,6 @@
-"""Three `kbsync run` replicas sharing one PostgreSQL, two tenants on two Chroma servers (design.md §9, issue 8).
+"""Three `kbsync run` replicas sharing one PostgreSQL, two tenants on two Chroma servers (README "Scaling out", issue 8).
 
-One cluster per module (style.md §2.8: real servers start once): a real PostgreSQL in a temp folder
+One cluster per module (real servers start once): a real PostgreSQL in a temp folder
 (tests/servers/postgres.py), two real `chroma run` servers, A for tenant `acme` (the `[chroma]` server) and B for
 tenant `globex` (its `[tenants.chroma]`), one Chatwoot-compatible server with one small portal per tenant, and three
 `kbsync run` subprocesses with the same settings except their port and state_dir (which holds only their log

@@ -1,4 +1,4 @@
-"""Replicas sharing PostgreSQL state (design.md §9, issue 8 "Prove it"): three `kbsync run` processes, one Chatwoot
+"""Replicas sharing PostgreSQL state (README "Scaling out", issue 8 "Prove it"): three `kbsync run` processes, one Chatwoot
 server, two tenants on two Chroma servers.
 
 Any replica accepts a webhook and commits it before the 202; per-project leases serialize a project's writes across

@@ -1,4 +1,4 @@
-"""The CLI contract (design.md §4): commands, exit codes, JSON output."""
+"""The CLI contract (README "CLI"): commands, exit codes, JSON output."""
 
 from __future__ import annotations
 

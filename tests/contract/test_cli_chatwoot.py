@@ -1,4 +1,4 @@
-"""The CLI contract (design.md §4) over Chatwoot sources: `resync` exit codes when a source fails, the run records
+"""The CLI contract (README "CLI") over Chatwoot sources: `resync` exit codes when a source fails, the run records
 that `status --json` shows, and `check` verifying each portal. Against the Chatwoot-compatible server."""
 
 from __future__ import annotations

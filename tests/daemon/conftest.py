@@ -1,6 +1,6 @@
 """A real `kbsync run` subprocess against the Chatwoot-compatible test server (tests/servers/chatwoot.py).
 
-One Chatwoot server and one daemon per module (style.md §2.8: real servers start once, signals and `kill -9` run
+One Chatwoot server and one daemon per module (real servers start once, signals and `kill -9` run
 against a real subprocess). Two tenants on the same server: `acme` (account 1, portal `acme-help`, a few short
 articles) and `globex` (account 2, portal `globex-help`). Tests that stop or kill the daemon leave it stopped; the
 `daemon` fixture starts it again on the same state dir before the next test.

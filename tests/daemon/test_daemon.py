@@ -1,6 +1,6 @@
 """`kbsync run` as operators and the bot layer see it: a real subprocess, a real Chatwoot-compatible server.
 
-design.md §5 (webhooks, query, status, resync, metrics, OpenAPI), §4 (`kbsync run`, the CLI talking to the daemon),
+README "HTTP API" (webhooks, query, status, resync, metrics, OpenAPI), "CLI" (`kbsync run`, the CLI talking to the daemon),
 §7 invariants 5, 8, 9, 10, and the systemd units. Tests that stop the daemon come last in the module; the `daemon`
 fixture starts it again on the same state dir when a test finds it stopped.
 """
@@ -36,7 +36,7 @@ from tests.daemon.conftest import (
 )
 from tests.servers.chatwoot import FakeChatwoot
 
-QUERYABLE_WITHIN = 15.0  # seconds; design §8 targets p50 0.5 s / p99 1.5 s, measured in bench/webhook_latency.py
+QUERYABLE_WITHIN = 15.0  # seconds; the targets are p50 0.5 s / p99 1.5 s, measured in bench/webhook_latency.py
 
 
 def unique(word: str) -> str:
@@ -73,7 +73,7 @@ def written_counters(daemon: DaemonProcess) -> dict[str, float]:
 
 
 def test_signed_webhook_makes_an_edited_article_queryable(stack: Stack, daemon: DaemonProcess) -> None:
-    """design §5: a signed article_updated is stored (202 queued) and the worker fetches the article from the API
+    """README "HTTP API": a signed article_updated is stored (202 queued) and the worker fetches the article from the API
     (fetch-on-notify), so the new text is answered by /v1/query within seconds."""
     marker = unique("edited")
     article_id = stack.acme_ids[0]
@@ -92,7 +92,7 @@ def test_signed_webhook_makes_an_edited_article_queryable(stack: Stack, daemon: 
 
 
 def test_new_article_webhook_with_full_article_payload_is_applied(stack: Stack, daemon: DaemonProcess) -> None:
-    """design §5: `article` may carry the whole article object as the Chatwoot API shapes it."""
+    """README "HTTP API": `article` may carry the whole article object as the Chatwoot API shapes it."""
     marker = unique("created")
     article_id = new_article(stack.fake, marker)
     response = daemon.webhook("article_created", article=stack.fake.get_article(ACME_PORTAL, article_id))
@@ -169,7 +169,7 @@ REJECTED: dict[str, tuple[int, Send]] = {
 
 @pytest.mark.parametrize("case", list(REJECTED))
 def test_rejected_webhook_answers_its_code_and_writes_nothing(case: str, stack: Stack, daemon: DaemonProcess) -> None:
-    """design §5 codes: 401 bad/missing signature or timestamp out of the 300 s window, 413 over 1 MiB, 400
+    """README "HTTP API" codes: 401 bad/missing signature or timestamp out of the 300 s window, 413 over 1 MiB, 400
     malformed, 403 foreign account, 404 unknown portal, 401 unknown tenant. If broken, a forged or replayed event is
     queued (the queued counter or a refresh run moves) or the rejected counter stays still."""
     expected, send = REJECTED[case]
@@ -188,7 +188,7 @@ def test_rejected_webhook_answers_its_code_and_writes_nothing(case: str, stack: 
 
 
 def test_non_article_event_is_ignored_with_200(stack: Stack, daemon: DaemonProcess) -> None:
-    """design §5: other Chatwoot events (message_created, ...) answer 200 {"status": "ignored"} and queue nothing."""
+    """README "HTTP API": other Chatwoot events (message_created, ...) answer 200 {"status": "ignored"} and queue nothing."""
     before = written_counters(daemon)
     ignored = daemon.metric("kbsync_webhooks_total", tenant="acme", outcome="ignored")
     body = json.dumps({"event": "message_created", "account": {"id": 1}, "content": "hello",
@@ -202,7 +202,7 @@ def test_non_article_event_is_ignored_with_200(stack: Stack, daemon: DaemonProce
 
 
 def test_repeated_delivery_id_is_a_duplicate(stack: Stack, daemon: DaemonProcess) -> None:
-    """design §5: a repeated X-Chatwoot-Delivery answers 200 {"status": "duplicate"} and is not queued again."""
+    """README "HTTP API": a repeated X-Chatwoot-Delivery answers 200 {"status": "duplicate"} and is not queued again."""
     marker = unique("duplicate")
     article_id = new_article(stack.fake, marker)
     delivery = f"delivery-{uuid.uuid4()}"
@@ -310,7 +310,7 @@ def test_hard_deleted_article_leaves_the_index(stack: Stack, daemon: DaemonProce
 
 
 def test_query_tokens_open_only_their_own_tenant(stack: Stack, daemon: DaemonProcess) -> None:
-    """Invariant 8 / design §5: a tenant's query token opens only its projects (403 elsewhere); no or an unknown
+    """Invariant 8 / README "HTTP API": a tenant's query token opens only its projects (403 elsewhere); no or an unknown
     token is 401; the admin token opens all; unknown project 404; k outside 1..50 is 422."""
     acme, globex, admin = daemon.secrets.acme_query, daemon.secrets.globex_query, daemon.secrets.admin
 
@@ -347,7 +347,7 @@ def test_query_answer_has_the_documented_shape(stack: Stack, daemon: DaemonProce
 
 
 def test_status_and_resync_need_the_admin_token(stack: Stack, daemon: DaemonProcess) -> None:
-    """design §5: /v1/status and /v1/resync take only the admin token; /v1/status carries no secret (inv. 10)."""
+    """README "HTTP API": /v1/status and /v1/resync take only the admin token; /v1/status carries no secret (inv. 10)."""
     query_token = {"Authorization": f"Bearer {daemon.secrets.acme_query}"}
     for method, path in (("GET", "/v1/status"), ("POST", "/v1/resync")):
         assert daemon.http.request(method, path).status_code == 401
@@ -390,7 +390,7 @@ DESIGN_METRICS = {
 
 
 def test_metrics_expose_the_design_names(stack: Stack, daemon: DaemonProcess) -> None:
-    """design §5: at least these metrics, with these labels, in Prometheus text format."""
+    """README "HTTP API": at least these metrics, with these labels, in Prometheus text format."""
     response = daemon.http.get("/metrics", headers=daemon.admin_headers())
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -436,7 +436,7 @@ def test_the_daemon_prunes_the_state_database_soon_after_it_starts(stack: Stack,
 
 
 def test_cli_status_and_query_ask_the_running_daemon(stack: Stack, daemon: DaemonProcess) -> None:
-    """design §4/§6: the daemon owns the embedded store; `kbsync status` and `kbsync query` ask it over HTTP with
+    """README "CLI", "Collections": the daemon owns the embedded store; `kbsync status` and `kbsync query` ask it over HTTP with
     $KBSYNC_ADMIN_TOKEN instead of opening the store."""
     status = stack.cli("status", "--json")
     assert status.returncode == 0, status.stderr
@@ -459,7 +459,7 @@ def test_cli_status_and_query_ask_the_running_daemon(stack: Stack, daemon: Daemo
 
 
 def test_second_run_on_the_same_state_dir_exits_with_a_clear_message(stack: Stack, daemon: DaemonProcess) -> None:
-    """design §6: only one process may open the embedded store; a second `kbsync run` says so and exits non-zero
+    """README "Collections": only one process may open the embedded store; a second `kbsync run` says so and exits non-zero
     (and the first one keeps serving)."""
     second = stack.cli("run", timeout=120)
     assert second.returncode != 0
@@ -517,7 +517,7 @@ def test_webhook_accepted_after_a_crash_is_not_held_by_the_dead_claim(stack: Sta
 
 
 def test_sigterm_stops_the_daemon_with_exit_0_within_10_seconds(stack: Stack, daemon: DaemonProcess) -> None:
-    """design §4: SIGTERM stops taking work, closes the store and exits 0 (systemd's clean stop)."""
+    """README "CLI": SIGTERM stops taking work, closes the store and exits 0 (systemd's clean stop)."""
     started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     code = daemon.wait_exit(15)

@@ -318,3 +318,18 @@ def test_worker_skips_a_project_busy_in_a_slow_run_and_applies_another_tenant(
         fake.reset_faults()
     resync.join(timeout=120)
     wait_for(daemon.queue_drained, 120, "the acme webhook to be applied after the slow run")
+
+
+def test_a_client_that_hangs_up_mid_body_is_not_an_error(stack: Stack, daemon: DaemonProcess) -> None:
+    """A sender that goes away after part of its body is a closed connection, not a crash logged as one."""
+    before = len(daemon.log_text())
+    token = {"Authorization": f"Bearer {daemon.secrets.acme_query}"}
+    for path, headers in (("/v1/query", token), ("/webhooks/acme", _signed_looking(daemon))):
+        sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n"
+        sock.sendall((head + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode() + b"{" * 10)
+        sock.close()
+    time.sleep(0.5)  # the server notices the hang-ups
+    assert daemon.http.get("/healthz").status_code == 200
+    logged = daemon.log_text()[before:]
+    assert '"level": "error"' not in logged and "Traceback" not in logged, logged

@@ -1,4 +1,4 @@
-"""Invariant 7 (design.md §7): one project's writes are serialized; different projects proceed in parallel; one
+"""Invariant 7 (docs/invariants.md): one project's writes are serialized; different projects proceed in parallel; one
 failing source or tenant does not stop the others. Also: two tenants whose Chatwoot installations use the same
 article ids (and so the same doc ids) are kept apart in their own collections.
 

@@ -1,4 +1,4 @@
-"""Invariant 1 (design.md §7): only published content is indexed; unpublish, archive and delete remove it;
+"""Invariant 1 (docs/invariants.md): only published content is indexed; unpublish, archive and delete remove it;
 Chatwoot's `draft_*` fields are ignored.
 
 kbsync runs end to end (engine, Chroma, model) against the Chatwoot-compatible server; the small-help portal holds

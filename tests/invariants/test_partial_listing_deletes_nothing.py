@@ -1,4 +1,4 @@
-"""Invariant 2 (design.md §7): a failed or partial listing deletes nothing; an article missing from a complete
+"""Invariant 2 (docs/invariants.md): a failed or partial listing deletes nothing; an article missing from a complete
 listing is confirmed gone by a second complete listing before its chunks are deleted.
 
 The server sorts by `updated_at` without a tie-breaker and can fail, cut off or shift its list mid-read; the

@@ -1,4 +1,4 @@
-"""Invariant 6 (design.md §7): idempotent and convergent: any run repeated, or two runs racing, end in the same
+"""Invariant 6 (docs/invariants.md): idempotent and convergent: any run repeated, or two runs racing, end in the same
 index as one clean run.
 
 "The same index" is compared on what the bot layer sees: chunk ids (which come from the chunk texts) with their

@@ -1,4 +1,4 @@
-"""Invariant 10 (design.md §7): secrets never appear in logs, errors, run reports or status output.
+"""Invariant 10 (docs/invariants.md): secrets never appear in logs, errors, run reports or status output.
 
 The Chatwoot token travels in the `api_access_token` header of every request. Here the server also echoes it back
 in its error bodies (as a debug error page may), and the token is looked for in every event kbsync logs

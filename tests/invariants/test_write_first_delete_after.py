@@ -1,4 +1,4 @@
-"""Invariant 3 (design.md §7): write first, delete after: a document never disappears from the index while it is
+"""Invariant 3 (docs/invariants.md): write first, delete after: a document never disappears from the index while it is
 being updated. New chunks are written before stale ones are deleted, so a reader sees the old version, then old
 and new together, then the new one, and never nothing.
 

@@ -1,7 +1,7 @@
 """Chatwoot-compatible Help Center API server for tests and benchmarks.
 
 Mimics the account-scoped (token-authenticated) Help Center API of upstream Chatwoot
-as described in ``shared/docs/chatwoot-helpcenter-api.md`` (§1.1, §2.1-2.4, §4):
+as described in ``docs/chatwoot.md`` (§1-§4):
 
 * ``GET /api/v1/accounts/{account_id}/portals``
 * ``GET /api/v1/accounts/{account_id}/portals/{slug}``

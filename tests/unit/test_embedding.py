@@ -1,4 +1,4 @@
-"""The embedder gives Chroma's own vectors (design.md §8: max abs difference <= 1e-5)."""
+"""The embedder gives Chroma's own vectors (target: max abs difference <= 1e-5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Settings (design.md §3): one clear error naming the key, env overrides, secrets only from the environment."""
+"""Settings (README "Configuration"): one clear error naming the key, env overrides, secrets only from the environment."""
 
 from __future__ import annotations
 

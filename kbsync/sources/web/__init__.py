@@ -1,4 +1,4 @@
-"""`kind = "web"`: pages of a docs site, found through its sitemaps and a list of URLs (design.md §3).
+"""`kind = "web"`: pages of a docs site, found through its sitemaps and a list of URLs (README "Configuration").
 
 Discovery
     `sitemap` (an index is followed to `FetchOptions.sitemap_depth`; `.xml.gz` files and `Content-Encoding: gzip`

@@ -79,4 +79,3 @@ class MemoryPageCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
-

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Literal, TypeVar
 from urllib.parse import urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
@@ -18,7 +17,7 @@ import httpx
 import tenacity
 
 from kbsync.errors import SourceRejected, SourceUnavailable
-from kbsync.sources.web.body import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_decoded
+from kbsync.sources._http import BodyTooLarge, UndecodableBody, parse_retry_after, read_bounded
 from kbsync.sources.web.deadline import deadline, passed
 from kbsync.sources.web.options import USER_AGENT_TOKEN, CrawlStats, FetchOptions
 from kbsync.sources.web.pages import page_format
@@ -33,6 +32,9 @@ _ACCEPT = "text/html,application/xhtml+xml;q=0.9,text/markdown;q=0.9,text/plain;
 # Never sent, whatever the client passed in carries.
 _CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "api_access_token", "x-api-key")
 _NO_AUTH = httpx.Auth()
+# What kbsync.sources._http.BoundedDecoder undoes (one coding, never stacked): bodies are inflated there with a bound
+# on decoded bytes, because httpx inflates a whole network chunk at once (a decompression bomb).
+_ACCEPT_ENCODING = "gzip, deflate"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,7 +46,6 @@ class _Throttled(SourceUnavailable):
     def __init__(self, message: str, *, source: str, url: str, retry_after: float) -> None:
         super().__init__(message, source=source, url=url)
         self.retry_after = retry_after
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +174,8 @@ class Crawl:
         return retrying(self._request_once, url, kind, headers)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        backoff = tenacity.wait_random_exponential(multiplier=self.options.backoff_initial, max=self.options.backoff_max)
+        options = self.options
+        backoff = tenacity.wait_random_exponential(multiplier=options.backoff_initial, max=options.backoff_max)
         seconds = backoff(state)
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, _Throttled) and error.retry_after:
@@ -189,7 +191,7 @@ class Crawl:
             headers={
                 "User-Agent": self.options.user_agent,
                 "Accept": _ACCEPT,
-                "Accept-Encoding": ACCEPT_ENCODING,
+                "Accept-Encoding": _ACCEPT_ENCODING,
                 **headers,
             },
         )
@@ -218,9 +220,8 @@ class Crawl:
         self.addresses.check_peer(response, url)
         status = response.status_code
         if status == 429 or status == 503:
-            raise _Throttled(
-                f"HTTP {status}", source=self.source_id, url=url, retry_after=_retry_after(response.headers)
-            )
+            retry_after = parse_retry_after(response.headers.get("retry-after")) or 0.0
+            raise _Throttled(f"HTTP {status}", source=self.source_id, url=url, retry_after=retry_after)
         if status >= 500:
             raise SourceUnavailable(f"HTTP {status}", source=self.source_id, url=url)
         if status not in (200, 203):
@@ -241,10 +242,10 @@ class Crawl:
             raise OutOfScope(f"larger than {limit} bytes", source=self.source_id, url=url)
         try:
             raw = _until_deadline(response.iter_raw())  # each network read as it comes: checked per read
-            body = read_decoded(raw, response.headers.get("content-encoding", ""), limit)
+            body = read_bounded(response, limit=limit, chunks=raw)
         except BodyTooLarge as exc:
             raise OutOfScope(str(exc), source=self.source_id, url=url) from None
-        except BadEncoding as exc:
+        except UndecodableBody as exc:
             raise SourceRejected(str(exc), source=self.source_id, url=url) from None
         return status, response.headers, body
 
@@ -301,14 +302,3 @@ def _until_deadline(chunks: Iterator[bytes]) -> Iterator[bytes]:
         if passed():
             raise httpx.ReadTimeout("the request's total deadline passed")
         yield chunk
-
-
-def _retry_after(headers: httpx.Headers) -> float:
-    value = headers.get("retry-after", "").strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time()) if value else 0.0
-    except (TypeError, ValueError):
-        return 0.0
-

@@ -81,6 +81,7 @@ def _counted(entries: Iterator[SitemapEntry], discovery: Discovery, source_id: s
             f"{source_id}: the sitemap lists no pages at all; taken for a broken answer, so nothing was deleted"
         )
 
+
 def explicit_url(crawl: Crawl, url: str) -> str:
     """A configured URL: a refused address fails the listing (SourceRejected), it is never skipped."""
     cleaned = clean_url(url)
@@ -89,6 +90,7 @@ def explicit_url(crawl: Crawl, url: str) -> str:
     except OutOfScope as exc:
         raise SourceRejected(exc.reason, source=crawl.source_id, url=cleaned) from None
     return cleaned
+
 
 def _read_sitemaps(crawl: Crawl, sitemap: str, discovery: Discovery) -> Iterator[SitemapEntry]:
     """The pages of the sitemap, an index followed breadth-first. The root failing raises; a child failing
@@ -129,6 +131,7 @@ def _read_sitemaps(crawl: Crawl, sitemap: str, discovery: Discovery) -> Iterator
             else:
                 log.warning("web.sitemap_off_site", sitemap=child)
 
+
 def _read_sitemap(crawl: Crawl, url: str) -> Sitemap:
     response = crawl.fetch(url, kind="sitemap")
     crawl.stats.sitemaps += 1
@@ -138,5 +141,6 @@ def _read_sitemap(crawl: Crawl, url: str) -> Sitemap:
         return parse_sitemap(response.body, crawl.options.max_sitemap_bytes)
     except ValueError as exc:
         raise SourceRejected(f"unreadable sitemap: {exc}", source=crawl.source_id, url=url) from None
+
 
 # -- pages

@@ -51,4 +51,3 @@ class CrawlStats:
     requests: int = 0
     bytes_downloaded: int = 0
     seconds: float = 0.0
-

@@ -49,7 +49,6 @@ def page_format(url: str, headers: httpx.Headers) -> Literal["html", "markdown"]
     return None
 
 
-
 class _HeadParser(HTMLParser):
     """`<html lang>`, `<link rel=canonical>`, `<title>`, `og:title` and the first `<h1>` of a page."""
 
@@ -126,7 +125,8 @@ def extract(html: str, source_id: str, url: str) -> tuple[str, str]:
     try:
         return html_to_markdown(html)
     except Exception as exc:  # noqa: BLE001 - the boundary where the extraction library enters
-        raise SourceRejected(f"content extraction failed: {type(exc).__name__}: {exc}", source=source_id, url=url) from exc
+        message = f"content extraction failed: {type(exc).__name__}: {exc}"
+        raise SourceRejected(message, source=source_id, url=url) from exc
 
 
 def _http_date(value: str) -> int:
@@ -134,7 +134,6 @@ def _http_date(value: str) -> int:
         return max(0, int(parsedate_to_datetime(value).timestamp())) if value else 0
     except (TypeError, ValueError, IndexError):
         return 0
-
 
 
 def conditional_headers(cached: PageValidators | None) -> dict[str, str]:
@@ -159,4 +158,3 @@ def title_from_url(url: str) -> str:
     for suffix in MARKDOWN_SUFFIXES + (".html", ".htm"):
         segment = segment.removesuffix(suffix)
     return segment.replace("-", " ").replace("_", " ").strip() or host_key(url)
-

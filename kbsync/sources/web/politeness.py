@@ -37,4 +37,3 @@ class HostGate:
             if start > now:
                 time.sleep(start - now)
             yield
-

@@ -24,7 +24,6 @@ class Refused(OutOfScope):
     """The SSRF guard refused an address: skipped, but never proof that a page is gone."""
 
 
-
 class Scope:
     """Which URLs belong to the source: `include` regexes, else the configured hosts; `urls` always."""
 
@@ -44,4 +43,3 @@ class Scope:
     def same_site(self, url: str) -> bool:
         """A sitemap may point to sitemaps on its own hosts (the protocol's rule) or in scope."""
         return host_key(url) in self._hosts or self.allows(url)
-

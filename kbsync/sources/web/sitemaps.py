@@ -82,4 +82,3 @@ def _parse_lastmod(value: str) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return max(0, int(parsed.timestamp()))
-

@@ -327,7 +327,7 @@ class WebSource:
         if url is None:
             url = self.cache.url_for(doc_id)
         if url is None and doc_id.startswith("web:") and not doc_id.startswith("web:sha256:"):
-            url = doc_id[len("web:"):]
+            url = doc_id[len("web:") :]
         return url
 
     def _confirm_one(
@@ -369,5 +369,3 @@ class WebSource:
             log.info("web.not_confirmed", doc_id=doc_id, error=str(exc))
             return False
         return document.doc_id if document.doc_id != doc_id else False  # the page now stands for another document
-
-

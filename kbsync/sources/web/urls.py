@@ -10,6 +10,7 @@ from kbsync.sources import make_doc_id
 
 __all__ = ["DEFAULT_PORTS", "clean_url", "host_key", "normalize_url", "page_doc_id"]
 
+# fmt: off
 _TRACKING_PARAMS = frozenset(
     {
         "gclid", "gclsrc", "dclid", "gbraid", "wbraid", "fbclid", "msclkid", "yclid", "twclid", "ttclid", "igshid",
@@ -17,6 +18,7 @@ _TRACKING_PARAMS = frozenset(
         "rb_clickid", "s_cid", "ref_src",
     }
 )
+# fmt: on
 _TRACKING_PREFIXES = ("utm_", "pk_", "hsa_")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -95,4 +97,3 @@ def host_key(url: str) -> str:
 
 def page_doc_id(url: str) -> str:
     return make_doc_id("web", normalize_url(url))
-
