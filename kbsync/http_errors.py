@@ -6,6 +6,8 @@ Routes that answer an error themselves, FastAPI's `HTTPException`, request valid
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,7 +17,11 @@ __all__ = ["error_message", "error_response", "install_error_handlers"]
 
 
 def error_response(
-    status: int, message: str, *, fields: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    *,
+    fields: list[dict[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The API's error answer; `fields` (validation errors) name each offending input."""
     error: dict[str, object] = {"status": status, "message": message}

@@ -185,7 +185,7 @@ class LexicalIndex:
 
     def _values(self, tenant: str, project: str, chunk_id: str, text: str, meta: Mapping[str, Any]) -> dict[str, Any]:
         locale = str(meta.get("locale", ""))
-        values = {
+        values: dict[str, Any] = {
             "chunk_id": chunk_id,
             "tenant": tenant,
             "project": project,

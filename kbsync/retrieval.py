@@ -9,7 +9,7 @@ not find scores 0 there). Grouping comes before fusion, so four chunks of one ar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -53,7 +53,7 @@ class ChunkReader(Protocol):
 
     def get(self, name: str, ids: Sequence[str]) -> list[QueryHit]: ...
 
-    def neighbours(self, name: str, around: Mapping[str, Iterable[int]]) -> list[QueryHit]: ...
+    def neighbours(self, name: str, around: Mapping[str, Collection[int]]) -> list[QueryHit]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +192,8 @@ class Retrieval:
                 continue
             dense = dense_best[doc][1] if doc in dense_best else None
             lexical = lexical_best[doc].score if doc in lexical_best else None
-            hit = QueryHit(chunk.id, dense if dense is not None else 0.0, chunk.text, chunk.metadata)
-            ranked.append(RankedHit(hit, score, dense, lexical))
+            best = QueryHit(chunk.id, dense if dense is not None else 0.0, chunk.text, chunk.metadata)
+            ranked.append(RankedHit(best, score, dense, lexical))
         return ranked
 
     def _expand(self, collection: str, ranked: list[RankedHit], expand: int) -> list[RankedHit]:

@@ -525,7 +525,7 @@ def _loc_to_key(loc: tuple[Any, ...]) -> str:
 
 
 def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
-    messages = []
+    messages: list[str] = []
     for error in exc.errors():
         message = error["msg"]
         if error["type"] == "extra_forbidden":

@@ -14,6 +14,7 @@ A listing is only called complete when what it read provably covers the list (se
 
 from __future__ import annotations
 
+import builtins
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -422,7 +423,7 @@ class ChatwootSource:
 
     # -- reading --------------------------------------------------------------------------------------
 
-    def _read_page(self, scan: _Scan, page: int, what: str) -> list[dict[str, Any]]:
+    def _read_page(self, scan: _Scan, page: int, what: str) -> builtins.list[dict[str, Any]]:
         """Read one page into `scan`; a transient failure ends the whole read as an IncompleteListing."""
         try:
             articles, meta = self.client.list_page(self.portal_slug, page)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import datetime as dt
 import time
 from collections.abc import Collection, Iterator
@@ -293,7 +294,7 @@ class ConfluenceSource(GatedSource):
                                  url=self.client.url(path, {"cql": cql}))
         return total
 
-    def _version_scan(self, space: SpaceInfo) -> tuple[list[tuple[str, str, int]], int]:
+    def _version_scan(self, space: SpaceInfo) -> tuple[builtins.list[tuple[str, str, int]], int]:
         """Every current page's version without bodies (the poll where CQL is not allowed)."""
         path = f"{self._path}/api/v2/spaces/{space.id}/pages"
         pages = list(self._paged(path, {"status": "current", "limit": str(PAGE_LIMIT)}, "poll"))

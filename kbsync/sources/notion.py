@@ -18,6 +18,7 @@ every row of a root database, as markdown Documents (Notion API, `Notion-Version
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections import deque
 from collections.abc import Collection, Iterator
@@ -197,7 +198,7 @@ class NotionSource(GatedSource):
     def doc_id(self, page_id: str) -> str:
         return make_doc_id(self.kind, _dashless(page_id))
 
-    def _visit(self, page: dict[str, Any], walk: _Walk, *, rebuild: bool) -> list[tuple[str, str]]:
+    def _visit(self, page: dict[str, Any], walk: _Walk, *, rebuild: bool) -> builtins.list[tuple[str, str]]:
         """Add one page to `walk` (a Document, or unchanged) and return its child pages and databases."""
         page_id = _dashless(page["id"])
         walk.seen.add(page_id)
@@ -273,7 +274,7 @@ class NotionSource(GatedSource):
                 return
             params = {"page_size": str(PAGE_SIZE), "start_cursor": str(result["next_cursor"])}
 
-    def _block_tree(self, block_id: str, depth: int = 0) -> list[dict[str, Any]]:
+    def _block_tree(self, block_id: str, depth: int = 0) -> builtins.list[dict[str, Any]]:
         """A page's blocks with their children under `"children"` (child pages and databases not entered)."""
         blocks = []
         for block in self._block_list(block_id):

@@ -108,17 +108,17 @@ def _read_sitemaps(crawl: Crawl, sitemap: str, discovery: Discovery) -> Iterator
             discovery.errors.append(DocError(page_doc_id(url), f"{crawl.source_id} {url}: too many sitemaps"))
             return
         try:
-            sitemap = _read_sitemap(crawl, url)
+            read = _read_sitemap(crawl, url)
         except SourceError as exc:
             if url == root:
                 raise
             discovery.complete = False
             discovery.errors.append(DocError(page_doc_id(url), f"sitemap: {exc}"))
             continue
-        if not sitemap.is_index:
-            yield from sitemap.entries
+        if not read.is_index:
+            yield from read.entries
             continue
-        for entry in sitemap.entries:
+        for entry in read.entries:
             try:
                 child = clean_url(entry.loc)
             except ValueError:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import replace
 from urllib.parse import urljoin
 
@@ -217,7 +218,7 @@ class WebSource:
         return Visit(target, unchanged=cached.doc_id, validators=fresh if fresh != cached else None)
 
     @staticmethod
-    def _count(stats: CrawlStats, visits: list[Visit]) -> None:
+    def _count(stats: CrawlStats, visits: Sequence[Visit]) -> None:
         for visit in visits:
             if visit.document is not None:
                 stats.documents += 1
@@ -270,7 +271,7 @@ class WebSource:
             return served_from
         return canonical
 
-    def _assemble(self, visits: list[Visit], discovery: Discovery) -> Listing:
+    def _assemble(self, visits: builtins.list[Visit], discovery: Discovery) -> Listing:
         """One document per doc_id: the page served from its own canonical URL wins, else the first one."""
         visits, warnings = unshare_canonicals(visits, self.source_id)
         documents: dict[str, Document] = {}
@@ -308,7 +309,7 @@ class WebSource:
             warnings=discovery.warnings + warnings + self._kept_disallowed(discovery),
         )
 
-    def _kept_disallowed(self, discovery: Discovery) -> list[str]:
+    def _kept_disallowed(self, discovery: Discovery) -> builtins.list[str]:
         """A warning when robots.txt now disallows pages the index holds (they have validators): kept, not gone."""
         held = [t for t in discovery.disallowed if self.cache.get(t.key) is not None]
         if not held:
