@@ -19,8 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,12 +31,13 @@ from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
 from kbsync.leases import LeaseKeeper
 from kbsync.lexical import LexicalIndex, converge_lexical
+from kbsync.locking import try_lock
 from kbsync.memory import release_free_memory
 from kbsync.metadata import chunk_metadata
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.runs import Progress, ProjectKey, RunReport
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
-from kbsync.sources import ChangesObserver, Document, ListingObserver, Polling, Source
+from kbsync.sources import ChangesObserver, Document, ListingObserver, Polling, Source, newest_per_id
 from kbsync.state import State, Watermark
 from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, check_storable
 from kbsync.webhooks import WebhookEvent
@@ -168,7 +168,7 @@ class Engine:
         self._project_settings(key)
         report = RunReport(key.tenant, key.project, kind)
         started = time.monotonic()
-        with _locked(self._locks[key], wait) as locked, structlog.contextvars.bound_contextvars(
+        with try_lock(self._locks[key], wait) as locked, structlog.contextvars.bound_contextvars(
             tenant=key.tenant, project=key.project, trigger=kind
         ):
             if not locked:
@@ -421,7 +421,7 @@ class Engine:
         pending: list[_Pending] = []
         touched: list[tuple[Document, IndexedDoc]] = []  # same content, newer updated_at: metadata only
         fresh_count = 0
-        for doc in _newest_per_id(documents):
+        for doc in newest_per_id(documents):
             report.docs_seen += 1
             held = index.docs.get(doc.doc_id)
             # Arbitrary content meets the chunker and the store's limits here: one document fails, not the run.
@@ -593,23 +593,3 @@ class Engine:
             key.collection, (key.tenant, key.project), vector, text,
             k=k, where=where, locale=locale, group=group, expand=expand, weight=weight,
         )
-
-
-@contextmanager
-def _locked(lock: threading.Lock, wait: bool) -> Iterator[bool]:
-    """Hold `lock` for the block if it could be taken (waiting for it when `wait`); yields whether it was."""
-    taken = lock.acquire(blocking=wait)
-    try:
-        yield taken
-    finally:
-        if taken:
-            lock.release()
-
-
-def _newest_per_id(documents: Sequence[Document]) -> list[Document]:
-    """A listing read while it shifts can return a document twice: keep its newest version."""
-    newest: dict[str, Document] = {}
-    for doc in documents:
-        if doc.doc_id not in newest or doc.updated_at > newest[doc.doc_id].updated_at:
-            newest[doc.doc_id] = doc
-    return list(newest.values())

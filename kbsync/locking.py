@@ -1,4 +1,5 @@
-"""Exclusive, non-blocking file locks (flock) that mark one process as the owner of a folder's contents.
+"""Exclusive, non-blocking file locks (flock) that mark one process as the owner of a folder's contents, and
+`try_lock` for a thread lock taken only if free.
 
 The kernel releases a flock when its process dies, `kill -9` included: no stale lock files to clean up.
 """
@@ -7,9 +8,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["FileLock", "lock_holder"]
+__all__ = ["FileLock", "lock_holder", "try_lock"]
 
 
 class FileLock:
@@ -53,3 +57,14 @@ def lock_holder(path: Path) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+@contextmanager
+def try_lock(lock: threading.Lock, wait: bool) -> Iterator[bool]:
+    """Hold `lock` for the block if it could be taken (waiting for it when `wait`); yields whether it was."""
+    taken = lock.acquire(blocking=wait)
+    try:
+        yield taken
+    finally:
+        if taken:
+            lock.release()

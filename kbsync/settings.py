@@ -14,12 +14,29 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kbsync.errors import ConfigError
-from kbsync.webhooks import chatwoot_source_id
+from kbsync.source_settings import (
+    ApiSourceSecrets,
+    ChatwootSourceSettings,
+    ConfluenceSourceSettings,
+    EnvName,
+    FilesSourceSettings,
+    NotionSourceSettings,
+    SourceSettings,
+    WebSourceSettings,
+)
+from kbsync.source_settings import Section as _Section
 
 __all__ = [
     "ChatwootSourceSettings",
@@ -47,14 +64,6 @@ __all__ = [
 
 ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 Id = Annotated[str, Field(pattern=ID_PATTERN, max_length=40)]
-# An environment variable name (or "" where the secret is optional).
-EnvName = Annotated[str, Field(pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")]
-
-
-class _Section(BaseModel):
-    """Every table of the file: unknown keys are errors, values never change after loading."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ChromaSettings(_Section):
@@ -152,165 +161,6 @@ class RetentionSettings(_Section):
     deliveries_days: float = Field(default=1, ge=0.01)
     interval_minutes: int = Field(default=60, ge=1)  # how often the daemon prunes (jittered)
     batch_rows: int = Field(default=1000, ge=1, le=100_000)  # rows per DELETE: short transactions, no long locks
-
-
-class ChatwootSourceSettings(_Section):
-    kind: Literal["chatwoot"]
-    portal: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-    locales: list[str] | None = None
-    public_url: str = ""
-
-    @property
-    def source_id(self) -> str:
-        """The value of the `source` metadata key on this source's chunks."""
-        return chatwoot_source_id(self.portal)
-
-
-class WebSourceSettings(_Section):
-    kind: Literal["web"]
-    sitemap: str = ""
-    urls: list[str] = []
-    include: list[str] = []
-    max_pages: int = Field(default=2000, ge=1, le=1_000_000)
-    allow_private_hosts: bool = False
-    # Skip requesting a page whose sitemap <lastmod> is unchanged since it was stored (no 304 round trip): only for
-    # sites whose <lastmod> moves with every edit. `resync --rebuild` reads every page regardless.
-    trust_lastmod: bool = False
-
-    @field_validator("include")
-    @classmethod
-    def _valid_regexes(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-        return patterns
-
-    @field_validator("sitemap")
-    @classmethod
-    def _http_sitemap(cls, value: str) -> str:
-        if value and not re.match(r"^https?://", value):
-            raise ValueError("must be an http(s) URL")
-        return value
-
-    @field_validator("urls")
-    @classmethod
-    def _http_urls(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not re.match(r"^https?://", value):
-                raise ValueError(f"{value!r} is not an http(s) URL")
-        return values
-
-    @model_validator(mode="after")
-    def _something_to_crawl(self) -> WebSourceSettings:
-        if not self.sitemap and not self.urls:
-            raise ValueError("a web source needs `sitemap` or `urls`")
-        return self
-
-    @property
-    def source_id(self) -> str:
-        return f"web:{self.sitemap or self.urls[0]}"
-
-
-class FilesSourceSettings(_Section):
-    kind: Literal["files"]
-    path: Path
-    url_base: str = ""
-    # Larger files are skipped (and reported): docs are small, a huge file is a mistake or a trap.
-    max_file_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
-
-    @property
-    def source_id(self) -> str:
-        return f"files:{self.path.name}"
-
-
-class _ApiSourceSecrets(BaseModel):
-    token: SecretStr | None = None
-    email: SecretStr | None = None
-
-
-class ConfluenceSourceSettings(_Section):
-    """One Confluence Cloud space (REST v2). Secrets: `token_env` (an API token, or a PAT alone: Bearer) and, for
-    Cloud basic auth, `email_env` (the account's email)."""
-
-    kind: Literal["confluence"]
-    base_url: str
-    space: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^~?[A-Za-z0-9_-]+$")]
-    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-    email_env: EnvName = ""
-    labels: list[Annotated[str, Field(min_length=1)]] = []
-    locale: str = "en"
-    # Confluence Cloud rate-limits by cost per account; 10/s keeps a reconcile well under it.
-    requests_per_second: float = Field(default=10.0, gt=0, le=1000)
-
-    _secrets: _ApiSourceSecrets = PrivateAttr(default_factory=_ApiSourceSecrets)
-
-    @field_validator("base_url")
-    @classmethod
-    def _site_root(cls, value: str) -> str:
-        value = value.rstrip("/")
-        if not re.match(r"^https?://[^/\s]+(/.*)?/wiki$", value):
-            raise ValueError("must be the site root ending in /wiki, such as https://example.atlassian.net/wiki")
-        return value
-
-    @property
-    def source_id(self) -> str:
-        return f"confluence:{self.space}"
-
-    @property
-    def token(self) -> SecretStr | None:
-        return self._secrets.token
-
-    @property
-    def email(self) -> SecretStr | None:
-        return self._secrets.email
-
-
-class NotionSourceSettings(_Section):
-    """Every page under one Notion page (child pages and rows of child databases included), or every row of one
-    database. Secret: `token_env`, an internal integration token the root is shared with."""
-
-    kind: Literal["notion"]
-    root: str
-    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-    base_url: str = "https://api.notion.com"
-    locale: str = "en"
-    # Notion allows an average of 3 requests a second per integration.
-    requests_per_second: float = Field(default=3.0, gt=0, le=1000)
-
-    _secrets: _ApiSourceSecrets = PrivateAttr(default_factory=_ApiSourceSecrets)
-
-    @field_validator("root")
-    @classmethod
-    def _notion_id(cls, value: str) -> str:
-        compact = value.strip().replace("-", "").lower()
-        # A page URL ends in the id: https://www.notion.so/Title-<32 hex>
-        match = re.search(r"([0-9a-f]{32})$", compact)
-        if not match:
-            raise ValueError("must be a 32-hex Notion page or database id (dashes allowed)")
-        return match.group(1)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_base(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http(s) URL such as https://api.notion.com")
-        return value.rstrip("/")
-
-    @property
-    def source_id(self) -> str:
-        return f"notion:{self.root}"
-
-    @property
-    def token(self) -> SecretStr | None:
-        return self._secrets.token
-
-
-SourceSettings = Annotated[
-    ChatwootSourceSettings | WebSourceSettings | FilesSourceSettings | ConfluenceSourceSettings | NotionSourceSettings,
-    Field(discriminator="kind"),
-]
 
 
 class ProjectSettings(_Section):
@@ -607,7 +457,7 @@ def _resolve_source_secrets(tenant: TenantSettings, tenant_index: int, env: Mapp
                         f"{project.id!r} needs it)",
                         key=f"{key}.{field_name}",
                     )
-            source._secrets = _ApiSourceSecrets(
+            source._secrets = ApiSourceSecrets(
                 token=_secret(env, source.token_env),
                 email=_secret(env, source.email_env) if isinstance(source, ConfluenceSourceSettings) else None,
             )

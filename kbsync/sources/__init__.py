@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +22,7 @@ __all__ = [
     "Polling",
     "Source",
     "make_doc_id",
+    "newest_per_id",
 ]
 
 _MAX_DOC_ID_BYTES = 96
@@ -158,3 +159,12 @@ class ChangesObserver(Protocol):
     def applied_changes(self, changes: Changes, indexed: Collection[str]) -> None:
         """`changes` were applied; `indexed` are the doc ids the index holds now (a partial view after a poll)."""
         ...
+
+
+def newest_per_id(documents: Sequence[Document]) -> list[Document]:
+    """A listing read while it shifts can return a document twice: keep its newest version."""
+    newest: dict[str, Document] = {}
+    for doc in documents:
+        if doc.doc_id not in newest or doc.updated_at > newest[doc.doc_id].updated_at:
+            newest[doc.doc_id] = doc
+    return list(newest.values())
