@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from kbsync.http import ResyncBody
     from kbsync.runs import RunReport
-    from kbsync.sources.chatwoot import ChatwootClientOptions
+    from kbsync.sources._http import HttpOptions
 
 __all__ = ["Daemon", "DaemonOptions"]
 
@@ -70,7 +70,7 @@ class DaemonOptions:
     # checks the stop only between document groups) exits anyway: what is in flight is abandoned as after a crash,
     # which loses nothing (accepted webhooks are durable, writes go before deletes). systemd's TimeoutStopSec is 30.
     stop_seconds: float = 7.0
-    chatwoot_options: ChatwootClientOptions | None = None  # tests shrink timeouts and retries
+    chatwoot_options: HttpOptions | None = None  # of the Chatwoot clients: tests shrink timeouts and retries
 
 
 class _Server(uvicorn.Server):

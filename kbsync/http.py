@@ -291,19 +291,19 @@ def _authorize_query(settings: Settings, tenant_id: str, token: str | None) -> N
 
 
 async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[str, JSONResponse]:
-    """Checks what needs no body first (headers, tenant), then reads at most `max_webhook_bytes`."""
+    """Checks what needs no body first (signature headers, timestamp window), then reads at most
+    `max_webhook_bytes`; an unknown tenant and a bad signature get one answer."""
     server = ctx.settings.server
     problem = _header_problem(request.headers)
     if problem:
         return "rejected", _error(401, problem)
     tenant = ctx.settings.tenant(tenant_id)
-    if tenant is None or tenant.webhook_secret is None:
-        log.warning("webhook.rejected", reason="unknown tenant or no webhook secret configured")
-        return "rejected", _error(401, NOT_SIGNED)
     try:
+        # Read (up to the cap) for an unknown tenant too: a 413 for known tenants only would name them.
         body = await read_capped(request, server.max_webhook_bytes, server.body_timeout_seconds)
-        if not _signed(tenant, request.headers, body):
-            log.warning("webhook.rejected", tenant=tenant_id, reason="signature does not match")
+        if tenant is None or not _signed(tenant, request.headers, body):
+            reason = "unknown tenant" if tenant is None else "signature does not match or no webhook secret"
+            log.warning("webhook.rejected", tenant=tenant_id if tenant else None, reason=reason)
             return "rejected", _error(401, NOT_SIGNED)
         strict_json(body)  # 400 not JSON, 422 a lone surrogate: before parse_notice reads it
     except BodyError as exc:
@@ -341,6 +341,9 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         return "unavailable", _error(503, "the event could not be stored; retry later")
     if enqueued.duplicate:
         return "duplicate", JSONResponse({"status": "duplicate"}, status_code=200)
+    if enqueued.covered:  # the same signed notice is still queued: it will be applied, by that item
+        log.info("webhook.covered", tenant=tenant_id, projects=projects, webhook_event=notice.event.value)
+        return "queued", JSONResponse({"status": "queued"}, status_code=202)
     ctx.wake_workers()
     log.info(
         "webhook.queued",

@@ -68,11 +68,12 @@ class QueueItem:
 @dataclass(frozen=True, slots=True)
 class Enqueued:
     """Outcome of `enqueue`: the new item's id (the first one's, `item_ids` all of them), or `duplicate=True` for a
-    delivery id seen before."""
+    delivery id seen before, or `covered=True` (no new item) for a signed notice whose first delivery still waits."""
 
     item_id: int | None
     duplicate: bool
     item_ids: tuple[int, ...] = ()
+    covered: bool = False
 
 
 def _new_item(
@@ -93,7 +94,27 @@ def _new_item(
     }
 
 
-def _item(row: Any) -> QueueItem:
+def _still_waiting(tx: sa.Connection, tenant: str, fingerprint: str, now: float) -> bool:
+    """Whether the first delivery of this signed notice is still queued and unclaimed (then this one is covered);
+    otherwise records `now` as the notice's latest delivery, whose items carry the same `received_at`."""
+    key = (deliveries.c.tenant == tenant) & (deliveries.c.delivery_id == fingerprint)
+    seen = tx.execute(sa.select(deliveries.c.received_at).where(key)).scalar()
+    if seen is None:
+        tx.execute(sa.insert(deliveries).values(tenant=tenant, delivery_id=fingerprint, received_at=now))
+        return False
+    waiting = sa.select(items.c.id).where(
+        items.c.tenant == tenant,
+        items.c.received_at == seen,
+        items.c.status == "pending",
+        sa.or_(items.c.claimed_until.is_(None), items.c.claimed_until <= now),
+    )
+    if tx.execute(waiting.limit(1)).first() is not None:
+        return True
+    tx.execute(sa.update(deliveries).where(key).values(received_at=now))
+    return False
+
+
+def _item(row: sa.Row[Any]) -> QueueItem:
     return QueueItem(
         id=row.id,
         tenant=row.tenant,
@@ -127,16 +148,21 @@ class Queue:
         *,
         fingerprint: str | None = None,
     ) -> Enqueued:
-        """Store one event durably (committed when this returns); a repeated delivery id, or a repeated
-        `fingerprint` (the hash of what was signed: the same webhook replayed under another delivery id), is a
-        duplicate. Several projects (a portal that more than one project reads) get one item each, in one
+        """Store one event durably (committed when this returns); a repeated delivery id is a duplicate. A repeated
+        `fingerprint` (the hash of what was signed: a captured webhook replayed under another or no delivery id)
+        adds nothing while the item of its first delivery still waits to be claimed (`covered`: that item's refresh
+        reads the source later). Once that item is being applied, the same notice queues again: its refresh may have
+        read the source before the change this one announces (a minimal body, an id only, is the same for two edits
+        a second apart). Replays thus add at most one waiting item. Several projects (a portal that more than one project reads) get one item each, in one
         transaction."""
         projects = [project] if isinstance(project, str) else list(project)
         now = time.time()
         try:
             with self.db.begin() as tx:
-                for key in {delivery_id, fingerprint} - {None, ""}:
-                    tx.execute(sa.insert(deliveries).values(tenant=tenant, delivery_id=key, received_at=now))
+                if delivery_id:
+                    tx.execute(sa.insert(deliveries).values(tenant=tenant, delivery_id=delivery_id, received_at=now))
+                if fingerprint and _still_waiting(tx, tenant, fingerprint, now):
+                    return Enqueued(None, False, covered=True)
                 ids = []
                 for name in projects:
                     row = _new_item(tenant, name, source, event, payload, delivery_id, now)

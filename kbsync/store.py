@@ -208,6 +208,9 @@ def _lock_store(state_dir: Path) -> FileLock:
 class Store:
     """Chroma collections of every project, in one client (embedded) or on one server (http)."""
 
+    # `client` is a chromadb ClientAPI and collections are chromadb Collections, typed Any on purpose: chromadb's
+    # annotations are stricter than what it returns and accepts (Optional result fields, embedding-function
+    # protocols), so typing them would take a cast at every call without catching anything.
     def __init__(self, client: Any, *, description: str, lock: FileLock | None = None) -> None:
         self._client = client
         self._lock = lock

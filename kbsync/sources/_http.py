@@ -22,7 +22,7 @@ import json
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from kbsync.errors import SourceRejected, SourceUnavailable
 __all__ = [
     "BodyTooLarge",
     "BoundedDecoder",
+    "Hint",
     "HttpClient",
     "HttpOptions",
     "Pacer",
@@ -52,6 +53,10 @@ log = structlog.get_logger(__name__)
 USER_AGENT = f"kbsync/{__version__}"
 _CHUNK = 64 * 1024
 
+# What to tell the user about a refused status: a text appended to "HTTP <status> (<server text>)", or a function
+# of the (scrubbed) server text that words the whole message, for sources whose messages lead with the cause.
+Hint = str | Callable[[str], str]
+
 
 @dataclass(frozen=True, slots=True)
 class HttpOptions:
@@ -61,6 +66,9 @@ class HttpOptions:
     read_timeout: float = 20.0  # per read; the attempt as a whole is bounded by attempt_deadline_seconds
     attempt_deadline_seconds: float = 60.0
     retry_budget_seconds: float = 60.0  # no new attempt starts after this much time spent on one request
+    # Per request, the first one included; None: only the time budget bounds the retries. A throttle that answers
+    # 429 without Retry-After for a whole window (Chatwoot's Rack::Attack) outlasts any small attempt count.
+    attempts: int | None = None
     backoff_initial: float = 0.5  # first wait; doubles per attempt, plus up to this much random jitter
     backoff_max: float = 10.0
     requests_per_second: float | None = None  # None: no pacing
@@ -230,6 +238,11 @@ def read_bounded(
 
     Raises `BodyTooLarge`, `UndecodableBody`, `httpx.ReadTimeout` once the deadline passed, and httpx's transport
     errors for a connection cut mid-body. `chunks` defaults to the raw (still encoded) byte stream."""
+    if chunks is None and response.is_stream_consumed:
+        # A response made in memory (an httpx.MockTransport's) was read, and decoded, when it was built.
+        decoder = BoundedDecoder(None, limit)
+        decoder.feed(response.content)
+        return decoder.finish()
     decoder = BoundedDecoder(response.headers.get("content-encoding"), limit)
     for chunk in chunks if chunks is not None else response.iter_raw():
         decoder.feed(chunk)
@@ -244,10 +257,12 @@ def read_bounded(
 class HttpClient:
     """One pooled `httpx.Client` for one source: JSON requests with retries, pacing and error mapping.
 
-    `hints` map a status to what the user should fix (401: "check token_env"); a call may add its own. The
-    secrets in `secrets` (and every header value) are scrubbed from server text quoted in errors. Redirects are
-    not followed: a redirect would carry the credentials wherever it points. Close it, or use it as a context
-    manager; `requests` counts logical requests (retries not counted), `attempts` every attempt.
+    `hints` map a status to what the user should fix (401: "check token_env", see `Hint`); a call may add its
+    own, and name the `source` its errors carry when one client serves several. The secrets in `secrets` (and
+    every header value) are scrubbed from server text quoted in errors. Redirects are not followed: a redirect
+    would carry the credentials wherever it points (`redirect_hint` says what to configure instead). Close it, or
+    use it as a context manager; `requests` counts logical requests (retries not counted), `attempts` every
+    attempt.
     """
 
     def __init__(
@@ -258,14 +273,16 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         auth: httpx.Auth | tuple[str, str] | None = None,
         options: HttpOptions | None = None,
-        hints: Mapping[int, str] | None = None,
+        hints: Mapping[int, Hint] | None = None,
         secrets: Sequence[str] = (),
         transport: httpx.BaseTransport | None = None,
         log_event: str = "http.retry",
+        redirect_hint: str = "configure the final address",
     ) -> None:
         self.source = source
         self.options = options or HttpOptions()
         self._hints = dict(hints or {})
+        self._redirect_hint = redirect_hint
         self._pacer = Pacer(self.options.requests_per_second)
         self._backoff = tenacity.wait_exponential(
             multiplier=self.options.backoff_initial, max=self.options.backoff_max
@@ -310,10 +327,15 @@ class HttpClient:
         return str(self._http.build_request("GET", path, params=params).url)
 
     def get_json(
-        self, path: str, params: Mapping[str, Any] | None = None, *, hints: Mapping[int, str] | None = None
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        hints: Mapping[int, Hint] | None = None,
+        source: str | None = None,
     ) -> Any:
         """GET `path` and decode its JSON body; see the class docstring for what it raises."""
-        return self.request_json("GET", path, params=params, hints=hints)
+        return self.request_json("GET", path, params=params, hints=hints, source=source)
 
     def request_json(
         self,
@@ -322,20 +344,22 @@ class HttpClient:
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
-        hints: Mapping[int, str] | None = None,
+        hints: Mapping[int, Hint] | None = None,
+        source: str | None = None,
     ) -> Any:
         """One logical request, retried on transient failures within the budget; its decoded JSON body."""
         url = self.url(path, params)
+        source = source or self.source
         with self._lock:
             self.requests += 1
         started = time.monotonic()
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retryable),
-            stop=tenacity.stop_after_delay(self.options.retry_budget_seconds) | self._retry_after_exceeds_budget,
+            stop=self._stop,
             wait=self._wait,
             before_sleep=lambda state: log.warning(
                 self._log_event,
-                source=self.source,
+                source=source,
                 url=url,
                 attempt=state.attempt_number,
                 reason=str(state.outcome.exception()) if state.outcome else "",
@@ -343,62 +367,55 @@ class HttpClient:
             ),
             reraise=True,
         )
-        merged = {**self._hints, **(hints or {})}
+        call = _Call(method, path, params, json_body, url, source, {**self._hints, **(hints or {})})
         try:
-            return retrying(self._attempt, method, path, params, json_body, url, merged)
+            return retrying(self._attempt, call)
         except _Retryable as exc:
             attempts = retrying.statistics.get("attempt_number", 1)
             message = f"{exc.reason} (gave up after {attempts} attempts in {time.monotonic() - started:.1f} s)"
             if exc.status is not None:
-                raise UnavailableStatus(message, status=exc.status, source=self.source, url=url) from exc
-            raise SourceUnavailable(message, source=self.source, url=url) from exc
+                raise UnavailableStatus(message, status=exc.status, source=source, url=url) from exc
+            raise SourceUnavailable(message, source=source, url=url) from exc
 
-    def _attempt(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None,
-        json_body: Any,
-        url: str,
-        hints: Mapping[int, str],
-    ) -> Any:
+    def _attempt(self, call: _Call) -> Any:
         self._pacer.wait()
         with self._lock:
             self.attempts += 1
         deadline = time.monotonic() + self.options.attempt_deadline_seconds
         try:
-            with self._http.stream(method, path, params=params, json=json_body) as response:
+            with self._http.stream(call.method, call.path, params=call.params, json=call.json_body) as response:
                 status = response.status_code
                 if status == 429 or status >= 500:
                     retry_after = parse_retry_after(response.headers.get("retry-after"))
                     raise _Retryable(f"HTTP {status}", status=status, retry_after=retry_after)
-                body = self._body(response, url, deadline)
+                body = self._body(response, call, deadline)
         except httpx.TimeoutException as exc:
             raise _Retryable(f"timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:  # refused, reset, DNS, a body cut off mid-way
             raise _Retryable(f"connection failed ({type(exc).__name__}: {exc})") from exc
         if status != 200:
-            raise self._rejected(status, response, body, url, hints)
-        return self._decode(body, response, url)
+            raise self._rejected(status, response, body, call)
+        return self._decode(body, response, call)
 
-    def _body(self, response: httpx.Response, url: str, deadline: float) -> bytes:
+    def _body(self, response: httpx.Response, call: _Call, deadline: float) -> bytes:
         try:
             return read_bounded(response, limit=self.options.max_body_bytes, deadline=deadline)
         except (BodyTooLarge, UndecodableBody) as exc:
-            raise SourceRejected(str(exc), source=self.source, url=url) from None
+            raise SourceRejected(str(exc), source=call.source, url=call.url) from None
 
-    def _rejected(
-        self, status: int, response: httpx.Response, body: bytes, url: str, hints: Mapping[int, str]
-    ) -> RejectedStatus:
+    def _rejected(self, status: int, response: httpx.Response, body: bytes, call: _Call) -> RejectedStatus:
+        hint = call.hints.get(status)
         if 300 <= status < 400:
             location = response.headers.get("location", "")
-            message = f"redirected (HTTP {status}) to {location!r}: configure the final address"
+            message = f"redirected (HTTP {status}) to {location!r}: {self._redirect_hint}"
+        elif callable(hint):
+            message, hint = hint(self.scrub(_error_text(body))), None
         else:
             message = f"HTTP {status} ({self.scrub(_error_text(body))})"
-        hint = hints.get(status)
-        return RejectedStatus(f"{message}: {hint}" if hint else message, status=status, source=self.source, url=url)
+        text = f"{message}: {hint}" if isinstance(hint, str) and hint else message
+        return RejectedStatus(text, status=status, source=call.source, url=call.url)
 
-    def _decode(self, body: bytes, response: httpx.Response, url: str) -> Any:
+    def _decode(self, body: bytes, response: httpx.Response, call: _Call) -> Any:
         """JSON that does not parse was cut off on the way (retried); a body that is not JSON at all is some
         other service answering (an HTML login page: permanent)."""
         try:
@@ -409,7 +426,9 @@ class HttpClient:
                 raise _Retryable(f"truncated or invalid JSON body ({len(body)} bytes)") from None
             snippet = self.scrub(body[:60].decode("utf-8", "replace").strip())
             raise SourceRejected(
-                f"expected JSON, got {content_type or 'no content type'} ({snippet!r}...)", source=self.source, url=url
+                f"expected JSON, got {content_type or 'no content type'} ({snippet!r}...)",
+                source=call.source,
+                url=call.url,
             ) from None
 
     def scrub(self, text: str) -> str:
@@ -427,11 +446,30 @@ class HttpClient:
         remaining = self.options.retry_budget_seconds - state.seconds_since_start
         return max(0.0, min(backoff, remaining))
 
+    @property
+    def _stop(self) -> tenacity.stop.stop_base:
+        """The time budget (and an attempt cap where the options set one), or a Retry-After past the budget."""
+        stop = tenacity.stop_after_delay(self.options.retry_budget_seconds) | self._retry_after_exceeds_budget
+        return stop | tenacity.stop_after_attempt(self.options.attempts) if self.options.attempts else stop
+
     def _retry_after_exceeds_budget(self, state: tenacity.RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
         if not isinstance(exc, _Retryable) or exc.retry_after is None:
             return False
         return exc.retry_after > self.options.retry_budget_seconds - state.seconds_since_start
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One logical request, as each of its attempts sends it and its errors name it."""
+
+    method: str
+    path: str
+    params: Mapping[str, Any] | None
+    json_body: Any
+    url: str
+    source: str
+    hints: Mapping[int, Hint]
 
 
 def _error_text(body: bytes) -> str:
