@@ -16,10 +16,10 @@ from kbsync.settings import (
     Settings,
     TenantSettings,
 )
+from kbsync.sources._http import HttpOptions
 
 if TYPE_CHECKING:
-    from kbsync.sources._http import HttpOptions
-    from kbsync.sources.chatwoot import ChatwootClient, ChatwootClientOptions
+    from kbsync.sources.chatwoot import ChatwootClient
 
 __all__ = ["CheckResult", "run_checks"]
 
@@ -34,7 +34,7 @@ class CheckResult:
 def run_checks(
     settings: Settings,
     *,
-    chatwoot_options: ChatwootClientOptions | None = None,
+    chatwoot_options: HttpOptions | None = None,
     api_options: HttpOptions | None = None,
 ) -> Iterator[CheckResult]:
     """Settings were already validated by loading them; this checks what loading cannot.
@@ -169,10 +169,10 @@ def _state_check(settings: Settings) -> CheckResult:
     return CheckResult("state", True, f"{state.dialect} database answers")
 
 
-def _chatwoot_checks(tenant: TenantSettings, options: ChatwootClientOptions | None) -> Iterator[CheckResult]:
+def _chatwoot_checks(tenant: TenantSettings, options: HttpOptions | None) -> Iterator[CheckResult]:
     """The tenant's token is accepted (`GET …/portals`), then each configured portal exists, is live, holds
     articles, and has the locales its source filters on. Messages name URLs, never the token."""
-    from kbsync.sources.chatwoot import ChatwootClient, ChatwootClientOptions
+    from kbsync.sources.chatwoot import ChatwootClient
 
     sources = [
         (project.id, source)
@@ -182,7 +182,7 @@ def _chatwoot_checks(tenant: TenantSettings, options: ChatwootClientOptions | No
     ]
     if not sources:
         return
-    options = options or ChatwootClientOptions(
+    options = options or HttpOptions(
         connect_timeout=5.0, read_timeout=10.0, attempts=2, retry_budget_seconds=10.0, requests_per_second=None
     )
     name = f"{tenant.id} chatwoot"

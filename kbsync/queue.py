@@ -116,7 +116,7 @@ def _waiting_item(tx: sa.Connection, tenant: str, fingerprint: str, now: float) 
     return None
 
 
-def _item(row: Any) -> QueueItem:
+def _item(row: sa.Row[Any]) -> QueueItem:
     return QueueItem(
         id=row.id,
         tenant=row.tenant,

@@ -8,6 +8,7 @@ lives here (the webhook queue's in `queue.py`). The schema is versioned and crea
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -163,7 +164,7 @@ def delete_in_batches(
             return total
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -498,7 +499,7 @@ def _where(engine: sa.Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
-def _record(row: Any) -> RunRecord:
+def _record(row: sa.RowMapping) -> RunRecord:
     return RunRecord(
         id=row["id"],
         tenant=row["tenant"],

@@ -33,7 +33,7 @@ from kbsync.store import STORE_LOCK, ChromaTarget, Store
 
 if TYPE_CHECKING:
     from kbsync.sources._http import HttpOptions
-    from kbsync.sources.chatwoot import ChatwootClient, ChatwootClientOptions
+    from kbsync.sources.chatwoot import ChatwootClient
     from kbsync.sources.web import PageValidators
 
 __all__ = [
@@ -122,7 +122,7 @@ def build_sources(
     stack: ExitStack,
     state: State,
     *,
-    chatwoot_options: ChatwootClientOptions | None = None,
+    chatwoot_options: HttpOptions | None = None,
     api_options: HttpOptions | None = None,
 ) -> dict[ProjectKey, list[Source]]:
     """The configured sources of every project; one pooled Chatwoot client per tenant and one pooled client per
@@ -159,7 +159,7 @@ def build_sources(
 
 
 def _chatwoot_client(
-    tenant: TenantSettings, stack: ExitStack, options: ChatwootClientOptions | None
+    tenant: TenantSettings, stack: ExitStack, options: HttpOptions | None
 ) -> ChatwootClient:
     from kbsync.sources.chatwoot import ChatwootClient
 
@@ -170,7 +170,7 @@ def _chatwoot_client(
 def open_engine(
     settings: Settings,
     *,
-    chatwoot_options: ChatwootClientOptions | None = None,
+    chatwoot_options: HttpOptions | None = None,
     api_options: HttpOptions | None = None,
 ) -> Iterator[Engine]:
     """Open state, stores, model and source clients in order; close them in reverse (also on error)."""
@@ -180,7 +180,7 @@ def open_engine(
         store, tenant_stores = open_stores(settings, stack)
         model_dir = resolve_model_dir(settings)
         embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
-        chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
+        chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens, settings.chunking.overlap)
         sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options, api_options=api_options)
         yield Engine(
             settings,

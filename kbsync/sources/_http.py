@@ -1,6 +1,6 @@
 """The HTTP layer every API source shares: one pooled client per source, retries within a time budget, one
 `Retry-After` parser, one mapping from httpx errors and statuses to kbsync's `SourceError`s, optional pacing and
-bounded bodies.
+bounded bodies (`_body`).
 
 - `HttpClient.get_json` / `request_json`: one logical request, retried with exponential backoff plus jitter on
   429, 5xx, timeouts, broken connections and cut-off JSON until `retry_budget_seconds` is spent (no attempt count:
@@ -8,8 +8,8 @@ bounded bodies.
   left stops at once rather than sleeping past it.
 - Each attempt has a total deadline (`attempt_deadline_seconds`): httpx's timeouts bound each read, so a server
   trickling one byte a second would otherwise hold a request for ever.
-- Bodies are read raw and decoded here, at most `max_body_bytes` once decoded (httpx inflates a whole network
-  chunk at once, so a small gzip bomb could take gigabytes); a stacked `Content-Encoding` is refused.
+- Bodies are read raw and decoded by `_body.read_bounded`, at most `max_body_bytes` once decoded (httpx inflates a
+  whole network chunk at once, so a small gzip bomb could take gigabytes); a stacked `Content-Encoding` is refused.
 - Errors: `RejectedStatus` (permanent, `.status`) for 4xx, `UnavailableStatus` (transient, `.status`) once a 429 or
   5xx outlived the budget, `SourceUnavailable` for timeouts and connection failures, `SourceRejected` for a body
   that is not JSON, too large, or oddly encoded. Messages name the URL, never a secret.
@@ -21,8 +21,7 @@ import email.utils
 import json
 import threading
 import time
-import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,25 +31,26 @@ import tenacity
 
 from kbsync import __version__
 from kbsync.errors import SourceRejected, SourceUnavailable
+from kbsync.sources._body import ACCEPT_ENCODING, BodyTooLarge, UndecodableBody, read_bounded
 
 __all__ = [
-    "BodyTooLarge",
-    "BoundedDecoder",
+    "USER_AGENT",
+    "Hint",
     "HttpClient",
     "HttpOptions",
     "Pacer",
     "RejectedStatus",
     "UnavailableStatus",
-    "UndecodableBody",
-    "USER_AGENT",
     "parse_retry_after",
-    "read_bounded",
 ]
 
 log = structlog.get_logger(__name__)
 
 USER_AGENT = f"kbsync/{__version__}"
-_CHUNK = 64 * 1024
+
+# What to tell the user about a refused status: a text appended to "HTTP <status> (<server text>)", or a function
+# of the (scrubbed) server text that words the whole message, for sources whose messages lead with the cause.
+Hint = str | Callable[[str], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,9 @@ class HttpOptions:
     read_timeout: float = 20.0  # per read; the attempt as a whole is bounded by attempt_deadline_seconds
     attempt_deadline_seconds: float = 60.0
     retry_budget_seconds: float = 60.0  # no new attempt starts after this much time spent on one request
+    # Per request, the first one included; None: only the time budget bounds the retries. A throttle that answers
+    # 429 without Retry-After for a whole window (Chatwoot's Rack::Attack) outlasts any small attempt count.
+    attempts: int | None = None
     backoff_initial: float = 0.5  # first wait; doubles per attempt, plus up to this much random jitter
     backoff_max: float = 10.0
     requests_per_second: float | None = None  # None: no pacing
@@ -84,14 +87,6 @@ class UnavailableStatus(SourceUnavailable):
     def __init__(self, message: str, *, status: int, source: str = "", url: str = "") -> None:
         super().__init__(message, source=source, url=url)
         self.status = status
-
-
-class BodyTooLarge(ValueError):
-    """A body larger than allowed once decoded."""
-
-
-class UndecodableBody(ValueError):
-    """A body whose Content-Encoding is unknown, stacked, or corrupt."""
 
 
 class _Retryable(Exception):
@@ -143,111 +138,18 @@ class Pacer:
             time.sleep(slot - now)
 
 
-class BoundedDecoder:
-    """Undo one `Content-Encoding` (identity, gzip, deflate) chunk by chunk, never holding more than `limit`
-    decoded bytes. Raises `UndecodableBody` for a stacked, unknown or corrupt encoding, `BodyTooLarge` past the
-    limit. Reusable by any source that reads bodies from servers it does not trust."""
-
-    def __init__(self, content_encoding: str | None, limit: int) -> None:
-        codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
-        codings = [c for c in codings if c != "identity"]
-        if len(codings) > 1:
-            # Each layer multiplies the ratio; no API we read stacks them, so one is all we undo.
-            raise UndecodableBody(f"stacked Content-Encoding {content_encoding!r} refused")
-        coding = codings[0] if codings else ""
-        if coding in ("gzip", "x-gzip"):
-            self._inflater: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif coding == "deflate":
-            self._inflater = _DeflateInflater()
-        elif coding == "":
-            self._inflater = None
-        else:
-            raise UndecodableBody(f"unsupported Content-Encoding {coding!r}")
-        self._limit = limit
-        self._size = 0
-        self._parts: list[bytes] = []
-
-    def feed(self, data: bytes) -> None:
-        """Decode one raw chunk into the body."""
-        if self._inflater is None:
-            self._keep(data)
-            return
-        try:
-            while data:
-                out = self._inflater.decompress(data, _CHUNK)
-                self._keep(out)
-                data = self._inflater.unconsumed_tail
-        except zlib.error as exc:
-            raise UndecodableBody(f"corrupt compressed body: {exc}") from None
-
-    def finish(self) -> bytes:
-        """The whole decoded body; a compressed stream that stopped early is undecodable."""
-        if self._inflater is not None:
-            try:
-                self._keep(self._inflater.flush())
-            except zlib.error as exc:
-                raise UndecodableBody(f"corrupt compressed body: {exc}") from None
-            if not self._inflater.eof:
-                raise UndecodableBody("compressed body cut off")
-        return b"".join(self._parts)
-
-    def _keep(self, out: bytes) -> None:
-        self._size += len(out)
-        if self._size > self._limit:
-            raise BodyTooLarge(f"body larger than {self._limit} bytes once decoded")
-        if out:
-            self._parts.append(out)
-
-
-class _DeflateInflater:
-    """`deflate` is zlib-wrapped per the RFC, raw in some servers: decide on the first bytes."""
-
-    def __init__(self) -> None:
-        self._inner: Any = None
-
-    def decompress(self, data: bytes, max_length: int) -> bytes:
-        if self._inner is None:
-            wbits = zlib.MAX_WBITS if data[:1] and (data[0] & 0x0F) == 8 else -zlib.MAX_WBITS
-            self._inner = zlib.decompressobj(wbits)
-        return self._inner.decompress(data, max_length)
-
-    @property
-    def unconsumed_tail(self) -> bytes:
-        return self._inner.unconsumed_tail if self._inner is not None else b""
-
-    @property
-    def eof(self) -> bool:
-        return self._inner is not None and self._inner.eof
-
-    def flush(self) -> bytes:
-        return self._inner.flush() if self._inner is not None else b""
-
-
-def read_bounded(
-    response: httpx.Response, *, limit: int, deadline: float | None = None, chunks: Iterable[bytes] | None = None
-) -> bytes:
-    """Read a streamed response's body, decoded, within `limit` bytes and before `deadline` (time.monotonic()).
-
-    Raises `BodyTooLarge`, `UndecodableBody`, `httpx.ReadTimeout` once the deadline passed, and httpx's transport
-    errors for a connection cut mid-body. `chunks` defaults to the raw (still encoded) byte stream."""
-    decoder = BoundedDecoder(response.headers.get("content-encoding"), limit)
-    for chunk in chunks if chunks is not None else response.iter_raw():
-        decoder.feed(chunk)
-        if deadline is not None and time.monotonic() > deadline:
-            raise httpx.ReadTimeout("the response took longer than the attempt deadline")
-    return decoder.finish()
-
-
 # ---------------------------------------------------------------------------------------------- the client
 
 
 class HttpClient:
     """One pooled `httpx.Client` for one source: JSON requests with retries, pacing and error mapping.
 
-    `hints` map a status to what the user should fix (401: "check token_env"); a call may add its own. The
-    secrets in `secrets` (and every header value) are scrubbed from server text quoted in errors. Redirects are
-    not followed: a redirect would carry the credentials wherever it points. Close it, or use it as a context
-    manager; `requests` counts logical requests (retries not counted), `attempts` every attempt.
+    `hints` map a status to what the user should fix (401: "check token_env", see `Hint`); a call may add its
+    own, and name the `source` its errors carry when one client serves several. The secrets in `secrets` (and
+    every header value) are scrubbed from server text quoted in errors. Redirects are not followed: a redirect
+    would carry the credentials wherever it points (`redirect_hint` says what to configure instead). Close it, or
+    use it as a context manager; `requests` counts logical requests (retries not counted), `attempts` every
+    attempt.
     """
 
     def __init__(
@@ -258,14 +160,16 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         auth: httpx.Auth | tuple[str, str] | None = None,
         options: HttpOptions | None = None,
-        hints: Mapping[int, str] | None = None,
+        hints: Mapping[int, Hint] | None = None,
         secrets: Sequence[str] = (),
         transport: httpx.BaseTransport | None = None,
         log_event: str = "http.retry",
+        redirect_hint: str = "configure the final address",
     ) -> None:
         self.source = source
         self.options = options or HttpOptions()
         self._hints = dict(hints or {})
+        self._redirect_hint = redirect_hint
         self._pacer = Pacer(self.options.requests_per_second)
         self._backoff = tenacity.wait_exponential(
             multiplier=self.options.backoff_initial, max=self.options.backoff_max
@@ -279,8 +183,12 @@ class HttpClient:
         self.attempts = 0
         self._http = httpx.Client(
             base_url=base_url,
-            headers={"accept": "application/json", "accept-encoding": "gzip, deflate", "user-agent": USER_AGENT,
-                     **(headers or {})},
+            headers={
+                "accept": "application/json",
+                "accept-encoding": ACCEPT_ENCODING,
+                "user-agent": USER_AGENT,
+                **(headers or {}),
+            },
             auth=auth,
             timeout=httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout),
             follow_redirects=False,
@@ -310,10 +218,15 @@ class HttpClient:
         return str(self._http.build_request("GET", path, params=params).url)
 
     def get_json(
-        self, path: str, params: Mapping[str, Any] | None = None, *, hints: Mapping[int, str] | None = None
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        hints: Mapping[int, Hint] | None = None,
+        source: str | None = None,
     ) -> Any:
         """GET `path` and decode its JSON body; see the class docstring for what it raises."""
-        return self.request_json("GET", path, params=params, hints=hints)
+        return self.request_json("GET", path, params=params, hints=hints, source=source)
 
     def request_json(
         self,
@@ -322,20 +235,22 @@ class HttpClient:
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
-        hints: Mapping[int, str] | None = None,
+        hints: Mapping[int, Hint] | None = None,
+        source: str | None = None,
     ) -> Any:
         """One logical request, retried on transient failures within the budget; its decoded JSON body."""
         url = self.url(path, params)
+        source = source or self.source
         with self._lock:
             self.requests += 1
         started = time.monotonic()
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retryable),
-            stop=tenacity.stop_after_delay(self.options.retry_budget_seconds) | self._retry_after_exceeds_budget,
+            stop=self._stop,
             wait=self._wait,
             before_sleep=lambda state: log.warning(
                 self._log_event,
-                source=self.source,
+                source=source,
                 url=url,
                 attempt=state.attempt_number,
                 reason=str(state.outcome.exception()) if state.outcome else "",
@@ -343,62 +258,55 @@ class HttpClient:
             ),
             reraise=True,
         )
-        merged = {**self._hints, **(hints or {})}
+        call = _Call(method, path, params, json_body, url, source, {**self._hints, **(hints or {})})
         try:
-            return retrying(self._attempt, method, path, params, json_body, url, merged)
+            return retrying(self._attempt, call)
         except _Retryable as exc:
             attempts = retrying.statistics.get("attempt_number", 1)
             message = f"{exc.reason} (gave up after {attempts} attempts in {time.monotonic() - started:.1f} s)"
             if exc.status is not None:
-                raise UnavailableStatus(message, status=exc.status, source=self.source, url=url) from exc
-            raise SourceUnavailable(message, source=self.source, url=url) from exc
+                raise UnavailableStatus(message, status=exc.status, source=source, url=url) from exc
+            raise SourceUnavailable(message, source=source, url=url) from exc
 
-    def _attempt(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None,
-        json_body: Any,
-        url: str,
-        hints: Mapping[int, str],
-    ) -> Any:
+    def _attempt(self, call: _Call) -> Any:
         self._pacer.wait()
         with self._lock:
             self.attempts += 1
         deadline = time.monotonic() + self.options.attempt_deadline_seconds
         try:
-            with self._http.stream(method, path, params=params, json=json_body) as response:
+            with self._http.stream(call.method, call.path, params=call.params, json=call.json_body) as response:
                 status = response.status_code
                 if status == 429 or status >= 500:
                     retry_after = parse_retry_after(response.headers.get("retry-after"))
                     raise _Retryable(f"HTTP {status}", status=status, retry_after=retry_after)
-                body = self._body(response, url, deadline)
+                body = self._body(response, call, deadline)
         except httpx.TimeoutException as exc:
             raise _Retryable(f"timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:  # refused, reset, DNS, a body cut off mid-way
             raise _Retryable(f"connection failed ({type(exc).__name__}: {exc})") from exc
         if status != 200:
-            raise self._rejected(status, response, body, url, hints)
-        return self._decode(body, response, url)
+            raise self._rejected(status, response, body, call)
+        return self._decode(body, response, call)
 
-    def _body(self, response: httpx.Response, url: str, deadline: float) -> bytes:
+    def _body(self, response: httpx.Response, call: _Call, deadline: float) -> bytes:
         try:
             return read_bounded(response, limit=self.options.max_body_bytes, deadline=deadline)
         except (BodyTooLarge, UndecodableBody) as exc:
-            raise SourceRejected(str(exc), source=self.source, url=url) from None
+            raise SourceRejected(str(exc), source=call.source, url=call.url) from None
 
-    def _rejected(
-        self, status: int, response: httpx.Response, body: bytes, url: str, hints: Mapping[int, str]
-    ) -> RejectedStatus:
+    def _rejected(self, status: int, response: httpx.Response, body: bytes, call: _Call) -> RejectedStatus:
+        hint = call.hints.get(status)
         if 300 <= status < 400:
             location = response.headers.get("location", "")
-            message = f"redirected (HTTP {status}) to {location!r}: configure the final address"
+            message = f"redirected (HTTP {status}) to {location!r}: {self._redirect_hint}"
+        elif callable(hint):
+            message, hint = hint(self.scrub(_error_text(body))), None
         else:
             message = f"HTTP {status} ({self.scrub(_error_text(body))})"
-        hint = hints.get(status)
-        return RejectedStatus(f"{message}: {hint}" if hint else message, status=status, source=self.source, url=url)
+        text = f"{message}: {hint}" if isinstance(hint, str) and hint else message
+        return RejectedStatus(text, status=status, source=call.source, url=call.url)
 
-    def _decode(self, body: bytes, response: httpx.Response, url: str) -> Any:
+    def _decode(self, body: bytes, response: httpx.Response, call: _Call) -> Any:
         """JSON that does not parse was cut off on the way (retried); a body that is not JSON at all is some
         other service answering (an HTML login page: permanent)."""
         try:
@@ -409,7 +317,9 @@ class HttpClient:
                 raise _Retryable(f"truncated or invalid JSON body ({len(body)} bytes)") from None
             snippet = self.scrub(body[:60].decode("utf-8", "replace").strip())
             raise SourceRejected(
-                f"expected JSON, got {content_type or 'no content type'} ({snippet!r}...)", source=self.source, url=url
+                f"expected JSON, got {content_type or 'no content type'} ({snippet!r}...)",
+                source=call.source,
+                url=call.url,
             ) from None
 
     def scrub(self, text: str) -> str:
@@ -424,14 +334,41 @@ class HttpClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
             backoff = max(backoff, exc.retry_after)
-        remaining = self.options.retry_budget_seconds - state.seconds_since_start
+        remaining = self.options.retry_budget_seconds - (state.seconds_since_start or 0.0)
         return max(0.0, min(backoff, remaining))
 
-    def _retry_after_exceeds_budget(self, state: tenacity.RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
+    @property
+    def _stop(self) -> tenacity.stop.stop_base:
+        """The time budget (and an attempt cap where the options set one), or a Retry-After past the budget."""
+        budget = self.options.retry_budget_seconds
+        cap = [tenacity.stop_after_attempt(self.options.attempts)] if self.options.attempts else []
+        return tenacity.stop_any(tenacity.stop_after_delay(budget), _RetryAfterPastBudget(budget), *cap)
+
+
+class _RetryAfterPastBudget(tenacity.stop.stop_base):
+    """Stop at once when the server asks for a longer pause than the budget has left."""
+
+    def __init__(self, budget_seconds: float) -> None:
+        self._budget = budget_seconds
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
         if not isinstance(exc, _Retryable) or exc.retry_after is None:
             return False
-        return exc.retry_after > self.options.retry_budget_seconds - state.seconds_since_start
+        return exc.retry_after > self._budget - (retry_state.seconds_since_start or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One logical request, as each of its attempts sends it and its errors name it."""
+
+    method: str
+    path: str
+    params: Mapping[str, Any] | None
+    json_body: Any
+    url: str
+    source: str
+    hints: Mapping[int, Hint]
 
 
 def _error_text(body: bytes) -> str:
@@ -451,4 +388,3 @@ def _error_text(body: bytes) -> str:
             if isinstance(text, str):
                 return text[:200]
     return body[:120].decode("utf-8", "replace").strip() or "empty body"
-

@@ -1,10 +1,10 @@
 """`kind = "chatwoot"`: the articles of one Chatwoot Help Center portal (docs/chatwoot.md §1-§3).
 
 Two layers:
-- `ChatwootClient` speaks HTTP for one tenant: one `httpx.Client`, the `api_access_token` header, timeouts, a
-  request-rate limit, retries with backoff on 429/5xx/timeouts, and the translation of everything that goes wrong
-  into `SourceUnavailable` (a retry may help) or `SourceRejected` (it will not). Messages name the URL, never the
-  token.
+- `ChatwootClient` speaks the Help Center API for one tenant over the shared `_http.HttpClient` (one pool, the
+  `api_access_token` header, the tenant's pace and retry budget): it words what Chatwoot's refusals mean and
+  checks each payload's shape. Errors are `SourceUnavailable` (a retry may help) or `SourceRejected` (it will
+  not); messages name the URL, never the token.
 - `ChatwootSource` turns a portal into Documents: a complete listing for reconcile (`list`), the second look
   (`confirm_gone`) and the cheap newest-first scan for polls (`changes_since`).
 
@@ -15,10 +15,6 @@ A listing is only called complete when what it read provably covers the list (se
 from __future__ import annotations
 
 import builtins
-import email.utils
-import json
-import threading
-import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -27,15 +23,14 @@ from urllib.parse import quote
 
 import httpx
 import structlog
-import tenacity
 
-from kbsync import __version__
 from kbsync.errors import ConfigError, IncompleteListing, SourceError, SourceRejected, SourceUnavailable
 from kbsync.settings import ChatwootSourceSettings, TenantSettings
 from kbsync.sources import Changes, Document, Listing
+from kbsync.sources._http import HttpClient, HttpOptions
 from kbsync.webhooks import chatwoot_doc_id, chatwoot_source_id
 
-__all__ = ["PER_PAGE", "Changes", "ChatwootClient", "ChatwootClientOptions", "ChatwootSource"]
+__all__ = ["PER_PAGE", "Changes", "ChatwootClient", "ChatwootClientOptions", "ChatwootSource", "tenant_options"]
 
 log = structlog.get_logger(__name__)
 
@@ -45,72 +40,33 @@ _BACKOFF_INITIAL = 0.5  # seconds before the first retry of a request
 
 # ---------------------------------------------------------------------------------------------- the client
 
-
-@dataclass(frozen=True, slots=True)
-class ChatwootClientOptions:
-    """How a `ChatwootClient` waits, retries and paces itself; tests shrink these to stay fast."""
-
-    connect_timeout: float = 5.0
-    read_timeout: float = 20.0
-    # Per request, the first one included; None: only the time budget bounds the retries. Chatwoot's throttle
-    # (Rack::Attack) answers 429 without Retry-After for a whole window, so an attempt count gave up too early.
-    attempts: int | None = None
-    retry_budget_seconds: float = 60.0  # no new attempt starts after this much time spent on one request
-    backoff_initial: float = _BACKOFF_INITIAL  # first wait; doubles per attempt, plus up to this much random jitter
-    backoff_max: float = 10.0
-    requests_per_second: float | None = 10.0  # per tenant, across threads; None: no limit (tenant setting by default)
-
-    @classmethod
-    def of_tenant(cls, tenant: TenantSettings) -> ChatwootClientOptions:
-        """The options a tenant's settings ask for (pace, retry budget, longest backoff)."""
-        return cls(
-            requests_per_second=tenant.chatwoot_requests_per_second,
-            retry_budget_seconds=tenant.chatwoot_retry_seconds,
-            backoff_initial=min(_BACKOFF_INITIAL, tenant.chatwoot_max_backoff_seconds),
-            backoff_max=tenant.chatwoot_max_backoff_seconds,
-        )
+# The options of `ChatwootClient` are the shared HTTP layer's; the name stays for the callers that tune them.
+ChatwootClientOptions = HttpOptions
 
 
-class _Retryable(Exception):
-    """One attempt failed in a way a later attempt may not (429, 5xx, timeout, cut-off body)."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-class _RateLimiter:
-    """At most one request per `interval` seconds, shared by every thread using the client."""
-
-    def __init__(self, requests_per_second: float | None) -> None:
-        self._interval = 1.0 / requests_per_second if requests_per_second else 0.0
-        self._lock = threading.Lock()
-        self._next = 0.0
-
-    def wait(self) -> None:
-        if not self._interval:
-            return
-        with self._lock:  # reserve a slot under the lock, sleep outside it
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self._interval
-        if slot > now:
-            time.sleep(slot - now)
+def tenant_options(tenant: TenantSettings) -> HttpOptions:
+    """The HTTP options a tenant's settings ask for (pace, retry budget, longest backoff)."""
+    return HttpOptions(
+        requests_per_second=tenant.chatwoot_requests_per_second,
+        retry_budget_seconds=tenant.chatwoot_retry_seconds,
+        backoff_initial=min(_BACKOFF_INITIAL, tenant.chatwoot_max_backoff_seconds),
+        backoff_max=tenant.chatwoot_max_backoff_seconds,
+    )
 
 
 class ChatwootClient:
-    """The Help Center part of the Chatwoot account API, for one tenant.
+    """The Help Center part of the Chatwoot account API, for one tenant, over one pooled `HttpClient`.
 
     Opened once per tenant and shared by that tenant's sources; whoever opened it closes it. Every method raises
     `SourceRejected` (bad token, unknown portal, a payload of the wrong shape) or `SourceUnavailable` (still
-    failing after the retries) and nothing from httpx.
+    failing after the retries) and nothing from httpx. The token goes into the client's default headers and
+    nowhere else: not into URLs, logs or errors.
     """
 
     def __init__(
         self,
         tenant: TenantSettings,
-        options: ChatwootClientOptions | None = None,
+        options: HttpOptions | None = None,
         *,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -122,23 +78,19 @@ class ChatwootClient:
             )
         self.tenant_id = tenant.id
         self.account_id = tenant.account_id
-        self.options = options or ChatwootClientOptions.of_tenant(tenant)
-        self._limiter = _RateLimiter(self.options.requests_per_second)
-        self._backoff = tenacity.wait_exponential(
-            multiplier=self.options.backoff_initial, max=self.options.backoff_max
-        ) + tenacity.wait_random(0, self.options.backoff_initial)
-        self._http = httpx.Client(
-            base_url=tenant.chatwoot_url,
-            # The token goes into the client's default headers and nowhere else: not into URLs, logs or errors.
-            headers={
-                "api_access_token": token.get_secret_value(),
-                "accept": "application/json",
-                "user-agent": f"kbsync/{__version__}",
+        self.options = options or tenant_options(tenant)
+        self._http = HttpClient(
+            tenant.chatwoot_url,
+            source="chatwoot",
+            headers={"api_access_token": token.get_secret_value()},
+            options=self.options,
+            hints={
+                401: lambda detail: f"token rejected (HTTP 401: {detail}); check the tenant's api_token_env",
+                403: lambda detail: f"access denied (HTTP 403: {detail})",
             },
-            timeout=httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout),
-            # A redirect would carry api_access_token to wherever it points (httpx strips only Authorization).
-            follow_redirects=False,
             transport=transport,
+            log_event="chatwoot.retry",
+            redirect_hint="set chatwoot_url to the final address",
         )
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -149,7 +101,7 @@ class ChatwootClient:
 
     @property
     def closed(self) -> bool:
-        return self._http.is_closed
+        return self._http.closed
 
     def __enter__(self) -> ChatwootClient:
         return self
@@ -165,7 +117,7 @@ class ChatwootClient:
         body = self._get_json(path, None, source="chatwoot", not_found=f"account {self.account_id} not found")
         payload = body.get("payload") if isinstance(body, dict) else None
         if not isinstance(payload, list) or not all(isinstance(p, dict) and "slug" in p for p in payload):
-            raise SourceRejected("unexpected response: no list of portals in `payload`", url=self._url(path, None))
+            raise SourceRejected("unexpected response: no list of portals in `payload`", url=self._http.url(path))
         return payload
 
     def portal(self, slug: str) -> dict[str, Any]:
@@ -174,7 +126,9 @@ class ChatwootClient:
         body = self._get_json(path, None, source=_source_id(slug), not_found=self._portal_not_found(slug))
         if not isinstance(body, dict) or body.get("slug") != slug:
             raise SourceRejected(
-                "unexpected response: not a portal object with this slug", source=_source_id(slug), url=self._url(path, None)
+                "unexpected response: not a portal object with this slug",
+                source=_source_id(slug),
+                url=self._http.url(path),
             )
         return body
 
@@ -188,7 +142,7 @@ class ChatwootClient:
         params = {"page": str(page)}
         source = _source_id(slug)
         body = self._get_json(path, params, source=source, not_found=self._portal_not_found(slug))
-        url = self._url(path, params)
+        url = self._http.url(path, params)
         if not isinstance(body, dict) or not isinstance(body.get("payload"), list):
             raise SourceRejected("unexpected response: no `payload` list of articles", source=source, url=url)
         if not isinstance(body.get("meta"), dict) or not _is_int(body["meta"].get("articles_count")):
@@ -205,138 +159,14 @@ class ChatwootClient:
     def _portal_not_found(self, slug: str) -> str:
         return f"portal {slug!r} not found in account {self.account_id} (or the account does not exist)"
 
-    def _url(self, path: str, params: dict[str, str] | None) -> str:
-        return str(self._http.build_request("GET", path, params=params).url)
-
     def _get_json(self, path: str, params: dict[str, str] | None, *, source: str, not_found: str) -> Any:
-        """GET and decode JSON, retrying transient failures; see the class docstring for what it raises."""
-        url = self._url(path, params)
-        started = time.monotonic()
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_Retryable),
-            stop=self._stop,
-            wait=self._wait,
-            before_sleep=lambda state: log.warning(
-                "chatwoot.retry",
-                url=url,
-                attempt=state.attempt_number,
-                reason=str(state.outcome.exception()) if state.outcome else "",
-                wait_seconds=round(state.next_action.sleep, 3) if state.next_action else 0,
-            ),
-            reraise=True,
-        )
-        try:
-            return retrying(self._attempt, path, params, url, source, not_found)
-        except _Retryable as exc:
-            attempts = retrying.statistics.get("attempt_number", 1)
-            raise SourceUnavailable(
-                f"{exc.reason} (gave up after {attempts} attempts in {time.monotonic() - started:.1f} s)",
-                source=source,
-                url=url,
-            ) from exc
-
-    def _attempt(self, path: str, params: dict[str, str] | None, url: str, source: str, not_found: str) -> Any:
-        self._limiter.wait()
-        try:
-            response = self._http.get(path, params=params)
-        except httpx.TimeoutException as exc:
-            raise _Retryable(f"timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:  # refused, reset, DNS, a broken HTTP exchange
-            raise _Retryable(f"connection failed ({type(exc).__name__}: {exc})") from exc
-        status = response.status_code
-        if status == 429 or status >= 500:
-            # Chatwoot's throttle (Rack::Attack) sends no Retry-After; a proxy in front of it may.
-            raise _Retryable(f"HTTP {status}", retry_after=_retry_after(response))
-        if status == 401:
-            raise SourceRejected(
-                f"token rejected (HTTP 401: {self._scrub(_error_text(response))}); check the tenant's api_token_env",
-                source=source,
-                url=url,
-            )
-        if status == 403:
-            raise SourceRejected(f"access denied (HTTP 403: {self._scrub(_error_text(response))})", source=source, url=url)
-        if status == 404:
-            raise SourceRejected(f"{not_found} (HTTP 404)", source=source, url=url)
-        if 300 <= status < 400:
-            location = response.headers.get("location", "")
-            raise SourceRejected(
-                f"redirected (HTTP {status}) to {location!r}: set chatwoot_url to the final address", source=source, url=url
-            )
-        if status != 200:
-            raise SourceRejected(f"unexpected HTTP {status}: {self._scrub(_error_text(response))}", source=source, url=url)
-        return self._decode(response, source=source, url=url)
-
-    def _decode(self, response: httpx.Response, *, source: str, url: str) -> Any:
-        """The JSON body. A JSON response that does not parse was cut off on the way (retried); a body that is
-        not JSON at all is some other service answering (an HTML login or error page: permanent)."""
-        try:
-            return json.loads(response.content)
-        except ValueError:
-            content_type = response.headers.get("content-type", "")
-            if "json" in content_type:
-                raise _Retryable(f"truncated or invalid JSON body ({len(response.content)} bytes)") from None
-            snippet = self._scrub(response.text[:60].strip())
-            raise SourceRejected(
-                f"expected JSON, got {content_type or 'no content type'} ({snippet!r}...)", source=source, url=url
-            ) from None
-
-    def _scrub(self, text: str) -> str:
-        """Server text bound for a message, minus our token (a debug error page may echo request headers)."""
-        token = self._http.headers.get("api_access_token", "")
-        return text.replace(token, "[redacted]") if token else text
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        """Exponential backoff with jitter; never shorter than a Retry-After, never past the retry budget."""
-        backoff = self._backoff(state)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            backoff = max(backoff, exc.retry_after)
-        remaining = self.options.retry_budget_seconds - state.seconds_since_start
-        return max(0.0, min(backoff, remaining))
-
-    @property
-    def _stop(self) -> tenacity.stop.stop_base:
-        """The time budget (and an attempt cap where the options set one), or a Retry-After past the budget."""
-        stop = tenacity.stop_after_delay(self.options.retry_budget_seconds) | self._retry_after_exceeds_budget
-        return stop | tenacity.stop_after_attempt(self.options.attempts) if self.options.attempts else stop
-
-    def _retry_after_exceeds_budget(self, state: tenacity.RetryCallState) -> bool:
-        """Stop at once when the server asks for a longer pause than the budget has left."""
-        exc = state.outcome.exception() if state.outcome else None
-        if not isinstance(exc, _Retryable) or exc.retry_after is None:
-            return False
-        return exc.retry_after > self.options.retry_budget_seconds - state.seconds_since_start
+        """GET and decode JSON with the shared retries; a 404 says what was not found."""
+        hints = {404: lambda _detail: f"{not_found} (HTTP 404)"}
+        return self._http.get_json(path, params, hints=hints, source=source)
 
 
 def _source_id(slug: str) -> str:
     return chatwoot_source_id(slug)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """`Retry-After` as seconds (delta-seconds or an HTTP date), or None."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _error_text(response: httpx.Response) -> str:
-    """Chatwoot's `{"error": ...}` message, else the start of the body; the caller scrubs it."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"][:200]
-    return response.text[:120].strip() or "empty body"
-
-
 
 
 def _is_int(value: Any) -> bool:

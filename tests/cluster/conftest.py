@@ -123,6 +123,12 @@ class Article:
         return f"chatwoot:{self.portal}:{self.id}"
 
     @property
+    def content(self) -> str:
+        """The body its newest revision saved (what a sender's article payload carries, so two edits never
+        send the same signed bytes: those are a replay, deduplicated by kbsync)."""
+        return f"{self.base}\n\nRevision note {self.marker}." if self.marker else self.base
+
+    @property
     def collection(self) -> str:
         return f"{self.tenant}__{self.project}"
 
@@ -394,8 +400,8 @@ class Cluster:
     def edit(self, article: Article) -> str:
         """Save a new revision of `article` in Chatwoot (the truth kbsync fetches on notify)."""
         marker = f"rev{next(self._revisions):04d}a{article.id}"
-        self.fake.edit_article(article.portal, article.id, content=f"{article.base}\n\nRevision note {marker}.")
         article.marker = marker
+        self.fake.edit_article(article.portal, article.id, content=article.content)
         return marker
 
     def send(self, article: Article, replica: Replica, *, event: str = "article_updated",
@@ -403,7 +409,7 @@ class Cluster:
         """A webhook about `article`, signed as Chatwoot signs them, to one replica."""
         if body is None:
             payload = {"event": event, "account": {"id": article.account}, "portal": {"slug": article.portal},
-                       "article": {"id": article.id}}
+                       "article": {"id": article.id, "content": article.content}}
             body = json.dumps(payload).encode()
         delivery = delivery or str(uuid.uuid4())
         started = time.monotonic()

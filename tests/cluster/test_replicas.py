@@ -245,7 +245,9 @@ def test_a_chroma_server_restarted_mid_sync_loses_nothing(healthy: Cluster) -> N
     sent = edit_and_send(cluster, cluster.tenant_articles("globex") * 2)
     assert Counter(s.status for s in sent) == {202: len(sent)}, "webhooks are stored whatever Chroma does"
     ready = runner.http.get("/readyz", headers={"Authorization": f"Bearer {runner.secrets.admin}"})
-    assert ready.status_code == 503 and str(server_b.port) in ready.text, ready.text  # what is wrong: admin only
+    assert ready.status_code == 503 and str(server_b.port) in ready.text, ready.text
+    anonymous = runner.http.get("/readyz")
+    assert anonymous.status_code == 503 and str(server_b.port) not in anonymous.text, "only the admin sees which store"
     assert runner.query("acme", "alpha", "help").status_code == 200, "tenant acme's server is still up"
 
     thread.join(90)
