@@ -20,11 +20,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
 import structlog
 
+from kbsync import reachability
 from kbsync.chunking import Chunk, Chunker
 from kbsync.deletion_guard import check_deletes
 from kbsync.embedding import Embedder
@@ -79,6 +81,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.lexical = lexical  # the lexical leg (kbsync.lexical), written right after each store write/delete
+        self._lexical_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbsync-lexical")
         self.store = store  # the [chroma] store
         self._tenant_stores = dict(tenant_stores or {})  # tenants with a [tenants.chroma] server of their own
         self.embedder = embedder
@@ -514,6 +517,8 @@ class Engine:
         self.store_for(key).delete(key.collection, stale)
         self._lexical_delete(key, stale)
         report.chunks_deleted += len(stale)
+        if self.settings.reachability.verify_writes:
+            self._verify(key, records, report)
         for doc, held, metas in refreshed:
             held.chunks.update(metas)
             held.updated_at = doc.updated_at
@@ -528,6 +533,30 @@ class Engine:
             if progress is not None:
                 progress.advanced(key, 1)
         release_free_memory()
+
+    def _verify(self, key: ProjectKey, records: list[ChunkRecord], report: RunReport) -> None:
+        """Every chunk just written must come back from a query with its own vector (chroma-core/chroma#7758)."""
+        options = reachability.Options.of(self.settings)
+        outcome = reachability.verify_written(self.store_for(key), key.collection, records, options)
+        _add_outcome(report, outcome)
+        if outcome.error:
+            report.warnings.append(outcome.error)
+
+    def audit(self, key: ProjectKey, *, repair: bool = False) -> RunReport:
+        """Query every chunk of a project with its own vector; `repair` re-writes (or rebuilds) what is unreachable.
+        Recorded as a run of kind "audit" (`kbsync status`, /v1/status)."""
+
+        def work(_sources: list[Source], _index: ProjectIndex, report: RunReport) -> None:
+            options = reachability.Options.of(self.settings, repair=repair)
+            outcome = reachability.audit(self.store_for(key), key.collection, options)
+            _add_outcome(report, outcome)
+            report.chunks_total = outcome.checked
+            if outcome.error:
+                report.errors.append(outcome.error)
+            elif outcome.remaining:
+                report.warnings.append(f"{outcome.remaining} chunks no query returns (repair with --repair)")
+
+        return self._run(key, "audit", work, full_index=False)
 
     def _delete_documents(self, key: ProjectKey, doc_ids: set[str], index: ProjectIndex, report: RunReport) -> None:
         held = [index.docs[d] for d in sorted(doc_ids) if d in index.docs]
@@ -578,6 +607,12 @@ class Engine:
         collection makes Chroma's search slow); the project's locales come from the state database, where every
         write records them before it happens."""
         self._project_settings(key)
+        retrieval = Retrieval(self.store_for(key), self.lexical, self.settings.retrieval.candidates)
+        weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
+        # The lexical leg needs no vector: it runs while the question is embedded.
+        lexical = retrieval.start_lexical(self._lexical_pool, (key.tenant, key.project), text, locale, k=k) if (
+            group == "doc" and weight > 0
+        ) else None
         vector = self.embedder.embed([text])[0]
         where = None
         if locale:
@@ -587,9 +622,15 @@ class Engine:
                 self.state.add_locales(key.tenant, key.project, locales)
             if locales != {locale}:
                 where = {"locale": locale}
-        retrieval = Retrieval(self.store_for(key), self.lexical, self.settings.retrieval.candidates)
-        weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
         return retrieval.search(
             key.collection, (key.tenant, key.project), vector, text,
-            k=k, where=where, locale=locale, group=group, expand=expand, weight=weight,
+            k=k, where=where, locale=locale, group=group, expand=expand, weight=weight, lexical_hits=lexical,
         )
+
+
+def _add_outcome(report: RunReport, outcome: reachability.Outcome) -> None:
+    report.chunks_checked += outcome.checked
+    report.chunks_unreachable += len(outcome.unreachable)
+    report.chunks_repaired += outcome.repaired
+    report.collections_rebuilt += int(outcome.rebuilt)
+    report.check_seconds = round(report.check_seconds + outcome.seconds, 3)

@@ -336,6 +336,24 @@ def test_query_tokens_open_only_their_own_tenant(stack: Stack, daemon: DaemonPro
     assert malformed.status_code == 422
 
 
+@pytest.mark.parametrize(
+    "question",
+    ["the and of to is", '"unbalanced', "NEAR(a b) refund* -x col:val", "AND OR NOT", "refund " * 570,
+     "возврат 退款 refund ☃ 🙂", "?!"],
+    ids=["stop-words", "quote", "fts-syntax", "operators", "4kB", "mixed-scripts", "punctuation"],
+)
+def test_any_question_gets_results_or_an_empty_list(stack: Stack, daemon: DaemonProcess, question: str) -> None:
+    """Issue 13: no question makes the lexical leg fail (a 500 or an FTS syntax error)."""
+    for group in ("doc", "chunk"):
+        response = daemon.http.post(
+            "/v1/query",
+            json={"tenant": "acme", "project": "alpha", "query": question[:4000], "k": 5, "group": group, "expand": 1},
+            headers={"Authorization": f"Bearer {daemon.secrets.acme_query}"},
+        )
+        assert response.status_code == 200, response.text
+        assert isinstance(response.json()["results"], list)
+
+
 def test_query_answer_has_the_documented_shape(stack: Stack, daemon: DaemonProcess) -> None:
     response = daemon.query("How do I forward emails to the inbox?", k=3)
     assert response.status_code == 200
@@ -386,6 +404,7 @@ DESIGN_METRICS = {
     "kbsync_chunks_written_total": set(),
     "kbsync_chunks_deleted_total": set(),
     "kbsync_last_success_timestamp_seconds": {"tenant", "project"},
+    "kbsync_unreachable_chunks": {"tenant", "project"},
 }
 
 
@@ -415,6 +434,7 @@ def test_openapi_lists_exactly_the_design_routes(stack: Stack, daemon: DaemonPro
         ("/webhooks/{tenant}", "post"),
         ("/v1/query", "post"),
         ("/v1/resync", "post"),
+        ("/v1/audit", "post"),
         ("/v1/status", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
@@ -423,6 +443,22 @@ def test_openapi_lists_exactly_the_design_routes(stack: Stack, daemon: DaemonPro
 
 
 # -- the CLI next to the daemon ----------------------------------------------------------------------------
+
+
+def test_cli_audit_asks_the_daemon_and_the_result_reaches_status_and_metrics(
+    stack: Stack, daemon: DaemonProcess
+) -> None:
+    """`kbsync audit` goes through POST /v1/audit (the daemon owns the store): every synced chunk is queried with its
+    own vector; the audit is the project's last `audit` run in /v1/status, its count the gauge in /metrics."""
+    result = stack.cli("audit", "--tenant", "acme", "--project", "alpha", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (report,) = json.loads(result.stdout)
+    assert report["kind"] == "audit" and report["chunks_checked"] > 0 and report["chunks_unreachable"] == 0
+    status = json.loads(stack.cli("status", "--json").stdout)
+    alpha = next(p for p in status["projects"] if p["project"] == "alpha")
+    assert alpha["last_runs"]["audit"]["counts"]["chunks_checked"] == report["chunks_checked"]
+    gauge = re.search(r'^kbsync_unreachable_chunks\{project="alpha",tenant="acme"\} (\S+)$', daemon.metrics(), re.M)
+    assert gauge is not None and float(gauge.group(1)) == 0  # set by the audit (absent before one ran)
 
 
 def test_the_daemon_prunes_the_state_database_soon_after_it_starts(stack: Stack, daemon: DaemonProcess) -> None:
