@@ -394,11 +394,11 @@ def _finish_audit(reports: list[Any], as_json: bool) -> NoReturn:
         for r in reports:
             values = (r.chunks_checked, r.chunks_unreachable, r.chunks_repaired, r.collections_rebuilt, r.outcome)
             table.add_row(f"{r.tenant}/{r.project}", *(str(v) for v in values), f"{r.seconds:.1f}")
-        console = Console()
+        console = _console()
         console.print(table)
         for r in reports:
             for problem in [*r.errors, *r.warnings]:
-                console.print(f"[red]{r.tenant}/{r.project}:[/] {problem}", highlight=False, soft_wrap=True)
+                console.print(f"[red]{r.tenant}/{r.project}:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     clean = all(r.outcome == "ok" and r.chunks_unreachable == r.chunks_repaired for r in reports)
     raise typer.Exit(EXIT_OK if clean else EXIT_FAILED)
 
