@@ -443,20 +443,28 @@ class HttpClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
             backoff = max(backoff, exc.retry_after)
-        remaining = self.options.retry_budget_seconds - state.seconds_since_start
+        remaining = self.options.retry_budget_seconds - (state.seconds_since_start or 0.0)
         return max(0.0, min(backoff, remaining))
 
     @property
     def _stop(self) -> tenacity.stop.stop_base:
         """The time budget (and an attempt cap where the options set one), or a Retry-After past the budget."""
-        stop = tenacity.stop_after_delay(self.options.retry_budget_seconds) | self._retry_after_exceeds_budget
+        budget = self.options.retry_budget_seconds
+        stop = tenacity.stop_after_delay(budget) | _RetryAfterPastBudget(budget)
         return stop | tenacity.stop_after_attempt(self.options.attempts) if self.options.attempts else stop
 
-    def _retry_after_exceeds_budget(self, state: tenacity.RetryCallState) -> bool:
+
+class _RetryAfterPastBudget(tenacity.stop.stop_base):
+    """Stop at once when the server asks for a longer pause than the retry budget has left."""
+
+    def __init__(self, budget: float) -> None:
+        self._budget = budget
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
         if not isinstance(exc, _Retryable) or exc.retry_after is None:
             return False
-        return exc.retry_after > self.options.retry_budget_seconds - state.seconds_since_start
+        return exc.retry_after > self._budget - (state.seconds_since_start or 0.0)
 
 
 @dataclass(frozen=True, slots=True)
