@@ -23,7 +23,7 @@ from kbsync.markdown import Block, parse_blocks
 __all__ = ["CHUNKER_VERSION", "MAX_CHUNK_BYTES", "Chunk", "Chunker", "chunk_id", "doc_id_of", "split_bytes"]
 
 # Bump when the chunk texts produced for the same input change, so stored documents are re-chunked.
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2  # 2: overlap within a section
 _SPECIAL_TOKENS = 2  # [CLS] and [SEP]
 # The tokenizer counts a word over 100 characters as one [UNK], so a token budget alone lets a 20,000-character
 # unbroken string through whole; Chroma Cloud refuses documents of 16 KB and more (kbsync.store). 256 word pieces of
@@ -73,16 +73,19 @@ def doc_id_of(chunk_id: str) -> str:
 class Chunker:
     """Splits one document's markdown into chunks of at most `max_tokens` word pieces."""
 
-    def __init__(self, counter: TokenCounter, max_tokens: int) -> None:
+    def __init__(self, counter: TokenCounter, max_tokens: int, overlap: float = 0.0) -> None:
         if not 32 <= max_tokens <= 256:
             raise ValueError(f"max_tokens must be within 32..256, not {max_tokens}")
+        if not 0.0 <= overlap <= 0.5:
+            raise ValueError(f"overlap must be within 0..0.5, not {overlap}")
         self.counter = counter
         self.max_tokens = max_tokens
+        self.overlap = overlap
 
     @property
     def fingerprint(self) -> str:
         """Identifies the chunk texts this chunker produces; part of every document hash."""
-        return f"chunker-v{CHUNKER_VERSION}:{self.max_tokens}"
+        return f"chunker-v{CHUNKER_VERSION}:{self.max_tokens}:{self.overlap:g}"
 
     def split(self, doc_id: str, title: str, markdown: str) -> list[Chunk]:
         """Chunk a document. A document with no body text yields one chunk holding its title."""
@@ -155,14 +158,33 @@ class Chunker:
             if current_path is not None:
                 yield current_path, "\n\n".join(parts)
             current_path, parts, used, budget = section.path, [], 0, section_budget
+            # Later chunks of a section start with the tail of the one before. Room for it is kept whether or not a
+            # tail is found, so which pieces share a chunk never depends on a tail: an edited piece changes its own
+            # chunk and, through the tail, the next one, not the packing of the rest of the section.
+            reserve = round(self.overlap * section_budget)
             for piece in pieces:
                 if parts and used + piece.tokens > budget:
                     yield current_path, "\n\n".join(parts)
-                    parts, used = [], 0
+                    own = [] if piece.tokens > section_budget - reserve else self._tail(parts[-1], reserve)
+                    parts, used, budget = own, 0, section_budget - reserve
                 parts.append(piece.text)
                 used += piece.tokens
         if current_path is not None and parts:
             yield current_path, "\n\n".join(parts)
+
+    def _tail(self, text: str, limit: int) -> list[str]:
+        """The last whole sentences of a prose piece within `limit` word pieces (none of code or a table)."""
+        if limit <= 0 or text.lstrip().startswith(("```", "~~~", "|", "#")):
+            return []
+        sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+        kept: list[str] = []
+        used = 0
+        for sentence, tokens in zip(reversed(sentences), reversed(self.counter.count_many(sentences))):
+            if used + tokens > limit:
+                break
+            kept.insert(0, sentence)
+            used += tokens
+        return [" ".join(kept)] if kept else []
 
     def _refit(self, prefix: str, text: str) -> list[tuple[str, int]]:
         """Split a chunk that the summed counts let past the budget (the safety net: real counts decide)."""

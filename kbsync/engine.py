@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,6 +80,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.lexical = lexical  # the lexical leg (kbsync.lexical), written right after each store write/delete
+        self._lexical_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbsync-lexical")
         self.store = store  # the [chroma] store
         self._tenant_stores = dict(tenant_stores or {})  # tenants with a [tenants.chroma] server of their own
         self.embedder = embedder
@@ -578,6 +580,12 @@ class Engine:
         collection makes Chroma's search slow); the project's locales come from the state database, where every
         write records them before it happens."""
         self._project_settings(key)
+        retrieval = Retrieval(self.store_for(key), self.lexical, self.settings.retrieval.candidates)
+        weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
+        # The lexical leg needs no vector: it runs while the question is embedded.
+        lexical = retrieval.start_lexical(self._lexical_pool, (key.tenant, key.project), text, locale, k=k) if (
+            group == "doc" and weight > 0
+        ) else None
         vector = self.embedder.embed([text])[0]
         where = None
         if locale:
@@ -587,9 +595,7 @@ class Engine:
                 self.state.add_locales(key.tenant, key.project, locales)
             if locales != {locale}:
                 where = {"locale": locale}
-        retrieval = Retrieval(self.store_for(key), self.lexical, self.settings.retrieval.candidates)
-        weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
         return retrieval.search(
             key.collection, (key.tenant, key.project), vector, text,
-            k=k, where=where, locale=locale, group=group, expand=expand, weight=weight,
+            k=k, where=where, locale=locale, group=group, expand=expand, weight=weight, lexical_hits=lexical,
         )

@@ -13,6 +13,7 @@ question becomes an OR of its words (stop words dropped), each quoted, so no inp
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from kbsync.retrieval import LexicalHit
+from kbsync.errors import StateError
 from kbsync.state import State, db_errors
 
 __all__ = ["LexicalIndex", "LexicalRow", "converge_lexical", "query_terms"]
@@ -122,13 +124,25 @@ class LexicalIndex:
         self._postgres = state.dialect == "postgresql"
         self.weights = weights
         self.max_postings = max_postings
-        with db_errors("create the lexical index"):
-            if self._postgres:
-                _pg_meta.create_all(self._db)
-                with self._db.connect() as conn:
-                    self._configs = {str(r[0]) for r in conn.execute(sa.text("SELECT cfgname FROM pg_ts_config"))}
-            else:
-                self._create_sqlite()
+        self._configs: set[str] = set()
+        for attempt in range(3):
+            try:
+                with db_errors("create the lexical index"):
+                    self._create()
+                break
+            except StateError:
+                # Replicas starting together race to create the table; the loser sees it on its next try.
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def _create(self) -> None:
+        if self._postgres:
+            _pg_meta.create_all(self._db)
+            with self._db.connect() as conn:
+                self._configs = {str(r[0]) for r in conn.execute(sa.text("SELECT cfgname FROM pg_ts_config"))}
+        else:
+            self._create_sqlite()
 
     def _create_sqlite(self) -> None:
         _sqlite_meta.create_all(self._db)

@@ -10,6 +10,7 @@ not find scores 0 there). Grouping comes before fusion, so four chunks of one ar
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -144,25 +145,42 @@ class Retrieval:
         group: Group = "doc",
         expand: int = 0,
         weight: float = 0.0,
+        lexical_hits: Future[list[LexicalHit]] | None = None,
     ) -> list[RankedHit]:
-        """Top-k documents (or chunks with `group="chunk"`: today's dense chunk ranking) for one question."""
+        """Top-k documents (or chunks with `group="chunk"`: today's dense chunk ranking) for one question.
+        `lexical_hits` is the lexical leg already started (`start_lexical`); else it runs here when `weight > 0`."""
         if group == "chunk":
             hits = self.store.query(collection, vector, k=k, where=where)
             ranked = [RankedHit(h, h.score, h.score) for h in hits]
         else:
-            ranked = self._documents(collection, scope, vector, text, k=k, where=where, locale=locale, weight=weight)
+            if lexical_hits is None and weight > 0:
+                lexical_hits = self.start_lexical(None, scope, text, locale, k=k)
+            found = lexical_hits.result() if lexical_hits is not None else []
+            ranked = self._documents(collection, vector, found, k=k, where=where, weight=weight)
         return self._expand(collection, ranked, expand) if expand > 0 else ranked
+
+    def start_lexical(
+        self, pool: Executor | None, scope: tuple[str, str], text: str, locale: str | None, *, k: int
+    ) -> Future[list[LexicalHit]] | None:
+        """The lexical leg's candidates, searched on `pool` (None: now); None without a lexical leg."""
+        if self.lexical is None:
+            return None
+        search = self.lexical.search
+        limit = max(self.candidates, k)
+        if pool is not None:
+            return pool.submit(search, *scope, text, locale=locale, limit=limit)
+        done: Future[list[LexicalHit]] = Future()
+        done.set_result(search(*scope, text, locale=locale, limit=limit))
+        return done
 
     def _documents(
         self,
         collection: str,
-        scope: tuple[str, str],
         vector: np.ndarray,
-        text: str,
+        found: list[LexicalHit],
         *,
         k: int,
         where: Mapping[str, Any] | None,
-        locale: str | None,
         weight: float,
     ) -> list[RankedHit]:
         # Candidates as bare ids and scores; texts and metadata are read for the k winners only.
@@ -170,11 +188,9 @@ class Retrieval:
         for chunk_id, similarity in self.store.nearest(collection, vector, k=max(self.candidates, k), where=where):
             dense_best.setdefault(doc_id_of(chunk_id), (chunk_id, similarity))  # best first
         lexical_best: dict[str, LexicalHit] = {}
-        if weight > 0 and self.lexical is not None:
-            found = self.lexical.search(*scope, text, locale=locale, limit=max(self.candidates, k))
-            for hit in found:
-                if hit.doc_id not in lexical_best or hit.score > lexical_best[hit.doc_id].score:
-                    lexical_best[hit.doc_id] = hit
+        for hit in found if weight > 0 else []:
+            if hit.doc_id not in lexical_best or hit.score > lexical_best[hit.doc_id].score:
+                lexical_best[hit.doc_id] = hit
         fused = fuse(
             {doc: similarity for doc, (_, similarity) in dense_best.items()},
             {doc: hit.score for doc, hit in lexical_best.items()},

@@ -114,6 +114,8 @@ class EmbeddingSettings(_Section):
 class ChunkingSettings(_Section):
     # 256 is the model's limit (special tokens included); the default is chosen by bench/retrieval.py.
     max_tokens: int = Field(default=192, ge=32, le=256)
+    # Share of the budget a chunk repeats from the previous one of its section (whole sentences); 0 = none.
+    overlap: float = Field(default=0.2, ge=0.0, le=0.5)
 
 
 class RetrievalSettings(_Section):

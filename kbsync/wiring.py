@@ -180,7 +180,7 @@ def open_engine(
         store, tenant_stores = open_stores(settings, stack)
         model_dir = resolve_model_dir(settings)
         embedder = Embedder(model_dir, batch_size=settings.embedding.batch_size)
-        chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens)
+        chunker = Chunker(TokenCounter(model_dir), settings.chunking.max_tokens, settings.chunking.overlap)
         sources = build_sources(settings, stack, state, chatwoot_options=chatwoot_options, api_options=api_options)
         yield Engine(
             settings,

@@ -336,6 +336,24 @@ def test_query_tokens_open_only_their_own_tenant(stack: Stack, daemon: DaemonPro
     assert malformed.status_code == 422
 
 
+@pytest.mark.parametrize(
+    "question",
+    ["the and of to is", '"unbalanced', "NEAR(a b) refund* -x col:val", "AND OR NOT", "refund " * 570,
+     "возврат 退款 refund ☃ 🙂", "?!"],
+    ids=["stop-words", "quote", "fts-syntax", "operators", "4kB", "mixed-scripts", "punctuation"],
+)
+def test_any_question_gets_results_or_an_empty_list(stack: Stack, daemon: DaemonProcess, question: str) -> None:
+    """Issue 13: no question makes the lexical leg fail (a 500 or an FTS syntax error)."""
+    for group in ("doc", "chunk"):
+        response = daemon.http.post(
+            "/v1/query",
+            json={"tenant": "acme", "project": "alpha", "query": question[:4000], "k": 5, "group": group, "expand": 1},
+            headers={"Authorization": f"Bearer {daemon.secrets.acme_query}"},
+        )
+        assert response.status_code == 200, response.text
+        assert isinstance(response.json()["results"], list)
+
+
 def test_query_answer_has_the_documented_shape(stack: Stack, daemon: DaemonProcess) -> None:
     response = daemon.query("How do I forward emails to the inbox?", k=3)
     assert response.status_code == 200

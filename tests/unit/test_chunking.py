@@ -131,3 +131,46 @@ def test_chatwoot_markdown_is_normalised() -> None:
     assert "raw html block" not in joined
     assert "Keep `<body>` in code and bold text." in texts
     assert "| a | b |" in joined
+
+
+def prose_section(paragraphs: int = 8, edit: str = "") -> str:
+    body = []
+    for p in range(paragraphs):
+        text = " ".join(f"Paragraph {p} sentence {s} tells agents how routing rule {p}.{s} works." for s in range(4))
+        body.append(edit + " " + text if edit and p == paragraphs // 2 else text)
+    return "## Routing\n\n" + "\n\n".join(body) + "\n\n## Other\n\n" + "Another section entirely. " * 30
+
+
+@pytest.mark.parametrize("budget", [64, 128, 192, 256])
+def test_overlapping_chunks_fit_the_budget(counter: TokenCounter, budget: int) -> None:
+    chunker = Chunker(counter, budget, overlap=0.2)
+    articles = json.loads((SHARED / "corpus" / "chatwoot-docs.json").read_text())["articles"][::4]
+    for article in articles:
+        for chunk in chunker.split(f"t:{article['id']}", article["title"], article["content"]):
+            assert chunk.tokens == counter.count(chunk.text) <= budget, chunk.text[:200]
+
+
+def test_a_chunk_repeats_the_last_sentences_of_the_previous_one_in_its_section(counter: TokenCounter) -> None:
+    plain = Chunker(counter, 128).split("d", "Guide", prose_section())
+    chunks = Chunker(counter, 128, overlap=0.2).split("d", "Guide", prose_section())
+    routing = [c for c in chunks if c.heading == "Routing"]
+    assert len(routing) >= 3
+    reserve = round(0.2 * (128 - 2 - counter.count_many(["Guide > Routing"])[0]))
+    for before, after in zip(routing, routing[1:]):
+        body = after.text.split("\n\n", 2)
+        tail = body[1]
+        assert before.text.endswith(tail) and counter.count_many([tail])[0] <= reserve
+        assert tail.endswith(".") and tail[0].isupper()  # whole sentences
+    other = [c for c in chunks if c.heading == "Other"]
+    assert other and not any(r.text.split("\n\n")[-1] in other[0].text for r in routing)  # not across sections
+    assert len(chunks) >= len(plain)
+
+
+def test_a_paragraph_edit_changes_at_most_three_chunks(counter: TokenCounter) -> None:
+    """The README's promise: a one-paragraph edit re-embeds at most 3 chunks of its article (chunk ids come from
+    their texts, so a changed id is a re-embedded chunk)."""
+    chunker = Chunker(counter, 128, overlap=0.2)
+    before = {c.id for c in chunker.split("d", "Guide", prose_section(12))}
+    for edit in ("Supervisors can now reassign conversations in bulk.", "Note:", "A much longer note. " * 5):
+        after = {c.id for c in chunker.split("d", "Guide", prose_section(12, edit))}
+        assert len(before) >= 8 and 1 <= len(after - before) <= 3, edit
