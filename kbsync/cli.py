@@ -342,6 +342,59 @@ def query(
 
 
 @app.command()
+def audit(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
+    repair: Annotated[bool, typer.Option(help="Rebuild the collections with unreachable chunks.")] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = None,
+) -> None:
+    """Query every chunk with its own vector and report those no query returns (chroma-core/chroma#7758).
+
+    Asks the running daemon instead when it owns the embedded store.
+    Exit 0 when every chunk is reachable (after --repair), 1 otherwise, 2 bad config.
+    """
+    from kbsync.runs import RunReport
+
+    settings = _settings(ctx)
+    if _store_is_locked(settings):
+        answer = _daemon(settings, "POST", "/v1/audit", {"tenant": tenant, "project": project, "repair": repair},
+                         timeout=24 * 3600)
+        if answer is None:
+            _no_daemon(settings)
+        reports = [RunReport.from_dict(r) for r in answer["reports"]]
+    else:
+        with _engine(ctx) as engine:
+            try:
+                keys = engine.projects(tenant, project)
+            except UnknownProject as exc:
+                _fail(str(exc), EXIT_FAILED)
+            reports = [engine.audit(key, repair=repair) for key in keys]
+    _finish_audit(reports, as_json)
+
+
+def _finish_audit(reports: list[RunReport], as_json: bool) -> NoReturn:
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        table = Table(title="kbsync audit", caption="chunks queried with their own vector")
+        for column in ("project", "checked", "unreachable", "repaired", "rebuilt", "outcome", "secs"):
+            table.add_column(column, justify="left" if column == "project" else "right", no_wrap=True)
+        for r in reports:
+            values = (r.chunks_checked, r.chunks_unreachable, r.chunks_repaired, r.collections_rebuilt, r.outcome)
+            table.add_row(f"{r.tenant}/{r.project}", *(str(v) for v in values), f"{r.seconds:.1f}")
+        console = Console()
+        console.print(table)
+        for r in reports:
+            for problem in [*r.errors, *r.warnings]:
+                console.print(f"[red]{r.tenant}/{r.project}:[/] {problem}", highlight=False, soft_wrap=True)
+    clean = all(r.outcome == "ok" and r.chunks_unreachable == r.chunks_repaired for r in reports)
+    raise typer.Exit(EXIT_OK if clean else EXIT_FAILED)
+
+
+@app.command()
 def status(
     ctx: typer.Context,
     as_json: JsonOption = False,

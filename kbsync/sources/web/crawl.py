@@ -17,7 +17,8 @@ import httpx
 import tenacity
 
 from kbsync.errors import SourceRejected, SourceUnavailable
-from kbsync.sources._http import BodyTooLarge, UndecodableBody, parse_retry_after, read_bounded
+from kbsync.sources._body import ACCEPT_ENCODING, BodyTooLarge, UndecodableBody, read_bounded
+from kbsync.sources._http import parse_retry_after
 from kbsync.sources.web.deadline import deadline, passed
 from kbsync.sources.web.options import USER_AGENT_TOKEN, CrawlStats, FetchOptions
 from kbsync.sources.web.pages import page_format
@@ -32,9 +33,6 @@ _ACCEPT = "text/html,application/xhtml+xml;q=0.9,text/markdown;q=0.9,text/plain;
 # Never sent, whatever the client passed in carries.
 _CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "api_access_token", "x-api-key")
 _NO_AUTH = httpx.Auth()
-# What kbsync.sources._http.BoundedDecoder undoes (one coding, never stacked): bodies are inflated there with a bound
-# on decoded bytes, because httpx inflates a whole network chunk at once (a decompression bomb).
-_ACCEPT_ENCODING = "gzip, deflate"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -191,7 +189,7 @@ class Crawl:
             headers={
                 "User-Agent": self.options.user_agent,
                 "Accept": _ACCEPT,
-                "Accept-Encoding": _ACCEPT_ENCODING,
+                "Accept-Encoding": ACCEPT_ENCODING,  # what read_bounded inflates, with a bound (a decompression bomb)
                 **headers,
             },
         )
