@@ -365,7 +365,7 @@ def audit(
     Asks the running daemon instead when it owns the embedded store.
     Exit 0 when every chunk is reachable (after --repair), 1 otherwise, 2 bad config.
     """
-    from types import SimpleNamespace
+    from kbsync.runs import RunReport
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
@@ -373,7 +373,7 @@ def audit(
                          timeout=24 * 3600)
         if answer is None:
             _no_daemon(settings)
-        reports = [SimpleNamespace(**r) for r in answer["reports"]]
+        reports = [RunReport.from_dict(r) for r in answer["reports"]]
     else:
         with _engine(ctx) as engine:
             try:
@@ -384,9 +384,9 @@ def audit(
     _finish_audit(reports, as_json)
 
 
-def _finish_audit(reports: list[Any], as_json: bool) -> NoReturn:
+def _finish_audit(reports: list[RunReport], as_json: bool) -> NoReturn:
     if as_json:
-        typer.echo(json.dumps([r.as_dict() if hasattr(r, "as_dict") else vars(r) for r in reports], indent=2))
+        typer.echo(json.dumps([r.as_dict() for r in reports], indent=2))
     else:
         table = Table(title="kbsync audit", caption="chunks queried with their own vector")
         for column in ("project", "checked", "unreachable", "repaired", "rebuilt", "outcome", "secs"):
