@@ -341,7 +341,7 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         return "unavailable", _error(503, "the event could not be stored; retry later")
     if enqueued.duplicate:
         return "duplicate", JSONResponse({"status": "duplicate"}, status_code=200)
-    if enqueued.covered:  # the same signed notice is still queued: it will be applied, by that item
+    if enqueued.covered:  # the same signed notice is still queued: it is applied by that item
         log.info("webhook.covered", tenant=tenant_id, projects=projects, webhook_event=notice.event.value)
         return "queued", JSONResponse({"status": "queued"}, status_code=202)
     ctx.wake_workers()
