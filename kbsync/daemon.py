@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import math
 import os
+import random
 import signal
 import socket
 import threading
@@ -137,6 +138,7 @@ class Daemon:
             context = ApiContext(
                 self.settings, engine, queue, metrics, self._ready.is_set, self._wake.set,
                 submit_resync=lambda keys, options: self._submit_resync(engine, keys, options), intake=intake,
+                submit_audit=lambda keys, options: self._submit_audit(engine, keys, options),
             )
             app = create_app(context)
             server = self.settings.server
@@ -244,6 +246,7 @@ class Daemon:
                 args=[engine, key, "reconcile"],
                 id=f"reconcile:{key}",
             )
+            self._schedule_audit(scheduler, engine, key)
             if self.options.startup_reconcile:
                 # Replicas started together wait a moment to see each other before taking their shares.
                 delay = self._share_delay() if self.settings.state.url else 0.0
@@ -254,24 +257,50 @@ class Daemon:
         self._jobs = scheduler
         return scheduler
 
+    def _schedule_audit(self, scheduler: Any, engine: Engine, key: ProjectKey) -> None:
+        """Audit `key` every `reachability.audit_interval_hours`, jittered by a tenth of it (at most an hour); the
+        first one within the first tenth after start: reopening a store can change which chunks are reachable."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        hours = self.settings.reachability.audit_interval_hours
+        if hours <= 0:
+            return
+        jitter = min(3600.0, hours * 360.0)
+        first = datetime.now(timezone.utc) + timedelta(seconds=random.uniform(jitter / 2, jitter))
+        scheduler.add_job(
+            self._scheduled, IntervalTrigger(hours=hours, jitter=int(jitter)), args=[engine, key, "audit"],
+            id=f"audit:{key}", next_run_time=first,
+        )
+
     def _submit_resync(
         self, engine: Engine, keys: list[ProjectKey], options: ResyncBody
     ) -> concurrent.futures.Future[list[dict[str, Any]]]:
         """POST /v1/resync: reconcile `keys` one after the other in the scheduler's pool, off the request path, with
         the request's `rebuild` and `allow_mass_delete`; the future gets their reports (or what stopped them)."""
+        return self._submit(
+            "resync",
+            lambda key: engine.reconcile(key, rebuild=options.rebuild, allow_mass_delete=options.allow_mass_delete),
+            keys,
+        )
+
+    def _submit_audit(
+        self, engine: Engine, keys: list[ProjectKey], options: Any
+    ) -> concurrent.futures.Future[list[dict[str, Any]]]:
+        """POST /v1/audit: audit `keys` (with the request's `repair`) in the scheduler's pool, like a resync."""
+        return self._submit("audit", lambda key: engine.audit(key, repair=options.repair), keys)
+
+    def _submit(
+        self, what: str, run: Callable[[ProjectKey], Any], keys: list[ProjectKey]
+    ) -> concurrent.futures.Future[list[dict[str, Any]]]:
         future: concurrent.futures.Future[list[dict[str, Any]]] = concurrent.futures.Future()
 
         def job() -> None:
             if not future.set_running_or_notify_cancel():
                 return
             try:
-                reports = [
-                    engine.reconcile(key, rebuild=options.rebuild, allow_mass_delete=options.allow_mass_delete)
-                    for key in keys
-                ]
-                future.set_result([report.as_dict() for report in reports])
+                future.set_result([run(key).as_dict() for key in keys])
             except BaseException as exc:  # the job's edge: the caller gets it; the scheduler lives on
-                log.exception("resync.crashed")
+                log.exception(f"{what}.crashed")
                 future.set_exception(exc)
 
         try:
@@ -279,7 +308,7 @@ class Daemon:
                 raise KbsyncError("the scheduler has not started")
             self._jobs.add_job(job, "date", run_date=datetime.now(timezone.utc), misfire_grace_time=None)
         except Exception as exc:  # the scheduler stopped (the daemon is stopping)
-            future.set_exception(KbsyncError(f"resync not started: {exc}"))
+            future.set_exception(KbsyncError(f"{what} not started: {exc}"))
         return future
 
     def _share_delay(self) -> float:
@@ -346,6 +375,8 @@ class Daemon:
         try:
             if kind == "poll":
                 engine.poll(key)
+            elif kind == "audit":
+                engine.audit(key, repair=self.settings.reachability.audit_repair)
             else:
                 engine.reconcile(key)
         except Exception:  # the job's edge: one failed run never stops the scheduler

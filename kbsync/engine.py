@@ -26,6 +26,7 @@ from typing import Literal
 
 import structlog
 
+from kbsync import reachability
 from kbsync.chunking import Chunk, Chunker
 from kbsync.deletion_guard import check_deletes
 from kbsync.embedding import Embedder
@@ -516,6 +517,8 @@ class Engine:
         self.store_for(key).delete(key.collection, stale)
         self._lexical_delete(key, stale)
         report.chunks_deleted += len(stale)
+        if self.settings.reachability.verify_writes:
+            self._verify(key, records, report)
         for doc, held, metas in refreshed:
             held.chunks.update(metas)
             held.updated_at = doc.updated_at
@@ -530,6 +533,30 @@ class Engine:
             if progress is not None:
                 progress.advanced(key, 1)
         release_free_memory()
+
+    def _verify(self, key: ProjectKey, records: list[ChunkRecord], report: RunReport) -> None:
+        """Every chunk just written must come back from a query with its own vector (chroma-core/chroma#7758)."""
+        options = reachability.Options.of(self.settings)
+        outcome = reachability.verify_written(self.store_for(key), key.collection, records, options)
+        _add_outcome(report, outcome)
+        if outcome.error:
+            report.warnings.append(outcome.error)
+
+    def audit(self, key: ProjectKey, *, repair: bool = False) -> RunReport:
+        """Query every chunk of a project with its own vector; `repair` re-writes (or rebuilds) what is unreachable.
+        Recorded as a run of kind "audit" (`kbsync status`, /v1/status)."""
+
+        def work(_sources: list[Source], _index: ProjectIndex, report: RunReport) -> None:
+            options = reachability.Options.of(self.settings, repair=repair)
+            outcome = reachability.audit(self.store_for(key), key.collection, options)
+            _add_outcome(report, outcome)
+            report.chunks_total = outcome.checked
+            if outcome.error:
+                report.errors.append(outcome.error)
+            elif outcome.remaining:
+                report.warnings.append(f"{outcome.remaining} chunks no query returns (repair with --repair)")
+
+        return self._run(key, "audit", work, full_index=False)
 
     def _delete_documents(self, key: ProjectKey, doc_ids: set[str], index: ProjectIndex, report: RunReport) -> None:
         held = [index.docs[d] for d in sorted(doc_ids) if d in index.docs]
@@ -599,3 +626,11 @@ class Engine:
             key.collection, (key.tenant, key.project), vector, text,
             k=k, where=where, locale=locale, group=group, expand=expand, weight=weight, lexical_hits=lexical,
         )
+
+
+def _add_outcome(report: RunReport, outcome: reachability.Outcome) -> None:
+    report.chunks_checked += outcome.checked
+    report.chunks_unreachable += len(outcome.unreachable)
+    report.chunks_repaired += outcome.repaired
+    report.collections_rebuilt += int(outcome.rebuilt)
+    report.check_seconds = round(report.check_seconds + outcome.seconds, 3)

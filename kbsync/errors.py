@@ -65,6 +65,10 @@ class StoreError(KbsyncError):
     """Chroma failed a read or a write."""
 
 
+class RebuildFailed(StoreError):
+    """A collection could not be rebuilt; the old one is left in place, as it was."""
+
+
 class StoreLocked(StoreError):
     """Another process holds the embedded store (Chroma is not process-safe)."""
 

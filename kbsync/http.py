@@ -49,6 +49,7 @@ NOT_SIGNED = "the webhook is not signed with this tenant's secret"
 Body = TypeVar("Body", bound=BaseModel)  # a request body model
 # Starts a resync of these projects with the request's options; the future gets their reports (as dicts).
 ResyncSubmitter = Callable[[list["ProjectKey"], "ResyncBody"], concurrent.futures.Future[list[dict[str, Any]]]]
+AuditSubmitter = Callable[[list["ProjectKey"], "AuditBody"], concurrent.futures.Future[list[dict[str, Any]]]]
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -69,6 +70,8 @@ class ApiContext:
     wake_workers: Callable[[], None] = lambda: None  # tells idle webhook workers an item was queued
     # Runs resyncs off the request path (the daemon's scheduler): (keys, ResyncBody) -> a future of their reports.
     submit_resync: ResyncSubmitter | None = None
+    # Runs audits there too: (keys, AuditBody) -> a future of their reports.
+    submit_audit: AuditSubmitter | None = None
     # Webhook intake and /readyz run here, never behind queries or resyncs in the default pool.
     intake: concurrent.futures.Executor | None = None
 
@@ -83,6 +86,14 @@ class QueryBody(BaseModel):
     locale: str | None = Field(default=None, max_length=35)
     group: Literal["doc", "chunk"] = "doc"  # doc: best chunk per article (hybrid); chunk: raw dense chunk ranking
     expand: int = Field(default=0, ge=0, le=3)  # neighbouring chunks on each side added as `context`
+
+
+class AuditBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str | None = None
+    project: str | None = None
+    repair: bool = False
 
 
 class ResyncBody(BaseModel):
@@ -206,6 +217,23 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return _error(503, str(exc))
         return JSONResponse({"reports": reports}, status_code=200)
 
+    @app.post("/v1/audit", dependencies=[Depends(admin)], openapi_extra=_schema(AuditBody))
+    async def audit(request: Request) -> JSONResponse:
+        """Query every chunk with its own vector, like `kbsync audit`, run by the scheduler; answers with the
+        reports when done (awaited without holding a thread)."""
+        body: AuditBody = await read_body(request, AuditBody, empty_ok=True)
+        try:
+            keys = ctx.engine.projects(body.tenant, body.project)
+        except UnknownProject as exc:
+            raise HTTPException(404, str(exc)) from None
+        if ctx.submit_audit is None:
+            return _error(503, "audit is not available in this process")
+        try:
+            reports = await asyncio.wrap_future(ctx.submit_audit(keys, body))
+        except KbsyncError as exc:
+            return _error(503, str(exc))
+        return JSONResponse({"reports": reports}, status_code=200)
+
     @app.get("/v1/status", dependencies=[Depends(admin)])
     async def status() -> dict[str, Any]:
         """What `kbsync status --json` shows, plus the queue."""
@@ -313,7 +341,7 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         return "unavailable", _error(503, "the event could not be stored; retry later")
     if enqueued.duplicate:
         return "duplicate", JSONResponse({"status": "duplicate"}, status_code=200)
-    if enqueued.covered:  # the same signed notice is still queued: it will be applied, by that item
+    if enqueued.covered:  # the same signed notice is still queued: it is applied by that item
         log.info("webhook.covered", tenant=tenant_id, projects=projects, webhook_event=notice.event.value)
         return "queued", JSONResponse({"status": "queued"}, status_code=202)
     ctx.wake_workers()

@@ -41,6 +41,12 @@ class Metrics:
             ["tenant", "project"], registry=self.registry,
         )
 
+        self.unreachable = Gauge(
+            "kbsync_unreachable_chunks",
+            "Chunks that no query with their own vector returned at the project's last audit, and not repaired.",
+            ["tenant", "project"], registry=self.registry,
+        )
+
     def observe_run(self, report: object) -> None:
         """Count one finished run (a kbsync.engine.RunReport)."""
         r = report  # duck-typed to keep this module free of engine imports
@@ -48,6 +54,9 @@ class Metrics:
         self.embeddings.inc(r.chunks_embedded)  # type: ignore[attr-defined]
         self.chunks_written.inc(r.chunks_written)  # type: ignore[attr-defined]
         self.chunks_deleted.inc(r.chunks_deleted)  # type: ignore[attr-defined]
+        if r.kind == "audit" and not r.busy:  # type: ignore[attr-defined]
+            left = r.chunks_unreachable - r.chunks_repaired  # type: ignore[attr-defined]
+            self.unreachable.labels(r.tenant, r.project).set(left)  # type: ignore[attr-defined]
         if r.outcome == "ok":  # type: ignore[attr-defined]
             self.last_success.labels(r.tenant, r.project).set_to_current_time()  # type: ignore[attr-defined]
 

@@ -60,6 +60,12 @@ class RunReport:
     interrupted: bool = False
     busy: bool = False  # another replica held the project's lease: nothing was done
     warnings: list[str] = field(default_factory=list)  # e.g. deletions deferred; the outcome stays ok
+    # Reachability (kbsync.reachability): chunks queried with their own vector, found unreachable, repaired.
+    chunks_checked: int = 0
+    chunks_unreachable: int = 0
+    chunks_repaired: int = 0
+    collections_rebuilt: int = 0
+    check_seconds: float = 0.0
 
     @property
     def outcome(self) -> str:

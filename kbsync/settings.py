@@ -47,6 +47,7 @@ __all__ = [
     "FilesSourceSettings",
     "NotionSourceSettings",
     "ProjectSettings",
+    "ReachabilitySettings",
     "RetentionSettings",
     "RetrievalSettings",
     "ScheduleSettings",
@@ -123,6 +124,20 @@ class RetrievalSettings(_Section):
     lexical_weight: float = Field(default=0.4, ge=0.0, le=1.0)
     # Chunks each leg returns before grouping per document.
     candidates: int = Field(default=100, ge=10, le=500)
+
+
+class ReachabilitySettings(_Section):
+    """Every live chunk must be findable by a query with its own vector (chroma-core/chroma#7758)."""
+
+    # Query each written chunk with its own vector after every write group, and repair what no query returns.
+    verify_writes: bool = True
+    # Neighbours asked for; a chunk missing from its own top k is asked again with a wider k before it counts.
+    k: int = Field(default=10, ge=1, le=100)
+    # Share of a collection unreachable at once above which it is rebuilt rather than re-written chunk by chunk.
+    rebuild_share: float = Field(default=0.02, gt=0.0, le=1.0)
+    # The daemon audits every project this often (0: never), jittered by a tenth of it (at most an hour).
+    audit_interval_hours: float = Field(default=24.0, ge=0.0)
+    audit_repair: bool = True
 
 
 class ServerSettings(_Section):
@@ -269,6 +284,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    reachability: ReachabilitySettings = ReachabilitySettings()
     server: ServerSettings = ServerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     sync: SyncSettings = SyncSettings()

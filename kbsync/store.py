@@ -8,6 +8,7 @@ process): Chroma is not process-safe, and two processes on one path silently los
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -311,6 +312,17 @@ class Store:
             if self._lock is not None:
                 self._lock.release()
 
+    @contextmanager
+    def _errors(self, action: str, name: str) -> Iterator[None]:
+        """Chroma errors as StoreError; a failed call also drops the cached handle of `name`, so the next call
+        opens it again by name (a collection rebuilt by another process has a new id under the same name)."""
+        try:
+            with _chroma_errors(action, name):
+                yield
+        except StoreError:
+            self._collections.pop(name, None)
+            raise
+
     def _collection(self, name: str, *, create: bool = True) -> Any:
         if self._closed:
             raise StoreError("the store is closed")
@@ -350,7 +362,7 @@ class Store:
 
     def collections(self) -> list[str]:
         """Names of every collection in the store (kbsync's and any other)."""
-        with _chroma_errors("list collections", "*"):
+        with self._errors("list collections", "*"):
             return sorted(c.name for c in self._client.list_collections())
 
     def index(self, name: str, *, doc_ids: Collection[str] | None = None) -> ProjectIndex:
@@ -368,7 +380,7 @@ class Store:
         return index
 
     def _read_into(self, index: ProjectIndex, collection: Any, name: str, where: dict[str, Any] | None) -> None:
-        with _chroma_errors("read the index", name):
+        with self._errors("read the index", name):
             offset = 0
             while True:
                 page = collection.get(where=where, include=["metadatas"], limit=_READ_PAGE, offset=offset)
@@ -392,7 +404,7 @@ class Store:
         collection = self._collection(name)
         new = [r for r in records if r.embedding is not None]
         kept = [r for r in records if r.embedding is None]
-        with _chroma_errors("write chunks", name):
+        with self._errors("write chunks", name):
             for start in range(0, len(new), MAX_RECORDS_PER_WRITE):
                 batch = new[start : start + MAX_RECORDS_PER_WRITE]
                 collection.upsert(
@@ -411,7 +423,7 @@ class Store:
             return
         collection = self._collection(name)
         ids = list(ids)
-        with _chroma_errors("delete chunks", name):
+        with self._errors("delete chunks", name):
             for start in range(0, len(ids), MAX_RECORDS_PER_WRITE):
                 collection.delete(ids=ids[start : start + MAX_RECORDS_PER_WRITE])
 
@@ -422,7 +434,7 @@ class Store:
             return
         offset = 0
         while True:
-            with _chroma_errors("read records", name):
+            with self._errors("read records", name):
                 batch = collection.get(
                     include=["embeddings", "documents", "metadatas"], limit=page, offset=offset
                 )
@@ -436,7 +448,7 @@ class Store:
     def import_records(self, name: str, batch: Mapping[str, Any]) -> None:
         """Upsert records exactly as exported: ids, vectors, documents and metadata unchanged."""
         collection = self._collection(name)
-        with _chroma_errors("write records", name):
+        with self._errors("write records", name):
             collection.upsert(
                 ids=list(batch["ids"]),
                 embeddings=np.asarray(batch["embeddings"], dtype=np.float32),
@@ -451,7 +463,7 @@ class Store:
             return set()
         out: set[str] = set()
         offset = 0
-        with _chroma_errors("list ids", name):
+        with self._errors("list ids", name):
             while True:
                 page = collection.get(include=[], limit=_READ_PAGE, offset=offset)
                 out.update(page["ids"])
@@ -463,7 +475,7 @@ class Store:
         collection = self._collection(name, create=False)
         if collection is None:
             return 0
-        with _chroma_errors("count chunks", name):
+        with self._errors("count chunks", name):
             return int(collection.count())
 
     def query(
@@ -473,7 +485,7 @@ class Store:
         collection = self._collection(name, create=False)
         if collection is None:
             return []
-        with _chroma_errors("query", name):
+        with self._errors("query", name):
             result = collection.query(
                 query_embeddings=[embedding],
                 n_results=k,
@@ -506,7 +518,7 @@ class Store:
         collection = self._collection(name, create=False)
         if collection is None or not ids:
             return []
-        with _chroma_errors("read chunks", name):
+        with self._errors("read chunks", name):
             result = collection.get(ids=list(ids), include=["documents", "metadatas"])
         return _hits(result["ids"], result["documents"], result["metadatas"])
 
@@ -521,9 +533,134 @@ class Store:
         if collection is None or not clauses:
             return []
         where = clauses[0] if len(clauses) == 1 else {"$or": clauses}
-        with _chroma_errors("read neighbouring chunks", name):
+        with self._errors("read neighbouring chunks", name):
             result = collection.get(where=where, include=["documents", "metadatas"])
         return _hits(result["ids"], result["documents"], result["metadatas"])
+
+    # -- reachability (kbsync/reachability.py decides; these are the Chroma calls) -------------------------
+
+    def neighbour_ids(self, name: str, embeddings: np.ndarray, *, k: int) -> list[list[str]]:
+        """Ids of the `k` nearest records of each embedding, unfiltered (as a bot queries), 300 per call."""
+        collection = self._collection(name, create=False)
+        if collection is None:
+            return [[] for _ in range(len(embeddings))]
+        out: list[list[str]] = []
+        with self._errors("query", name):
+            for start in range(0, len(embeddings), MAX_RECORDS_PER_WRITE):
+                batch = embeddings[start : start + MAX_RECORDS_PER_WRITE]
+                result = collection.query(query_embeddings=batch, n_results=k, include=[])
+                out.extend(list(ids) for ids in result["ids"])
+        return out
+
+    def records(self, name: str, ids: Sequence[str]) -> dict[str, list[Any]]:
+        """`ids`' records exactly as stored: ids, embeddings, documents and metadatas (300 per read)."""
+        out: dict[str, list[Any]] = {"ids": [], "embeddings": [], "documents": [], "metadatas": []}
+        collection = self._collection(name, create=False)
+        if collection is None:
+            return out
+        with self._errors("read records", name):
+            for start in range(0, len(ids), MAX_RECORDS_PER_WRITE):
+                page = collection.get(
+                    ids=list(ids[start : start + MAX_RECORDS_PER_WRITE]),
+                    include=["embeddings", "documents", "metadatas"],
+                )
+                out["ids"].extend(page["ids"])
+                out["embeddings"].extend(np.asarray(e, dtype=np.float32) for e in page["embeddings"])
+                out["documents"].extend(page["documents"])
+                out["metadatas"].extend(page["metadatas"])
+        return out
+
+    def rewrite(self, name: str, batch: Mapping[str, Sequence[Any]]) -> None:
+        """Delete records and add them again unchanged (same id, vector, document, metadata): Chroma indexes them
+        anew. Records are absent between the two calls; the caller holds the project's lease."""
+        collection = self._collection(name)
+        with self._errors("rewrite records", name):
+            for start in range(0, len(batch["ids"]), MAX_RECORDS_PER_WRITE):
+                end = start + MAX_RECORDS_PER_WRITE
+                ids = list(batch["ids"][start:end])
+                collection.delete(ids=ids)
+                collection.add(
+                    ids=ids,
+                    embeddings=np.asarray(batch["embeddings"][start:end], dtype=np.float32),
+                    documents=list(batch["documents"][start:end]),
+                    metadatas=[dict(m) for m in batch["metadatas"][start:end]],
+                )
+
+    def clone(self, name: str, to: str, *, first: Sequence[str] = ()) -> int:
+        """Create collection `to` with `name`'s configuration and metadata and copy every record into it,
+        vectors included (no re-embedding), the records of `first` before the others. Returns the records
+        copied; `to` must not exist."""
+        source = self._collection(name, create=False)
+        if source is None:
+            raise StoreError(f"collection {name!r} does not exist")
+        from chromadb.utils.embedding_functions import DefaultEmbeddingFunction
+
+        with self._errors("create a collection", to):
+            target = self._client.create_collection(
+                to,
+                configuration=source.configuration,
+                metadata=dict(source.metadata or {}),
+                embedding_function=DefaultEmbeddingFunction(),
+            )
+        copied = 0
+        early = set(first)
+        for batch in [self.records(name, list(first))] if first else []:
+            copied += self._copy_into(target, to, batch, skip=set())
+        for batch in self.export(name):
+            copied += self._copy_into(target, to, batch, skip=early)
+            del batch
+            release_free_memory()
+        return copied
+
+    def _copy_into(self, target: Any, name: str, batch: Mapping[str, Any], *, skip: set[str]) -> int:
+        keep = [i for i, chunk_id in enumerate(batch["ids"]) if chunk_id not in skip]
+        if not keep:
+            return 0
+        with self._errors("copy records", name):
+            for start in range(0, len(keep), MAX_RECORDS_PER_WRITE):
+                rows = keep[start : start + MAX_RECORDS_PER_WRITE]
+                target.add(
+                    ids=[batch["ids"][i] for i in rows],
+                    embeddings=np.asarray([batch["embeddings"][i] for i in rows], dtype=np.float32),
+                    documents=[batch["documents"][i] for i in rows],
+                    metadatas=[dict(batch["metadatas"][i]) for i in rows],
+                )
+        return len(keep)
+
+    def swap(self, name: str, replacement: str) -> None:
+        """Put collection `replacement` in place of `name` under `name`, then drop the old one. Two renames
+        (Chroma's `modify(name=...)`): `name` is missing for the moment between them. If the second fails,
+        the old collection gets its name back."""
+        old = self._collection(name, create=False)
+        new = self._collection(replacement, create=False)
+        if old is None or new is None:
+            raise StoreError(f"cannot swap {replacement!r} in for {name!r}: one of them does not exist")
+        retired = f"{name}.retired-{int(time.time())}"
+        with self._errors("rename the collection away", name):
+            old.modify(name=retired)
+        try:
+            with self._errors("rename the rebuilt collection in", replacement):
+                new.modify(name=name)
+        except StoreError:
+            with self._errors("rename the old collection back", name):
+                old.modify(name=name)
+            raise
+        self._collections.pop(replacement, None)
+        self._collections[name] = new
+        with self._errors("drop the retired collection", retired):
+            self._client.delete_collection(retired)
+
+    def drop(self, name: str) -> None:
+        """Delete a collection (a failed rebuild's copy); nothing when it does not exist."""
+        from chromadb.errors import NotFoundError
+
+        self._collections.pop(name, None)
+        try:
+            with self._errors("delete the collection", name):
+                self._client.delete_collection(name)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, NotFoundError):
+                raise
 
 
 def _hits(ids: Sequence[str], documents: Sequence[Any] | None, metadatas: Sequence[Any] | None) -> list[QueryHit]:

@@ -63,6 +63,12 @@ def sections(words: list[str]) -> str:
     )
 
 
+def many_steps(count: int) -> str:
+    """`count` sections of one chunk each at max_tokens 32 (each more than half a chunk: none is packed)."""
+    step = "## Step {i}\n\nClick the button number {i} now and wait for the page to reload."
+    return "\n\n".join(step.format(i=i) for i in range(count))
+
+
 def test_failed_delete_leaves_stale_chunks_that_the_next_run_deletes(open_kb, docs_dir: Path) -> None:
     """The first section stays (its chunk keeps its row and gets the new hash), the others change, and the delete
     of the stale ones fails. If broken, the next runs read the first chunk's new hash, call the document unchanged
@@ -96,7 +102,7 @@ def test_upsert_failing_between_batches_leaves_missing_chunks_that_the_next_run_
     written carry the document's hash, so every later run calls it unchanged and its last chunks never arrive."""
     engine = open_kb(32)
     count = MAX_RECORDS_PER_WRITE + 20
-    steps = "\n\n".join(f"## Step {i}\n\nClick the button number {i} now and wait for the page to reload." for i in range(count))
+    steps = many_steps(count)
     (docs_dir / "steps.md").write_text("# Steps\n\n" + steps)
     fail_nth(engine.store, KEY.collection, "upsert", nth=2)
     failed = engine.reconcile(KEY)
@@ -121,7 +127,7 @@ def test_metadata_refresh_failing_partway_is_done_again(open_kb, docs_dir: Path)
     import os
 
     engine = open_kb(32)
-    steps = "\n\n".join(f"## Step {i}\n\nClick the button number {i} now and wait for the page to reload." for i in range(MAX_RECORDS_PER_WRITE + 5))
+    steps = many_steps(MAX_RECORDS_PER_WRITE + 5)
     (docs_dir / "steps.md").write_text("# Steps\n\n" + steps)
     assert engine.reconcile(KEY).outcome == "ok"
     os.utime(docs_dir / "steps.md", (1, 2_000_000_000))

@@ -1,4 +1,4 @@
-"""kbsync/sources/_http.py against a real local server that misbehaves the way real ones do."""
+"""kbsync/sources/_http.py (and _body.py) against a real local server that misbehaves the way real ones do."""
 
 from __future__ import annotations
 
@@ -11,16 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from kbsync.errors import SourceRejected, SourceUnavailable
-from kbsync.sources._http import (
-    BodyTooLarge,
-    BoundedDecoder,
-    HttpClient,
-    HttpOptions,
-    RejectedStatus,
-    UnavailableStatus,
-    UndecodableBody,
-    parse_retry_after,
-)
+from kbsync.sources._body import BodyTooLarge, BoundedDecoder, UndecodableBody
+from kbsync.sources._http import HttpClient, HttpOptions, RejectedStatus, UnavailableStatus, parse_retry_after
 from tests.servers.scripted import Reply, ScriptedServer
 
 FAST = HttpOptions(

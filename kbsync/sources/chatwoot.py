@@ -28,6 +28,7 @@ from kbsync.errors import ConfigError, IncompleteListing, SourceError, SourceRej
 from kbsync.settings import ChatwootSourceSettings, TenantSettings
 from kbsync.sources import Changes, Document, Listing
 from kbsync.sources._http import HttpClient, HttpOptions
+from kbsync.sources._json import json_list, json_object
 from kbsync.webhooks import chatwoot_doc_id, chatwoot_source_id
 
 __all__ = ["PER_PAGE", "Changes", "ChatwootClient", "ChatwootClientOptions", "ChatwootSource", "tenant_options"]
@@ -496,9 +497,8 @@ class ChatwootSource:
     def _load_portal(self) -> _Portal:
         """Fetch the portal and cache what documents need (a poll reuses it without a request)."""
         raw = self.client.portal(self.portal_slug)
-        meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
-        config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
-        allowed = config.get("allowed_locales") if isinstance(config.get("allowed_locales"), list) else []
+        meta, config = json_object(raw, "meta"), json_object(raw, "config")
+        allowed = json_list(config, "allowed_locales")
         first_allowed = next((str(x["code"]) for x in allowed if isinstance(x, dict) and x.get("code")), "")
         # Chatwoot's own fallback chain (docs/chatwoot.md §3): default_locale, else the first allowed locale.
         default_locale = str(meta.get("default_locale") or config.get("default_locale") or first_allowed or "")

@@ -404,6 +404,7 @@ DESIGN_METRICS = {
     "kbsync_chunks_written_total": set(),
     "kbsync_chunks_deleted_total": set(),
     "kbsync_last_success_timestamp_seconds": {"tenant", "project"},
+    "kbsync_unreachable_chunks": {"tenant", "project"},
 }
 
 
@@ -433,6 +434,7 @@ def test_openapi_lists_exactly_the_design_routes(stack: Stack, daemon: DaemonPro
         ("/webhooks/{tenant}", "post"),
         ("/v1/query", "post"),
         ("/v1/resync", "post"),
+        ("/v1/audit", "post"),
         ("/v1/status", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
@@ -441,6 +443,22 @@ def test_openapi_lists_exactly_the_design_routes(stack: Stack, daemon: DaemonPro
 
 
 # -- the CLI next to the daemon ----------------------------------------------------------------------------
+
+
+def test_cli_audit_asks_the_daemon_and_the_result_reaches_status_and_metrics(
+    stack: Stack, daemon: DaemonProcess
+) -> None:
+    """`kbsync audit` goes through POST /v1/audit (the daemon owns the store): every synced chunk is queried with its
+    own vector; the audit is the project's last `audit` run in /v1/status, its count the gauge in /metrics."""
+    result = stack.cli("audit", "--tenant", "acme", "--project", "alpha", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (report,) = json.loads(result.stdout)
+    assert report["kind"] == "audit" and report["chunks_checked"] > 0 and report["chunks_unreachable"] == 0
+    status = json.loads(stack.cli("status", "--json").stdout)
+    alpha = next(p for p in status["projects"] if p["project"] == "alpha")
+    assert alpha["last_runs"]["audit"]["counts"]["chunks_checked"] == report["chunks_checked"]
+    gauge = re.search(r'^kbsync_unreachable_chunks\{project="alpha",tenant="acme"\} (\S+)$', daemon.metrics(), re.M)
+    assert gauge is not None and float(gauge.group(1)) == 0  # set by the audit (absent before one ran)
 
 
 def test_the_daemon_prunes_the_state_database_soon_after_it_starts(stack: Stack, daemon: DaemonProcess) -> None:
