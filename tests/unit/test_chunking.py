@@ -1,4 +1,5 @@
-"""Chunking (README "Collections"): budget counted with the model's tokenizer, breadcrumbs, tables, code, other scripts."""
+"""Chunking (README "Collections"): budget counted with the model's tokenizer, breadcrumbs, tables, code, other
+scripts."""
 
 from __future__ import annotations
 
