@@ -191,3 +191,20 @@ def test_the_lexical_leg_finds_a_word_the_dense_leg_ranks_low(engine, docs_dir: 
     dense = [h.metadata["doc_id"] for h in engine.query(KEY, question, k=13, lexical_weight=0.0)]
     hybrid = [h.metadata["doc_id"] for h in engine.query(KEY, question, k=13, lexical_weight=0.5)]
     assert hybrid.index("files:code.md") < dense.index("files:code.md")
+
+
+def test_tables_of_the_first_layout_are_replaced(tmp_path: Path) -> None:
+    """The first SQLite layout had no scope column: its tables are dropped and made again (reconcile refills)."""
+    state = State.open_sqlite(tmp_path)
+    try:
+        with state.engine.begin() as tx:
+            tx.execute(sa.text("CREATE TABLE lexical_chunks (id INTEGER PRIMARY KEY, chunk_id TEXT, title TEXT)"))
+            tx.execute(sa.text(
+                "CREATE VIRTUAL TABLE lexical_stem USING fts5(title, heading, body, content='lexical_chunks', "
+                "content_rowid='id')"
+            ))
+        lexical = LexicalIndex(state)
+        fill(lexical)
+        assert [h.chunk_id for h in lexical.search("acme", "alpha", "configuring cards", locale="en", limit=5)] == ["r#2"]
+    finally:
+        state.close()
