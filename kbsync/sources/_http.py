@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import structlog
@@ -42,6 +42,7 @@ __all__ = [
     "RejectedStatus",
     "UnavailableStatus",
     "parse_retry_after",
+    "transport_failure",
 ]
 
 log = structlog.get_logger(__name__)
@@ -116,6 +117,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if when.tzinfo is None:  # RFC 9110 dates are GMT; parsedate_to_datetime leaves "-0000" naive
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def transport_failure(exc: httpx.TransportError) -> str:
+    """What a failed exchange was, for an error message: a timeout, or a connection that failed (refused, reset,
+    DNS, a body cut off mid-way). Every source words these the same way; a retry may help with either."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    return f"connection failed ({type(exc).__name__}: {exc})"
 
 
 class Pacer:
@@ -205,7 +214,7 @@ class HttpClient:
     def closed(self) -> bool:
         return self._http.is_closed
 
-    def __enter__(self) -> HttpClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -280,10 +289,8 @@ class HttpClient:
                     retry_after = parse_retry_after(response.headers.get("retry-after"))
                     raise _Retryable(f"HTTP {status}", status=status, retry_after=retry_after)
                 body = self._body(response, call, deadline)
-        except httpx.TimeoutException as exc:
-            raise _Retryable(f"timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:  # refused, reset, DNS, a body cut off mid-way
-            raise _Retryable(f"connection failed ({type(exc).__name__}: {exc})") from exc
+        except httpx.TransportError as exc:  # timed out, refused, reset, DNS, a body cut off mid-way
+            raise _Retryable(transport_failure(exc)) from exc
         if status != 200:
             raise self._rejected(status, response, body, call)
         return self._decode(body, response, call)

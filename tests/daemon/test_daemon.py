@@ -1,7 +1,7 @@
 """`kbsync run` as operators and the bot layer see it: a real subprocess, a real Chatwoot-compatible server.
 
-README "HTTP API" (webhooks, query, status, resync, metrics, OpenAPI), "CLI" (`kbsync run`, the CLI talking to the daemon),
-§7 invariants 5, 8, 9, 10, and the systemd units. Tests that stop the daemon come last in the module; the `daemon`
+README "HTTP API" (webhooks, query, status, resync, metrics, OpenAPI), "CLI" (`kbsync run`, the CLI talking to the
+daemon), invariants 5, 8, 9, 10 (docs/invariants.md), and the systemd units. Tests that stop the daemon come last in the module; the `daemon`
 fixture starts it again on the same state dir when a test finds it stopped.
 """
 

@@ -1,4 +1,5 @@
-"""Settings (README "Configuration"): one clear error naming the key, env overrides, secrets only from the environment."""
+"""Settings (README "Configuration"): one clear error naming the key, env overrides, secrets only from the
+environment."""
 
 from __future__ import annotations
 

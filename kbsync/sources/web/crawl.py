@@ -18,7 +18,7 @@ import tenacity
 
 from kbsync.errors import SourceRejected, SourceUnavailable
 from kbsync.sources._body import ACCEPT_ENCODING, BodyTooLarge, UndecodableBody, read_bounded
-from kbsync.sources._http import parse_retry_after
+from kbsync.sources._http import parse_retry_after, transport_failure
 from kbsync.sources.web.deadline import deadline, passed
 from kbsync.sources.web.options import USER_AGENT_TOKEN, CrawlStats, FetchOptions
 from kbsync.sources.web.pages import page_format
@@ -198,16 +198,12 @@ class Crawl:
         with self._gate.slot(host_key(url)), deadline(self._attempt_seconds()):
             try:
                 response = self.client.send(request, stream=True, auth=_NO_AUTH, follow_redirects=False)
-            except httpx.TimeoutException as exc:
-                raise self._timed_out(url, exc) from exc
             except httpx.TransportError as exc:
-                raise SourceUnavailable(f"connection failed: {exc}", source=self.source_id, url=url) from exc
+                raise self._failed(url, exc) from exc
             try:
                 return self._read(response, url, kind)
-            except httpx.TimeoutException as exc:
-                raise self._timed_out(url, exc) from exc
-            except httpx.TransportError as exc:
-                raise SourceUnavailable(f"connection lost: {exc}", source=self.source_id, url=url) from exc
+            except httpx.TransportError as exc:  # mid-body
+                raise self._failed(url, exc) from exc
             finally:
                 response.close()
                 with self._lock:
@@ -260,9 +256,10 @@ class Crawl:
                 url=url,
             )
 
-    def _timed_out(self, url: str, exc: httpx.TimeoutException) -> SourceUnavailable:
-        if not passed():
-            return SourceUnavailable(f"timed out ({type(exc).__name__})", source=self.source_id, url=url)
+    def _failed(self, url: str, exc: httpx.TransportError) -> SourceUnavailable:
+        """A failed exchange worded as every source words it, unless a deadline of ours is what cut it off."""
+        if not isinstance(exc, httpx.TimeoutException) or not passed():
+            return SourceUnavailable(transport_failure(exc), source=self.source_id, url=url)
         if time.monotonic() >= self._ends:
             return _Late(
                 f"the crawl ran past its {self.options.crawl_deadline:g} s deadline", source=self.source_id, url=url
