@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rich.progress import TaskID
 
     from kbsync.engine import Engine
+    from kbsync.retrieval import Group
     from kbsync.runs import ProjectKey, RunReport
     from kbsync.settings import Settings
 
@@ -326,9 +327,8 @@ def query(
     else:
         with _engine(ctx) as engine:
             try:
-                hits = engine.query(
-                    ProjectKey(tenant, project), text, k=k, locale=locale, group=group, expand=expand  # type: ignore[arg-type]
-                )
+                ranking: Group = "doc" if group == "doc" else "chunk"  # checked above: one of the two
+                hits = engine.query(ProjectKey(tenant, project), text, k=k, locale=locale, group=ranking, expand=expand)
             except UnknownProject as exc:
                 _fail(str(exc), EXIT_FAILED)
         results = [hit.as_result() for hit in hits]
