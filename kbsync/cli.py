@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rich.progress import TaskID
 
     from kbsync.engine import Engine
+    from kbsync.retrieval import Group
     from kbsync.runs import ProjectKey, RunReport
     from kbsync.settings import Settings
 
@@ -312,6 +313,7 @@ def query(
 
     if group not in ("doc", "chunk"):
         _fail(f"--group must be doc or chunk, not {group!r}", EXIT_CONFIG)
+    _check_question(text)
 
     started = time.perf_counter()
     settings = _settings(ctx)
@@ -325,9 +327,8 @@ def query(
     else:
         with _engine(ctx) as engine:
             try:
-                hits = engine.query(
-                    ProjectKey(tenant, project), text, k=k, locale=locale, group=group, expand=expand  # type: ignore[arg-type]
-                )
+                ranking: Group = "doc" if group == "doc" else "chunk"  # checked above: one of the two
+                hits = engine.query(ProjectKey(tenant, project), text, k=k, locale=locale, group=ranking, expand=expand)
             except UnknownProject as exc:
                 _fail(str(exc), EXIT_FAILED)
         results = [hit.as_result() for hit in hits]
@@ -401,6 +402,17 @@ def _finish_audit(reports: list[RunReport], as_json: bool) -> NoReturn:
                 console.print(f"[red]{r.tenant}/{r.project}:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     clean = all(r.outcome == "ok" and r.chunks_unreachable == r.chunks_repaired for r in reports)
     raise typer.Exit(EXIT_OK if clean else EXIT_FAILED)
+
+
+def _check_question(text: str) -> None:
+    """Exit 2 for a question that cannot be asked: bytes that are not UTF-8 arrive from argv as lone surrogates
+    (a traceback when encoded), and a blank one embeds to results that answer nothing."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        _fail("the question is not valid UTF-8 (check the terminal's or the script's encoding)", EXIT_CONFIG)
+    if not text.strip():
+        _fail("the question is empty", EXIT_CONFIG)
 
 
 @app.command()

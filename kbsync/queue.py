@@ -153,10 +153,10 @@ class Queue:
         """Store one event durably (committed when this returns); a repeated delivery id is a duplicate. A repeated
         `fingerprint` (the hash of what was signed: a captured webhook replayed under another or no delivery id)
         is stored `covered`, done without work of its own, while the item of its first delivery still waits to be
-        claimed (that item's refresh reads the source later). Once that item is being applied, the same notice queues again: its refresh may have
-        read the source before the change this one announces (a minimal body, an id only, is the same for two edits
-        a second apart). Replays thus add at most one waiting item. Several projects (a portal that more than one project reads) get one item each, in one
-        transaction."""
+        claimed (that item's refresh reads the source later). Once that item is being applied, the same notice
+        queues again: its refresh may have read the source before the change this one announces (a minimal body, an
+        id only, is the same for two edits a second apart). Replays thus add at most one waiting item. Several
+        projects (a portal that more than one project reads) get one item each, in one transaction."""
         projects = [project] if isinstance(project, str) else list(project)
         now = time.time()
         try:

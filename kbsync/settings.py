@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from kbsync.errors import ConfigError
 from kbsync.source_settings import (
@@ -370,10 +370,24 @@ def load_settings(path: Path) -> Settings:
         settings = Settings(**raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, raw), key=_error_key(exc)) from None
+    except SettingsError as exc:  # a KBSYNC_<SECTION> variable that is not JSON
+        raise ConfigError(_describe_env_error(exc)) from None
     settings = _resolve_paths(settings, path.resolve().parent)
     _resolve_secrets(settings, env)
     settings._source_file = path.resolve()
     return settings
+
+
+def _describe_env_error(exc: SettingsError) -> str:
+    """pydantic-settings names only the field ('error parsing value for field "chunking"'): name the variable."""
+    field = re.search(r'field "(\w+)"', str(exc))
+    if field is None:
+        return f"cannot read the KBSYNC_* environment variables: {exc}"
+    name = f"KBSYNC_{field.group(1).upper()}"
+    return (
+        f"environment variable {name} is not valid JSON for the {field.group(1)!r} settings; set one key at a time "
+        f"instead, e.g. {name}__<KEY>=value"
+    )
 
 
 def _error_key(exc: ValidationError) -> str:

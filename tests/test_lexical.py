@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_rows_are_found_ranked_and_scoped(lexical: LexicalIndex) -> None:
     fill(lexical)
     hits = lexical.search("acme", "alpha", "when are refunds paid", locale="en", limit=10)
     assert [h.chunk_id for h in hits][:1] == ["r#1"] and {h.doc_id for h in hits} == {"refunds"}
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert all(a.score >= b.score for a, b in pairwise(hits))
     # English is stemmed: "configuring" finds "configured"; other projects and locales are not searched.
     assert [h.chunk_id for h in lexical.search("acme", "alpha", "configuring cards", locale="en", limit=5)] == ["r#2"]
     assert lexical.search("acme", "alpha", "beta", locale="en", limit=5) == []

@@ -1,5 +1,5 @@
-"""Replicas sharing PostgreSQL state (README "Scaling out", issue 8 "Prove it"): three `kbsync run` processes, one Chatwoot
-server, two tenants on two Chroma servers.
+"""Replicas sharing PostgreSQL state (README "Scaling out", issue 8 "Prove it"): three `kbsync run` processes, one
+Chatwoot server, two tenants on two Chroma servers.
 
 Any replica accepts a webhook and commits it before the 202; per-project leases serialize a project's writes across
 the cluster (invariant 7, checked from the run records, not assumed); a replica killed with `kill -9` loses its

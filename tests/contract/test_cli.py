@@ -193,3 +193,12 @@ def test_content_is_printed_as_it_is_never_as_rich_markup_or_emoji(files_setting
     assert ":smile: or files:a:b" in result.stdout
     result = invoke(files_settings, "query", "acme", "[/nope]", "templates")
     assert result.exit_code == 1 and "acme/[/nope]" in result.stderr
+
+
+def test_a_question_that_cannot_be_asked_exits_2_naming_why(files_settings: Path) -> None:
+    """Bytes that are not UTF-8 reach argv as lone surrogates: `kbsync query demo docs $'caf\\xff'` printed a
+    UnicodeEncodeError traceback (daemon or not); a blank question gave arbitrary results."""
+    result = invoke(files_settings, "query", "acme", "alpha", "caf\udcff")
+    assert result.exit_code == 2 and "not valid UTF-8" in result.stderr
+    result = invoke(files_settings, "query", "acme", "alpha", "  \t ")
+    assert result.exit_code == 2 and "the question is empty" in result.stderr

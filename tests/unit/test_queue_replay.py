@@ -1,6 +1,6 @@
 """The queue's replay dedupe (issue 17, low): the same signed notice under another or no X-Chatwoot-Delivery adds
-no work while its first item waits (stored `covered`, done), and queues again once that item is being applied (a later edit may hide
-behind an identical minimal body)."""
+no work while its first item waits (stored `covered`, done), and queues again once that item is being applied (a
+later edit may hide behind an identical minimal body)."""
 
 from __future__ import annotations
 
