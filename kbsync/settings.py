@@ -115,13 +115,14 @@ class EmbeddingSettings(_Section):
 class ChunkingSettings(_Section):
     # 256 is the model's limit (special tokens included); the default is chosen by bench/retrieval.py.
     max_tokens: int = Field(default=192, ge=32, le=256)
-    # Share of the budget a chunk repeats from the previous one of its section (whole sentences); 0 = none.
-    overlap: float = Field(default=0.2, ge=0.0, le=0.5)
+    # Share of the budget a chunk repeats from the previous one of its section (whole sentences); 0 = none. Off by
+    # default: bench/retrieval.py measured no gain at 192 tokens (README "Query").
+    overlap: float = Field(default=0.0, ge=0.0, le=0.5)
 
 
 class RetrievalSettings(_Section):
     # Weight of the lexical leg in the fused per-document score (0 = dense only); chosen by bench/retrieval.py.
-    lexical_weight: float = Field(default=0.4, ge=0.0, le=1.0)
+    lexical_weight: float = Field(default=0.5, ge=0.0, le=1.0)
     # Chunks each leg returns before grouping per document.
     candidates: int = Field(default=100, ge=10, le=500)
 
