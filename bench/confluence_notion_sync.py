@@ -17,6 +17,7 @@ requests / 3 seconds, printed alongside.
 
 from __future__ import annotations
 
+import functools
 import argparse
 import os
 import sys
@@ -100,15 +101,15 @@ def main() -> None:
             ):
                 key = ProjectKey("bench", name)
                 faults.clear_requests()
-                initial, initial_s = timed(lambda: engine.reconcile(key))
+                initial, initial_s = timed(functools.partial(engine.reconcile, key))
                 assert initial.outcome == "ok", initial.errors
                 initial_requests = faults.count()
                 faults.clear_requests()
-                quiet, quiet_s = timed(lambda: engine.poll(key))
+                quiet, quiet_s = timed(functools.partial(engine.poll, key))
                 quiet_requests, quiet_bodies = faults.count(), faults.count(bodies)
                 edit()
                 faults.clear_requests()
-                edited, _ = timed(lambda: engine.poll(key))
+                edited, _ = timed(functools.partial(engine.poll, key))
                 rows += [
                     (f"{name}: initial sync", f"{initial_s:.1f} s, {initial.docs_added} docs, "
                      f"{initial.chunks_embedded} chunks embedded, {initial_requests} requests"

@@ -173,11 +173,11 @@ def main() -> None:
                     per_group["all"].append(rank)
                 results[name] = per_group
 
-    groups = ["all"] + sorted(g for g in results["dense grouped"] if g != "all")
+    groups = ["all", *sorted(g for g in results["dense grouped"] if g != "all")]
     print(f"{len(questions)} questions; hit@1 / hit@5 / MRR@10 (k=10, filtered to the question's locale)")
     print(f"{'system':<18}" + "".join(f"{g + ' (' + str(len(results['dense grouped'][g])) + ')':>26}" for g in groups))
     for name, per_group in results.items():
-        cells = "".join(f"{'%.3f / %.3f / %.3f' % scores(per_group[g]):>26}" for g in groups)
+        cells = "".join(f"{'{:.3f} / {:.3f} / {:.3f}'.format(*scores(per_group[g])):>26}" for g in groups)
         print(f"{name:<18}{cells}")
 
 

@@ -82,7 +82,8 @@ def main() -> None:
             second = engine.reconcile(key)
             second_wall = time.perf_counter() - started
     print(f"initial sync: {articles} articles, {first.chunks_total} chunks in {first_wall:.1f} s")
-    print(f"  {first.chunks_embedded / first_wall:.1f} chunks/s, embedding {100 * embed_seconds / first_wall:.1f}% of wall time")
+    share = 100 * embed_seconds / first_wall
+    print(f"  {first.chunks_embedded / first_wall:.1f} chunks/s, embedding {share:.1f}% of wall time")
     print(f"no-change run: {second.chunks_embedded} embeddings, {second_wall:.2f} s = "
           f"{100 * second_wall / first_wall:.2f}% of the initial sync")
     if first.errors or second.errors:

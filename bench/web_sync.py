@@ -116,7 +116,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"initial crawl: {pages} pages in {initial['seconds']:.2f} s ({pages / initial['seconds']:.1f} pages/s), "
-          f"{initial['bytes_downloaded'] / 1024:.0f} KiB in {initial['requests']} requests, complete={initial['complete']}; "
+          f"{initial['bytes_downloaded'] / 1024:.0f} KiB in {initial['requests']} requests, "
+          f"complete={initial['complete']}; "
           f"time inside trafilatura {initial['extraction_seconds']:.2f} s"
           f"{' (summed over the worker threads, GIL waits included)' if args.workers > 1 else ''}")
     print(f"re-crawl, nothing changed: {recrawl['not_modified_304']} x 304, {recrawl['documents']} documents to embed, "

@@ -2,8 +2,8 @@
 
 A portal of corpus articles on the Chatwoot-compatible test server (tests/servers/chatwoot.py) is synced by the
 daemon's start-up reconcile. Then, one after the other, an article gets a new "Revision" section at its end (a
-paragraph made of two kanboard-docs paragraphs, replaced at each edit of that article: the other chunks keep their ids and
-embeddings, so an edit embeds one or two chunks) and a signed `article_updated` webhook is POSTed. Measured per
+paragraph made of two kanboard-docs paragraphs, replaced at each edit of that article: the other chunks keep their
+ids and embeddings, so an edit embeds one or two chunks) and a signed `article_updated` webhook is POSTed. Measured per
 edit, on the client side:
 - webhook answer: POST sent -> 202 received (design: well under 100 ms);
 - webhook to queryable: POST sent -> the first /v1/query (the new paragraph, k=50, polled every `--poll-ms`) whose

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kbsync.embedding import default_model_dir, missing_model_files
 from kbsync.errors import KbsyncError, SourceError, StateLocked, StoreLocked
@@ -17,6 +17,7 @@ from kbsync.settings import (
     TenantSettings,
 )
 from kbsync.sources._http import HttpOptions
+from kbsync.sources._json import json_list, json_object
 
 if TYPE_CHECKING:
     from kbsync.sources.chatwoot import ChatwootClient
@@ -211,14 +212,14 @@ def _portal_check(client: ChatwootClient, name: str, source: ChatwootSourceSetti
         return CheckResult(name, False, str(exc))
     if portal.get("archived"):
         return CheckResult(name, False, f"portal {source.portal!r} is archived (publicly 404): nothing is indexed")
-    meta = _object(portal.get("meta"))
+    meta = json_object(portal, "meta")
     counts = f"{meta.get('all_articles_count', '?')} articles ({meta.get('published_count', '?')} published)"
     if source.locales is None:
         return CheckResult(name, True, f"portal found, {counts}")
-    config = _object(portal.get("config"))
+    config = json_object(portal, "config")
     allowed = {
         str(item.get("code")): item.get("articles_count")
-        for item in config.get("allowed_locales") or []
+        for item in json_list(config, "allowed_locales")
         if isinstance(item, dict)
     }
     unknown = [locale for locale in source.locales if locale not in allowed]
@@ -231,8 +232,3 @@ def _portal_check(client: ChatwootClient, name: str, source: ChatwootSourceSetti
         )
     per_locale = ", ".join(f"{locale}: {allowed[locale]}" for locale in source.locales)
     return CheckResult(name, True, f"portal found, {counts}; articles per configured locale: {per_locale}")
-
-
-def _object(value: object) -> dict[str, Any]:
-    """`value` when it is a JSON object, else an empty one (a portal's optional sections)."""
-    return value if isinstance(value, dict) else {}

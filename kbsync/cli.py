@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from rich.progress import TaskID
 
     from kbsync.engine import Engine
+    from kbsync.retrieval import Group
     from kbsync.runs import ProjectKey, RunReport
     from kbsync.settings import Settings
 
@@ -39,8 +41,14 @@ app = typer.Typer(
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
+def _console(*, stderr: bool = False) -> Console:
+    """A console for text that may hold content (titles, URLs, errors): rich markup is applied only to what the
+    CLI writes around it (callers `escape` the content), and `:name:` is never an emoji (`files:a:b`)."""
+    return Console(stderr=stderr, emoji=False)
+
+
 def _fail(message: str, code: int) -> NoReturn:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -214,7 +222,7 @@ def resync(
             keys = engine.projects(tenant, project)
         except UnknownProject as exc:
             _fail(str(exc), EXIT_FAILED)
-        console = Console(stderr=True)
+        console = _console(stderr=True)
         reports = []
         with Progress(
             TextColumn("{task.description}"),
@@ -274,11 +282,11 @@ def _print_reports(reports: list[RunReport]) -> None:
             str(len(r.errors)),
             f"{r.seconds:.1f}",
         )
-    console = Console()
+    console = _console()
     console.print(table)
     for r in reports:
         for error in r.errors:
-            console.print(f"[red]{r.tenant}/{r.project}:[/] {error}", highlight=False, soft_wrap=True)
+            console.print(f"[red]{r.tenant}/{r.project}:[/] {escape(error)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -287,8 +295,10 @@ def query(
     tenant: Annotated[str, typer.Argument(help="Tenant id.")],
     project: Annotated[str, typer.Argument(help="Project id.")],
     text: Annotated[str, typer.Argument(help="The question.")],
-    k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many chunks.")] = 5,
-    locale: Annotated[str | None, typer.Option(help="Only chunks of this locale.")] = None,
+    k: Annotated[
+        int, typer.Option("-k", min=1, max=50, help="How many results (articles; chunks with --group chunk).")
+    ] = 5,
+    locale: Annotated[str | None, typer.Option(help="Only content of this locale.")] = None,
     group: Annotated[
         str, typer.Option(help="doc: the best chunk of each article, hybrid ranking; chunk: raw dense chunk ranking.")
     ] = "doc",
@@ -303,6 +313,7 @@ def query(
 
     if group not in ("doc", "chunk"):
         _fail(f"--group must be doc or chunk, not {group!r}", EXIT_CONFIG)
+    _check_question(text)
 
     started = time.perf_counter()
     settings = _settings(ctx)
@@ -316,9 +327,8 @@ def query(
     else:
         with _engine(ctx) as engine:
             try:
-                hits = engine.query(
-                    ProjectKey(tenant, project), text, k=k, locale=locale, group=group, expand=expand  # type: ignore[arg-type]
-                )
+                ranking: Group = "doc" if group == "doc" else "chunk"  # checked above: one of the two
+                hits = engine.query(ProjectKey(tenant, project), text, k=k, locale=locale, group=ranking, expand=expand)
             except UnknownProject as exc:
                 _fail(str(exc), EXIT_FAILED)
         results = [hit.as_result() for hit in hits]
@@ -326,16 +336,16 @@ def query(
         took_ms = round((time.perf_counter() - started) * 1000, 1)
         typer.echo(json.dumps({"results": results, "took_ms": took_ms}, indent=2, ensure_ascii=False))
         return
-    console = Console()
+    console = _console()
     if not results:
         console.print("no results (has the project been synced? run `kbsync resync`)")
     for rank, result in enumerate(results, 1):
         heading = f" > {result['heading']}" if result["heading"] else ""
-        console.print(f"[bold]{rank}. {result['score']:.3f}  {result['title']}{heading}[/]", highlight=False)
+        console.print(f"[bold]{rank}. {result['score']:.3f}  {escape(result['title'] + heading)}[/]", highlight=False)
         if result["url"]:
-            console.print(f"   {result['url']}", highlight=False)
+            console.print(f"   {result['url']}", highlight=False, markup=False)
         snippet = " ".join(result["text"].split("\n\n", 1)[-1].split())
-        console.print(f"   {snippet[:240]}{'…' if len(snippet) > 240 else ''}", highlight=False)
+        console.print(f"   {snippet[:240]}{'…' if len(snippet) > 240 else ''}", highlight=False, markup=False)
         if result.get("context"):
             indexes = ", ".join(str(c["chunk_index"]) for c in result["context"])
             console.print(f"   + neighbouring chunks {indexes} (see --json)", highlight=False)
@@ -356,7 +366,7 @@ def audit(
     Asks the running daemon instead when it owns the embedded store.
     Exit 0 when every chunk is reachable (after --repair), 1 otherwise, 2 bad config.
     """
-    from types import SimpleNamespace
+    from kbsync.runs import RunReport
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
@@ -364,7 +374,7 @@ def audit(
                          timeout=24 * 3600)
         if answer is None:
             _no_daemon(settings)
-        reports = [SimpleNamespace(**r) for r in answer["reports"]]
+        reports = [RunReport.from_dict(r) for r in answer["reports"]]
     else:
         with _engine(ctx) as engine:
             try:
@@ -375,9 +385,9 @@ def audit(
     _finish_audit(reports, as_json)
 
 
-def _finish_audit(reports: list[Any], as_json: bool) -> NoReturn:
+def _finish_audit(reports: list[RunReport], as_json: bool) -> NoReturn:
     if as_json:
-        typer.echo(json.dumps([r.as_dict() if hasattr(r, "as_dict") else vars(r) for r in reports], indent=2))
+        typer.echo(json.dumps([r.as_dict() for r in reports], indent=2))
     else:
         table = Table(title="kbsync audit", caption="chunks queried with their own vector")
         for column in ("project", "checked", "unreachable", "repaired", "rebuilt", "outcome", "secs"):
@@ -385,13 +395,24 @@ def _finish_audit(reports: list[Any], as_json: bool) -> NoReturn:
         for r in reports:
             values = (r.chunks_checked, r.chunks_unreachable, r.chunks_repaired, r.collections_rebuilt, r.outcome)
             table.add_row(f"{r.tenant}/{r.project}", *(str(v) for v in values), f"{r.seconds:.1f}")
-        console = Console()
+        console = _console()
         console.print(table)
         for r in reports:
             for problem in [*r.errors, *r.warnings]:
-                console.print(f"[red]{r.tenant}/{r.project}:[/] {problem}", highlight=False, soft_wrap=True)
+                console.print(f"[red]{r.tenant}/{r.project}:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     clean = all(r.outcome == "ok" and r.chunks_unreachable == r.chunks_repaired for r in reports)
     raise typer.Exit(EXIT_OK if clean else EXIT_FAILED)
+
+
+def _check_question(text: str) -> None:
+    """Exit 2 for a question that cannot be asked: bytes that are not UTF-8 arrive from argv as lone surrogates
+    (a traceback when encoded), and a blank one embeds to results that answer nothing."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        _fail("the question is not valid UTF-8 (check the terminal's or the script's encoding)", EXIT_CONFIG)
+    if not text.strip():
+        _fail("the question is empty", EXIT_CONFIG)
 
 
 @app.command()
@@ -434,7 +455,7 @@ def _when(timestamp: float | None) -> str:
 
 
 def _print_status(payload: dict[str, Any]) -> None:
-    console = Console()
+    console = _console()
     table = Table(title="kbsync status")
     for column in ("project", "docs", "chunks", "last reconcile", "result", "last error"):
         table.add_column(column)
@@ -446,7 +467,7 @@ def _print_status(payload: dict[str, Any]) -> None:
             "-" if p["chunks"] is None else str(p["chunks"]),
             _when(run["finished_at"]) if run else "never",
             (run["outcome"] or "running") if run else "-",
-            (p["last_error"] or "")[:80],
+            escape((p["last_error"] or "")[:80]),
         )
     console.print(table)
     dead = (payload.get("queue") or {}).get("dead_items") or []
@@ -461,9 +482,11 @@ def _print_status(payload: dict[str, Any]) -> None:
                 emoji=False,  # "chatwoot:x: ..." is not an emoji code
             )
     if payload["orphaned_collections"]:
-        console.print(f"orphaned collections (no project in settings): {', '.join(payload['orphaned_collections'])}")
+        console.print(
+            f"orphaned collections (no project in settings): {', '.join(payload['orphaned_collections'])}", markup=False
+        )
     if payload["store"] != "ok":
-        console.print(f"[yellow]store not read:[/] {payload['store']}", highlight=False)
+        console.print(f"[yellow]store not read:[/] {escape(payload['store'])}", highlight=False)
 
 
 @app.command()
@@ -479,13 +502,13 @@ def check(
     from kbsync.checks import run_checks
 
     settings = _settings(ctx)
-    console = Console()
+    console = _console()
     results = []
     for result in run_checks(settings):
         results.append(result)
         if not as_json:
             mark = "[green]ok[/]  " if result.ok else "[red]FAIL[/]"
-            console.print(f"{mark} {result.name}: {result.detail}", highlight=False, soft_wrap=True)
+            console.print(f"{mark} {escape(result.name)}: {escape(result.detail)}", highlight=False, soft_wrap=True)
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in results], indent=2))
     raise typer.Exit(EXIT_OK if all(r.ok for r in results) else EXIT_FAILED)
@@ -495,8 +518,8 @@ def check(
 def copy_store_command(
     ctx: typer.Context,
     to_http: Annotated[bool, typer.Option("--to-http", help="Copy to a Chroma server (the only target).")] = False,
-    host: Annotated[str | None, typer.Option(help="Server host (default: [chroma] host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Server port (default: [chroma] port).")] = None,
+    host: Annotated[str | None, typer.Option(help="Server host (default: chroma.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Server port (default: chroma.port).")] = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
     log_level: LogLevelOption = None,
@@ -518,11 +541,11 @@ def copy_store_command(
         payload = {"target": target.describe(), "collections": report.collections, "errors": report.errors}
         typer.echo(json.dumps({**payload, "ok": report.ok}, indent=2))
         raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)
-    console = Console()
+    console = _console()
     for name, count in report.collections.items():
-        console.print(f"{name}: {count} records copied to {target.describe()}", highlight=False)
+        console.print(f"{name}: {count} records copied to {target.describe()}", highlight=False, markup=False)
     for error in report.errors:
-        console.print(f"[red]error:[/] {error}", highlight=False)
+        console.print(f"[red]error:[/] {escape(error)}", highlight=False)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 

@@ -4,8 +4,9 @@ the source held at least `mass_delete_min_docs`; more needs an explicit `kbsync 
 
 It guards the sources whose listing one answer can fake: `web` (robots.txt, sitemaps, pages), `files` (a
 half-checked-out folder), and `confluence` and `notion`, where one permission change (a page restriction, the
-integration removed from a parent page's connections) hides a whole subtree. A Chatwoot listing is complete only when its ids add up to Chatwoot's own counts, and an
-archived portal must leave the index at once (only published content is indexed), so it is not held back.
+integration removed from a parent page's connections) hides a whole subtree. A Chatwoot listing is complete only
+when its ids add up to Chatwoot's own counts, and an archived portal must leave the index at once (only published
+content is indexed), so it is not held back.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 
 from kbsync import __version__
@@ -86,6 +87,14 @@ class QueryBody(BaseModel):
     locale: str | None = Field(default=None, max_length=35)
     group: Literal["doc", "chunk"] = "doc"  # doc: best chunk per article (hybrid); chunk: raw dense chunk ranking
     expand: int = Field(default=0, ge=0, le=3)  # neighbouring chunks on each side added as `context`
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, query: str) -> str:
+        # A blank question embeds to an arbitrary vector: results that answer nothing, so it is refused.
+        if not query.strip():
+            raise PydanticCustomError("blank", "the question holds only whitespace")
+        return query
 
 
 class AuditBody(BaseModel):
@@ -341,7 +350,7 @@ async def _webhook(ctx: ApiContext, tenant_id: str, request: Request) -> tuple[s
         return "unavailable", _error(503, "the event could not be stored; retry later")
     if enqueued.duplicate:
         return "duplicate", JSONResponse({"status": "duplicate"}, status_code=200)
-    if enqueued.covered:  # the same signed notice is still queued: it will be applied, by that item
+    if enqueued.covered:  # the same signed notice is still queued: it is applied by that item
         log.info("webhook.covered", tenant=tenant_id, projects=projects, webhook_event=notice.event.value)
         return "queued", JSONResponse({"status": "queued"}, status_code=202)
     ctx.wake_workers()

@@ -12,6 +12,7 @@ question becomes an OR of its words (stop words dropped), each quoted, so no inp
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,6 +64,7 @@ _sqlite_rows = sa.Table(
     sa.Column("locale", sa.String(35), nullable=False),
     sa.Column("doc_id", sa.String(128), nullable=False),
     sa.Column("stemmed", sa.Integer, nullable=False),  # 1: in lexical_stem (English), 0: in lexical_plain
+    sa.Column("scope", sa.Text, nullable=False),  # the project and project+locale tokens (see _scope)
     sa.Column("title", sa.Text, nullable=False),
     sa.Column("heading", sa.Text, nullable=False),
     sa.Column("body", sa.Text, nullable=False),
@@ -99,6 +101,14 @@ def query_terms(text: str) -> list[str]:
 
 def _language(locale: str) -> str:
     return re.split(r"[-_]", locale.strip().lower(), maxsplit=1)[0]
+
+
+def _scope(kind: str, *parts: str) -> str:
+    """One token naming a project (`p`) or a project's locale (`l`) in the FTS5 `scope` column, so the filter is
+    part of the match instead of a lookup per matching row. Digits after a letter: no tokenizer or stemmer alters
+    it, whatever the ids hold."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return f"{kind}{int(digest[:15], 16)}"
 
 
 def _body(text: str) -> str:
@@ -145,25 +155,35 @@ class LexicalIndex:
             self._create_sqlite()
 
     def _create_sqlite(self) -> None:
+        with self._db.begin() as tx:
+            # Tables of the first layout (no scope column) are dropped; the next reconcile writes the rows again.
+            old = tx.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = 'lexical_stem'")).scalar()
+            if old is not None and "scope" not in old:
+                for table, _ in _FTS_TABLES.values():
+                    for trigger in ("insert", "delete"):
+                        tx.execute(sa.text(f"DROP TRIGGER IF EXISTS {table}_{trigger}"))
+                    tx.execute(sa.text(f"DROP TABLE IF EXISTS {table}_vocab"))
+                    tx.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+                tx.execute(sa.text("DROP TABLE IF EXISTS lexical_chunks"))
         _sqlite_meta.create_all(self._db)
         with self._db.begin() as tx:
             for stemmed, (table, tokenizer) in _FTS_TABLES.items():
                 tx.execute(sa.text(
-                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5(title, heading, body, "
+                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5(scope, title, heading, body, "
                     f"content='lexical_chunks', content_rowid='id', tokenize='{tokenizer}')"
                 ))
                 tx.execute(sa.text(f"CREATE VIRTUAL TABLE IF NOT EXISTS {table}_vocab USING fts5vocab({table}, 'row')"))
                 tx.execute(sa.text(
                     f"CREATE TRIGGER IF NOT EXISTS {table}_insert AFTER INSERT ON lexical_chunks "
                     f"WHEN new.stemmed = {stemmed} BEGIN "
-                    f"INSERT INTO {table}(rowid, title, heading, body) VALUES (new.id, new.title, new.heading, new.body);"
-                    " END"
+                    f"INSERT INTO {table}(rowid, scope, title, heading, body) "
+                    "VALUES (new.id, new.scope, new.title, new.heading, new.body); END"
                 ))
                 tx.execute(sa.text(
                     f"CREATE TRIGGER IF NOT EXISTS {table}_delete AFTER DELETE ON lexical_chunks "
                     f"WHEN old.stemmed = {stemmed} BEGIN "
-                    f"INSERT INTO {table}({table}, rowid, title, heading, body) "
-                    "VALUES ('delete', old.id, old.title, old.heading, old.body); END"
+                    f"INSERT INTO {table}({table}, rowid, scope, title, heading, body) "
+                    "VALUES ('delete', old.id, old.scope, old.title, old.heading, old.body); END"
                 ))
 
     def config_for(self, locale: str) -> str:
@@ -213,6 +233,7 @@ class LexicalIndex:
             values["config"] = self.config_for(locale)
         else:
             values["stemmed"] = int(_language(locale) == "en")
+            values["scope"] = f"{_scope('p', tenant, project)} {_scope('l', tenant, project, locale)}"
         return values
 
     def delete(self, tenant: str, project: str, chunk_ids: Sequence[str]) -> None:
@@ -267,16 +288,17 @@ class LexicalIndex:
             selective = self._rarest(conn, flag, terms)
             if not selective:
                 continue
-            match = " OR ".join(f'"{term}"' for term in selective)  # quoted: no word is read as FTS5 syntax
+            # Quoted words: none is read as FTS5 syntax. The scope token filters inside the match; chunk ids are
+            # read for the best `limit` rows only.
+            scope = _scope("p", tenant, project) if locale is None else _scope("l", tenant, project, locale)
+            words = " OR ".join(f'"{term}"' for term in selective)
             rows = conn.execute(
                 sa.text(
-                    f"SELECT c.chunk_id, c.doc_id, bm25({table}, {title}, {heading}, {body}) AS rank "
-                    f"FROM {table} JOIN lexical_chunks c ON c.id = {table}.rowid "
-                    f"WHERE {table} MATCH :match AND c.tenant = :tenant AND c.project = :project"
-                    + (" AND c.locale = :locale" if locale is not None else "")
-                    + " ORDER BY rank LIMIT :limit"
+                    f"SELECT c.chunk_id, c.doc_id, f.rank FROM (SELECT rowid AS id, "
+                    f"bm25({table}, 0, {title}, {heading}, {body}) AS rank FROM {table} WHERE {table} MATCH :match "
+                    "ORDER BY rank LIMIT :limit) AS f JOIN lexical_chunks c ON c.id = f.id ORDER BY f.rank"
                 ),
-                {"match": match, "tenant": tenant, "project": project, "locale": locale, "limit": limit},
+                {"match": f'scope : "{scope}" AND ({words})', "limit": limit},
             )
             found.extend(LexicalHit(str(r.chunk_id), str(r.doc_id), -float(r.rank)) for r in rows)
         found.sort(key=lambda hit: -hit.score)

@@ -68,7 +68,7 @@ class QueueItem:
 @dataclass(frozen=True, slots=True)
 class Enqueued:
     """Outcome of `enqueue`: the new item's id (the first one's, `item_ids` all of them), or `duplicate=True` for a
-    delivery id seen before, or `covered=True` (no new item) for a signed notice whose first delivery still waits."""
+    delivery id seen before; `covered=True`: stored as done, a signed notice whose first delivery still waits."""
 
     item_id: int | None
     duplicate: bool
@@ -94,24 +94,26 @@ def _new_item(
     }
 
 
-def _still_waiting(tx: sa.Connection, tenant: str, fingerprint: str, now: float) -> bool:
-    """Whether the first delivery of this signed notice is still queued and unclaimed (then this one is covered);
-    otherwise records `now` as the notice's latest delivery, whose items carry the same `received_at`."""
+def _waiting_item(tx: sa.Connection, tenant: str, fingerprint: str, now: float) -> int | None:
+    """The item of this signed notice's latest delivery while it is still queued and unclaimed (it covers this
+    one); otherwise None, and `now` is recorded as the notice's latest delivery (its items carry that
+    `received_at`)."""
     key = (deliveries.c.tenant == tenant) & (deliveries.c.delivery_id == fingerprint)
     seen = tx.execute(sa.select(deliveries.c.received_at).where(key)).scalar()
     if seen is None:
         tx.execute(sa.insert(deliveries).values(tenant=tenant, delivery_id=fingerprint, received_at=now))
-        return False
+        return None
     waiting = sa.select(items.c.id).where(
         items.c.tenant == tenant,
         items.c.received_at == seen,
         items.c.status == "pending",
         sa.or_(items.c.claimed_until.is_(None), items.c.claimed_until <= now),
     )
-    if tx.execute(waiting.limit(1)).first() is not None:
-        return True
+    item = tx.execute(waiting.order_by(items.c.id).limit(1)).scalar()
+    if item is not None:
+        return int(item)
     tx.execute(sa.update(deliveries).where(key).values(received_at=now))
-    return False
+    return None
 
 
 def _item(row: sa.Row[Any]) -> QueueItem:
@@ -150,25 +152,26 @@ class Queue:
     ) -> Enqueued:
         """Store one event durably (committed when this returns); a repeated delivery id is a duplicate. A repeated
         `fingerprint` (the hash of what was signed: a captured webhook replayed under another or no delivery id)
-        adds nothing while the item of its first delivery still waits to be claimed (`covered`: that item's refresh
-        reads the source later). Once that item is being applied, the same notice queues again: its refresh may have
-        read the source before the change this one announces (a minimal body, an id only, is the same for two edits
-        a second apart). Replays thus add at most one waiting item. Several projects (a portal that more than one project reads) get one item each, in one
-        transaction."""
+        is stored `covered`, done without work of its own, while the item of its first delivery still waits to be
+        claimed (that item's refresh reads the source later). Once that item is being applied, the same notice
+        queues again: its refresh may have read the source before the change this one announces (a minimal body, an
+        id only, is the same for two edits a second apart). Replays thus add at most one waiting item. Several
+        projects (a portal that more than one project reads) get one item each, in one transaction."""
         projects = [project] if isinstance(project, str) else list(project)
         now = time.time()
         try:
             with self.db.begin() as tx:
                 if delivery_id:
                     tx.execute(sa.insert(deliveries).values(tenant=tenant, delivery_id=delivery_id, received_at=now))
-                if fingerprint and _still_waiting(tx, tenant, fingerprint, now):
-                    return Enqueued(None, False, covered=True)
+                cover = _waiting_item(tx, tenant, fingerprint, now) if fingerprint else None
                 ids = []
                 for name in projects:
                     row = _new_item(tenant, name, source, event, payload, delivery_id, now)
+                    if cover is not None:  # stored (a 202 is a stored webhook), with nothing left to do of its own
+                        row.update(status="done", owner=f"covered by item {cover}")
                     inserted = tx.execute(sa.insert(items).values(**row)).inserted_primary_key
                     ids.append(int(inserted[0]))  # type: ignore[index]
-                return Enqueued(ids[0] if ids else None, False, tuple(ids))
+                return Enqueued(ids[0] if ids else None, False, tuple(ids), covered=cover is not None)
         except IntegrityError:
             return Enqueued(None, True)
         except SQLAlchemyError as exc:

@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from kbsync.errors import ConfigError
 from kbsync.source_settings import (
@@ -115,13 +115,14 @@ class EmbeddingSettings(_Section):
 class ChunkingSettings(_Section):
     # 256 is the model's limit (special tokens included); the default is chosen by bench/retrieval.py.
     max_tokens: int = Field(default=192, ge=32, le=256)
-    # Share of the budget a chunk repeats from the previous one of its section (whole sentences); 0 = none.
-    overlap: float = Field(default=0.2, ge=0.0, le=0.5)
+    # Share of the budget a chunk repeats from the previous one of its section (whole sentences); 0 = none. Off by
+    # default: bench/retrieval.py measured no gain at 192 tokens (README "Query").
+    overlap: float = Field(default=0.0, ge=0.0, le=0.5)
 
 
 class RetrievalSettings(_Section):
     # Weight of the lexical leg in the fused per-document score (0 = dense only); chosen by bench/retrieval.py.
-    lexical_weight: float = Field(default=0.4, ge=0.0, le=1.0)
+    lexical_weight: float = Field(default=0.5, ge=0.0, le=1.0)
     # Chunks each leg returns before grouping per document.
     candidates: int = Field(default=100, ge=10, le=500)
 
@@ -369,10 +370,24 @@ def load_settings(path: Path) -> Settings:
         settings = Settings(**raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, raw), key=_error_key(exc)) from None
+    except SettingsError as exc:  # a KBSYNC_<SECTION> variable that is not JSON
+        raise ConfigError(_describe_env_error(exc)) from None
     settings = _resolve_paths(settings, path.resolve().parent)
     _resolve_secrets(settings, env)
     settings._source_file = path.resolve()
     return settings
+
+
+def _describe_env_error(exc: SettingsError) -> str:
+    """pydantic-settings names only the field ('error parsing value for field "chunking"'): name the variable."""
+    field = re.search(r'field "(\w+)"', str(exc))
+    if field is None:
+        return f"cannot read the KBSYNC_* environment variables: {exc}"
+    name = f"KBSYNC_{field.group(1).upper()}"
+    return (
+        f"environment variable {name} is not valid JSON for the {field.group(1)!r} settings; set one key at a time "
+        f"instead, e.g. {name}__<KEY>=value"
+    )
 
 
 def _error_key(exc: ValidationError) -> str:

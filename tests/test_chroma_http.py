@@ -1,5 +1,5 @@
-"""Chroma server mode (issue 8; README "Collections", "Scaling out"): the same collections as embedded mode, readable by a bot with
-nothing but chromadb, tenants on servers of their own, and `copy-store` without re-embedding."""
+"""Chroma server mode (issue 8; README "Collections", "Scaling out"): the same collections as embedded mode,
+readable by a bot with nothing but chromadb, tenants on servers of their own, and `copy-store` without re-embedding."""
 
 from __future__ import annotations
 

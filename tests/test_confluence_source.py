@@ -229,7 +229,7 @@ def test_settings_name_what_is_wrong(write_settings, monkeypatch) -> None:
         space = "DOCS"
         token_env = "CONF_TOKEN"
         """
-    with pytest.raises(ConfigError, match="base_url.*ending in /wiki"):
+    with pytest.raises(ConfigError, match=r"base_url.*ending in /wiki"):
         load_settings(write_settings(base + 'base_url = "https://example.atlassian.net"\n'))
     with pytest.raises(ConfigError, match="CONF_TOKEN is not set") as info:
         load_settings(write_settings(base + 'base_url = "https://example.atlassian.net/wiki"\n'))

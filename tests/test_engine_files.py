@@ -1,4 +1,5 @@
-"""The pipeline over a `files` source and a real embedded Chroma store (README "Collections"; invariants 2-4 and 6 of docs/invariants.md)."""
+"""The pipeline over a `files` source and a real embedded Chroma store (README "Collections"; invariants 2-4 and 6
+of docs/invariants.md)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_rows_are_found_ranked_and_scoped(lexical: LexicalIndex) -> None:
     fill(lexical)
     hits = lexical.search("acme", "alpha", "when are refunds paid", locale="en", limit=10)
     assert [h.chunk_id for h in hits][:1] == ["r#1"] and {h.doc_id for h in hits} == {"refunds"}
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert all(a.score >= b.score for a, b in pairwise(hits))
     # English is stemmed: "configuring" finds "configured"; other projects and locales are not searched.
     assert [h.chunk_id for h in lexical.search("acme", "alpha", "configuring cards", locale="en", limit=5)] == ["r#2"]
     assert lexical.search("acme", "alpha", "beta", locale="en", limit=5) == []
@@ -190,3 +191,20 @@ def test_the_lexical_leg_finds_a_word_the_dense_leg_ranks_low(engine, docs_dir: 
     dense = [h.metadata["doc_id"] for h in engine.query(KEY, question, k=13, lexical_weight=0.0)]
     hybrid = [h.metadata["doc_id"] for h in engine.query(KEY, question, k=13, lexical_weight=0.5)]
     assert hybrid.index("files:code.md") < dense.index("files:code.md")
+
+
+def test_tables_of_the_first_layout_are_replaced(tmp_path: Path) -> None:
+    """The first SQLite layout had no scope column: its tables are dropped and made again (reconcile refills)."""
+    state = State.open_sqlite(tmp_path)
+    try:
+        with state.engine.begin() as tx:
+            tx.execute(sa.text("CREATE TABLE lexical_chunks (id INTEGER PRIMARY KEY, chunk_id TEXT, title TEXT)"))
+            tx.execute(sa.text(
+                "CREATE VIRTUAL TABLE lexical_stem USING fts5(title, heading, body, content='lexical_chunks', "
+                "content_rowid='id')"
+            ))
+        lexical = LexicalIndex(state)
+        fill(lexical)
+        assert [h.chunk_id for h in lexical.search("acme", "alpha", "configuring cards", locale="en", limit=5)] == ["r#2"]
+    finally:
+        state.close()

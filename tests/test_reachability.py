@@ -191,7 +191,7 @@ def test_a_rebuild_that_fails_leaves_the_old_collection_in_place(churned_embedde
     store = churned_embedded
     before = snapshot(store)
     fail_nth(store, NAME, "get", nth=2)
-    with pytest.raises(RebuildFailed, match="old collection is left in place: .*injected failure of get"):
+    with pytest.raises(RebuildFailed, match=r"old collection is left in place: .*injected failure of get"):
         reachability.rebuild(store, NAME)
     assert store.collections() == [NAME]
     assert snapshot(store) == before

@@ -1,4 +1,4 @@
-"""kbsync/sources/_http.py against a real local server that misbehaves the way real ones do."""
+"""kbsync/sources/_http.py (and _body.py) against a real local server that misbehaves the way real ones do."""
 
 from __future__ import annotations
 
@@ -11,16 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from kbsync.errors import SourceRejected, SourceUnavailable
-from kbsync.sources._http import (
-    BodyTooLarge,
-    BoundedDecoder,
-    HttpClient,
-    HttpOptions,
-    RejectedStatus,
-    UnavailableStatus,
-    UndecodableBody,
-    parse_retry_after,
-)
+from kbsync.sources._body import BodyTooLarge, BoundedDecoder, UndecodableBody
+from kbsync.sources._http import HttpClient, HttpOptions, RejectedStatus, UnavailableStatus, parse_retry_after
 from tests.servers.scripted import Reply, ScriptedServer
 
 FAST = HttpOptions(
@@ -133,7 +125,7 @@ def test_client_errors_are_permanent_and_not_retried(server: ScriptedServer, sta
 
 def test_redirects_are_not_followed(server: ScriptedServer) -> None:
     server.script("/x", Reply(302, headers={"location": "http://elsewhere.example/x"}, body=b""))
-    with client_for(server) as client, pytest.raises(RejectedStatus, match="elsewhere.example") as info:
+    with client_for(server) as client, pytest.raises(RejectedStatus, match=r"elsewhere\.example") as info:
         client.get_json("/x")
     assert info.value.status == 302
 

@@ -1,5 +1,5 @@
-"""One schema, one code path, two dialects (README "Scaling out"): the state and the queue on a real PostgreSQL, shared by
-several processes' worth of State objects (replicas), and on SQLite."""
+"""One schema, one code path, two dialects (README "Scaling out"): the state and the queue on a real PostgreSQL,
+shared by several processes' worth of State objects (replicas), and on SQLite."""
 
 from __future__ import annotations
 

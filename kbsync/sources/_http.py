@@ -1,6 +1,6 @@
 """The HTTP layer every API source shares: one pooled client per source, retries within a time budget, one
 `Retry-After` parser, one mapping from httpx errors and statuses to kbsync's `SourceError`s, optional pacing and
-bounded bodies.
+bounded bodies (`_body`).
 
 - `HttpClient.get_json` / `request_json`: one logical request, retried with exponential backoff plus jitter on
   429, 5xx, timeouts, broken connections and cut-off JSON until `retry_budget_seconds` is spent (no attempt count:
@@ -8,8 +8,8 @@ bounded bodies.
   left stops at once rather than sleeping past it.
 - Each attempt has a total deadline (`attempt_deadline_seconds`): httpx's timeouts bound each read, so a server
   trickling one byte a second would otherwise hold a request for ever.
-- Bodies are read raw and decoded here, at most `max_body_bytes` once decoded (httpx inflates a whole network
-  chunk at once, so a small gzip bomb could take gigabytes); a stacked `Content-Encoding` is refused.
+- Bodies are read raw and decoded by `_body.read_bounded`, at most `max_body_bytes` once decoded (httpx inflates a
+  whole network chunk at once, so a small gzip bomb could take gigabytes); a stacked `Content-Encoding` is refused.
 - Errors: `RejectedStatus` (permanent, `.status`) for 4xx, `UnavailableStatus` (transient, `.status`) once a 429 or
   5xx outlived the budget, `SourceUnavailable` for timeouts and connection failures, `SourceRejected` for a body
   that is not JSON, too large, or oddly encoded. Messages name the URL, never a secret.
@@ -21,10 +21,9 @@ import email.utils
 import json
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import structlog
@@ -32,26 +31,23 @@ import tenacity
 
 from kbsync import __version__
 from kbsync.errors import SourceRejected, SourceUnavailable
+from kbsync.sources._body import ACCEPT_ENCODING, BodyTooLarge, UndecodableBody, read_bounded
 
 __all__ = [
-    "BodyTooLarge",
-    "BoundedDecoder",
+    "USER_AGENT",
     "Hint",
     "HttpClient",
     "HttpOptions",
     "Pacer",
     "RejectedStatus",
     "UnavailableStatus",
-    "UndecodableBody",
-    "USER_AGENT",
     "parse_retry_after",
-    "read_bounded",
+    "transport_failure",
 ]
 
 log = structlog.get_logger(__name__)
 
 USER_AGENT = f"kbsync/{__version__}"
-_CHUNK = 64 * 1024
 
 # What to tell the user about a refused status: a text appended to "HTTP <status> (<server text>)", or a function
 # of the (scrubbed) server text that words the whole message, for sources whose messages lead with the cause.
@@ -94,14 +90,6 @@ class UnavailableStatus(SourceUnavailable):
         self.status = status
 
 
-class BodyTooLarge(ValueError):
-    """A body larger than allowed once decoded."""
-
-
-class UndecodableBody(ValueError):
-    """A body whose Content-Encoding is unknown, stacked, or corrupt."""
-
-
 class _Retryable(Exception):
     """One attempt failed in a way a later attempt may not."""
 
@@ -131,6 +119,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def transport_failure(exc: httpx.TransportError) -> str:
+    """What a failed exchange was, for an error message: a timeout, or a connection that failed (refused, reset,
+    DNS, a body cut off mid-way). Every source words these the same way; a retry may help with either."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    return f"connection failed ({type(exc).__name__}: {exc})"
+
+
 class Pacer:
     """At most `requests_per_second` request starts, shared by every thread using it."""
 
@@ -149,106 +145,6 @@ class Pacer:
             self._next = slot + self._interval
         if slot > now:
             time.sleep(slot - now)
-
-
-class BoundedDecoder:
-    """Undo one `Content-Encoding` (identity, gzip, deflate) chunk by chunk, never holding more than `limit`
-    decoded bytes. Raises `UndecodableBody` for a stacked, unknown or corrupt encoding, `BodyTooLarge` past the
-    limit. Reusable by any source that reads bodies from servers it does not trust."""
-
-    def __init__(self, content_encoding: str | None, limit: int) -> None:
-        codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
-        codings = [c for c in codings if c != "identity"]
-        if len(codings) > 1:
-            # Each layer multiplies the ratio; no API we read stacks them, so one is all we undo.
-            raise UndecodableBody(f"stacked Content-Encoding {content_encoding!r} refused")
-        coding = codings[0] if codings else ""
-        if coding in ("gzip", "x-gzip"):
-            self._inflater: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif coding == "deflate":
-            self._inflater = _DeflateInflater()
-        elif coding == "":
-            self._inflater = None
-        else:
-            raise UndecodableBody(f"unsupported Content-Encoding {coding!r}")
-        self._limit = limit
-        self._size = 0
-        self._parts: list[bytes] = []
-
-    def feed(self, data: bytes) -> None:
-        """Decode one raw chunk into the body."""
-        if self._inflater is None:
-            self._keep(data)
-            return
-        try:
-            while data:
-                out = self._inflater.decompress(data, _CHUNK)
-                self._keep(out)
-                data = self._inflater.unconsumed_tail
-        except zlib.error as exc:
-            raise UndecodableBody(f"corrupt compressed body: {exc}") from None
-
-    def finish(self) -> bytes:
-        """The whole decoded body; a compressed stream that stopped early is undecodable."""
-        if self._inflater is not None:
-            try:
-                self._keep(self._inflater.flush())
-            except zlib.error as exc:
-                raise UndecodableBody(f"corrupt compressed body: {exc}") from None
-            if not self._inflater.eof:
-                raise UndecodableBody("compressed body cut off")
-        return b"".join(self._parts)
-
-    def _keep(self, out: bytes) -> None:
-        self._size += len(out)
-        if self._size > self._limit:
-            raise BodyTooLarge(f"body larger than {self._limit} bytes once decoded")
-        if out:
-            self._parts.append(out)
-
-
-class _DeflateInflater:
-    """`deflate` is zlib-wrapped per the RFC, raw in some servers: decide on the first bytes."""
-
-    def __init__(self) -> None:
-        self._inner: Any = None
-
-    def decompress(self, data: bytes, max_length: int) -> bytes:
-        if self._inner is None:
-            wbits = zlib.MAX_WBITS if data[:1] and (data[0] & 0x0F) == 8 else -zlib.MAX_WBITS
-            self._inner = zlib.decompressobj(wbits)
-        return self._inner.decompress(data, max_length)
-
-    @property
-    def unconsumed_tail(self) -> bytes:
-        return self._inner.unconsumed_tail if self._inner is not None else b""
-
-    @property
-    def eof(self) -> bool:
-        return self._inner is not None and self._inner.eof
-
-    def flush(self) -> bytes:
-        return self._inner.flush() if self._inner is not None else b""
-
-
-def read_bounded(
-    response: httpx.Response, *, limit: int, deadline: float | None = None, chunks: Iterable[bytes] | None = None
-) -> bytes:
-    """Read a streamed response's body, decoded, within `limit` bytes and before `deadline` (time.monotonic()).
-
-    Raises `BodyTooLarge`, `UndecodableBody`, `httpx.ReadTimeout` once the deadline passed, and httpx's transport
-    errors for a connection cut mid-body. `chunks` defaults to the raw (still encoded) byte stream."""
-    if chunks is None and response.is_stream_consumed:
-        # A response made in memory (an httpx.MockTransport's) was read, and decoded, when it was built.
-        decoder = BoundedDecoder(None, limit)
-        decoder.feed(response.content)
-        return decoder.finish()
-    decoder = BoundedDecoder(response.headers.get("content-encoding"), limit)
-    for chunk in chunks if chunks is not None else response.iter_raw():
-        decoder.feed(chunk)
-        if deadline is not None and time.monotonic() > deadline:
-            raise httpx.ReadTimeout("the response took longer than the attempt deadline")
-    return decoder.finish()
 
 
 # ---------------------------------------------------------------------------------------------- the client
@@ -296,8 +192,12 @@ class HttpClient:
         self.attempts = 0
         self._http = httpx.Client(
             base_url=base_url,
-            headers={"accept": "application/json", "accept-encoding": "gzip, deflate", "user-agent": USER_AGENT,
-                     **(headers or {})},
+            headers={
+                "accept": "application/json",
+                "accept-encoding": ACCEPT_ENCODING,
+                "user-agent": USER_AGENT,
+                **(headers or {}),
+            },
             auth=auth,
             timeout=httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout),
             follow_redirects=False,
@@ -314,7 +214,7 @@ class HttpClient:
     def closed(self) -> bool:
         return self._http.is_closed
 
-    def __enter__(self) -> HttpClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -389,10 +289,8 @@ class HttpClient:
                     retry_after = parse_retry_after(response.headers.get("retry-after"))
                     raise _Retryable(f"HTTP {status}", status=status, retry_after=retry_after)
                 body = self._body(response, call, deadline)
-        except httpx.TimeoutException as exc:
-            raise _Retryable(f"timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:  # refused, reset, DNS, a body cut off mid-way
-            raise _Retryable(f"connection failed ({type(exc).__name__}: {exc})") from exc
+        except httpx.TransportError as exc:  # timed out, refused, reset, DNS, a body cut off mid-way
+            raise _Retryable(transport_failure(exc)) from exc
         if status != 200:
             raise self._rejected(status, response, body, call)
         return self._decode(body, response, call)
@@ -443,20 +341,28 @@ class HttpClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
             backoff = max(backoff, exc.retry_after)
-        remaining = self.options.retry_budget_seconds - state.seconds_since_start
+        remaining = self.options.retry_budget_seconds - (state.seconds_since_start or 0.0)
         return max(0.0, min(backoff, remaining))
 
     @property
     def _stop(self) -> tenacity.stop.stop_base:
         """The time budget (and an attempt cap where the options set one), or a Retry-After past the budget."""
-        stop = tenacity.stop_after_delay(self.options.retry_budget_seconds) | self._retry_after_exceeds_budget
-        return stop | tenacity.stop_after_attempt(self.options.attempts) if self.options.attempts else stop
+        budget = self.options.retry_budget_seconds
+        cap = [tenacity.stop_after_attempt(self.options.attempts)] if self.options.attempts else []
+        return tenacity.stop_any(tenacity.stop_after_delay(budget), _RetryAfterPastBudget(budget), *cap)
 
-    def _retry_after_exceeds_budget(self, state: tenacity.RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
+
+class _RetryAfterPastBudget(tenacity.stop.stop_base):
+    """Stop at once when the server asks for a longer pause than the budget has left."""
+
+    def __init__(self, budget_seconds: float) -> None:
+        self._budget = budget_seconds
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
         if not isinstance(exc, _Retryable) or exc.retry_after is None:
             return False
-        return exc.retry_after > self.options.retry_budget_seconds - state.seconds_since_start
+        return exc.retry_after > self._budget - (retry_state.seconds_since_start or 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,4 +395,3 @@ def _error_text(body: bytes) -> str:
             if isinstance(text, str):
                 return text[:200]
     return body[:120].decode("utf-8", "replace").strip() or "empty body"
-

@@ -1,7 +1,7 @@
 """`kind = "chatwoot"`: the articles of one Chatwoot Help Center portal (docs/chatwoot.md §1-§3).
 
 Two layers:
-- `ChatwootClient` speaks the Help Center API for one tenant over the shared `_http.HttpClient` (one pool, the
+- `ChatwootClient` speaks the Help Center API for one tenant: a shared `_http.HttpClient` (one pool, the
   `api_access_token` header, the tenant's pace and retry budget): it words what Chatwoot's refusals mean and
   checks each payload's shape. Errors are `SourceUnavailable` (a retry may help) or `SourceRejected` (it will
   not); messages name the URL, never the token.
@@ -27,7 +27,8 @@ import structlog
 from kbsync.errors import ConfigError, IncompleteListing, SourceError, SourceRejected, SourceUnavailable
 from kbsync.settings import ChatwootSourceSettings, TenantSettings
 from kbsync.sources import Changes, Document, Listing
-from kbsync.sources._http import HttpClient, HttpOptions
+from kbsync.sources._http import Hint, HttpClient, HttpOptions
+from kbsync.sources._json import json_list, json_object
 from kbsync.webhooks import chatwoot_doc_id, chatwoot_source_id
 
 __all__ = ["PER_PAGE", "Changes", "ChatwootClient", "ChatwootClientOptions", "ChatwootSource", "tenant_options"]
@@ -54,8 +55,9 @@ def tenant_options(tenant: TenantSettings) -> HttpOptions:
     )
 
 
-class ChatwootClient:
-    """The Help Center part of the Chatwoot account API, for one tenant, over one pooled `HttpClient`.
+class ChatwootClient(HttpClient):
+    """The Help Center part of the Chatwoot account API, for one tenant: an `HttpClient` (one pool, the tenant's
+    pace and retry budget) with the endpoints a sync reads.
 
     Opened once per tenant and shared by that tenant's sources; whoever opened it closes it. Every method raises
     `SourceRejected` (bad token, unknown portal, a payload of the wrong shape) or `SourceUnavailable` (still
@@ -78,12 +80,11 @@ class ChatwootClient:
             )
         self.tenant_id = tenant.id
         self.account_id = tenant.account_id
-        self.options = options or tenant_options(tenant)
-        self._http = HttpClient(
+        super().__init__(
             tenant.chatwoot_url,
             source="chatwoot",
             headers={"api_access_token": token.get_secret_value()},
-            options=self.options,
+            options=options or tenant_options(tenant),
             hints={
                 401: lambda detail: f"token rejected (HTTP 401: {detail}); check the tenant's api_token_env",
                 403: lambda detail: f"access denied (HTTP 403: {detail})",
@@ -93,42 +94,26 @@ class ChatwootClient:
             redirect_hint="set chatwoot_url to the final address",
         )
 
-    # -- lifecycle ------------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the connection pool; idempotent. The client refuses requests afterwards."""
-        self._http.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._http.closed
-
-    def __enter__(self) -> ChatwootClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
     # -- endpoints ------------------------------------------------------------------------------------
 
     def portals(self) -> list[dict[str, Any]]:
         """Every portal of the account (`GET …/portals`, not paginated)."""
         path = f"/api/v1/accounts/{self.account_id}/portals"
-        body = self._get_json(path, None, source="chatwoot", not_found=f"account {self.account_id} not found")
+        body = self._read(path, None, source="chatwoot", not_found=f"account {self.account_id} not found")
         payload = body.get("payload") if isinstance(body, dict) else None
         if not isinstance(payload, list) or not all(isinstance(p, dict) and "slug" in p for p in payload):
-            raise SourceRejected("unexpected response: no list of portals in `payload`", url=self._http.url(path))
+            raise SourceRejected("unexpected response: no list of portals in `payload`", url=self.url(path))
         return payload
 
     def portal(self, slug: str) -> dict[str, Any]:
         """One portal by slug (`GET …/portals/<slug>`): custom_domain, archived, default locale, counts."""
         path = f"/api/v1/accounts/{self.account_id}/portals/{quote(slug, safe='')}"
-        body = self._get_json(path, None, source=_source_id(slug), not_found=self._portal_not_found(slug))
+        body = self._read(path, None, source=_source_id(slug), not_found=self._portal_not_found(slug))
         if not isinstance(body, dict) or body.get("slug") != slug:
             raise SourceRejected(
                 "unexpected response: not a portal object with this slug",
                 source=_source_id(slug),
-                url=self._http.url(path),
+                url=self.url(path),
             )
         return body
 
@@ -141,8 +126,8 @@ class ChatwootClient:
         path = f"/api/v1/accounts/{self.account_id}/portals/{quote(slug, safe='')}/articles"
         params = {"page": str(page)}
         source = _source_id(slug)
-        body = self._get_json(path, params, source=source, not_found=self._portal_not_found(slug))
-        url = self._http.url(path, params)
+        body = self._read(path, params, source=source, not_found=self._portal_not_found(slug))
+        url = self.url(path, params)
         if not isinstance(body, dict) or not isinstance(body.get("payload"), list):
             raise SourceRejected("unexpected response: no `payload` list of articles", source=source, url=url)
         if not isinstance(body.get("meta"), dict) or not _is_int(body["meta"].get("articles_count")):
@@ -159,10 +144,10 @@ class ChatwootClient:
     def _portal_not_found(self, slug: str) -> str:
         return f"portal {slug!r} not found in account {self.account_id} (or the account does not exist)"
 
-    def _get_json(self, path: str, params: dict[str, str] | None, *, source: str, not_found: str) -> Any:
+    def _read(self, path: str, params: dict[str, str] | None, *, source: str, not_found: str) -> Any:
         """GET and decode JSON with the shared retries; a 404 says what was not found."""
-        hints = {404: lambda _detail: f"{not_found} (HTTP 404)"}
-        return self._http.get_json(path, params, hints=hints, source=source)
+        hints: dict[int, Hint] = {404: lambda _detail: f"{not_found} (HTTP 404)"}
+        return self.get_json(path, params, hints=hints, source=source)
 
 
 def _source_id(slug: str) -> str:
@@ -496,9 +481,8 @@ class ChatwootSource:
     def _load_portal(self) -> _Portal:
         """Fetch the portal and cache what documents need (a poll reuses it without a request)."""
         raw = self.client.portal(self.portal_slug)
-        meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
-        config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
-        allowed = config.get("allowed_locales") if isinstance(config.get("allowed_locales"), list) else []
+        meta, config = json_object(raw, "meta"), json_object(raw, "config")
+        allowed = json_list(config, "allowed_locales")
         first_allowed = next((str(x["code"]) for x in allowed if isinstance(x, dict) and x.get("code")), "")
         # Chatwoot's own fallback chain (docs/chatwoot.md §3): default_locale, else the first allowed locale.
         default_locale = str(meta.get("default_locale") or config.get("default_locale") or first_allowed or "")

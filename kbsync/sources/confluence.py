@@ -30,6 +30,7 @@ from kbsync.errors import IncompleteListing, SourceError, SourceRejected, Source
 from kbsync.settings import ConfluenceSourceSettings
 from kbsync.sources import Changes, DocError, Document, Listing, make_doc_id
 from kbsync.sources._http import HttpClient, HttpOptions, RejectedStatus
+from kbsync.sources._json import json_object
 from kbsync.sources._poll import GatedSource, Versions, iso_to_epoch
 from kbsync.sources.confluence_storage import StorageFormatError, storage_to_markdown
 
@@ -265,7 +266,7 @@ class ConfluenceSource(GatedSource):
             return parts.path + (f"?{parts.query}" if parts.query else "")
         if link.startswith(self._path + "/") or not self._path:
             return link
-        links = body.get("_links") if isinstance(body.get("_links"), dict) else {}
+        links = json_object(body, "_links")
         context = str(links.get("context") or self._path)
         return context.rstrip("/") + link
 

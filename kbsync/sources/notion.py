@@ -32,6 +32,7 @@ from kbsync.errors import IncompleteListing, SourceRejected, SourceUnavailable
 from kbsync.settings import NotionSourceSettings
 from kbsync.sources import Changes, Document, Listing, make_doc_id
 from kbsync.sources._http import HttpClient, HttpOptions, RejectedStatus
+from kbsync.sources._json import json_object
 from kbsync.sources._poll import GatedSource, Versions, iso_to_epoch
 from kbsync.sources.notion_blocks import blocks_to_markdown, plain_text
 
@@ -118,7 +119,7 @@ class NotionSource(GatedSource):
                         walk.seen.add(child_id)
                         queue.extend(self._query_database(child_id, skip_unreadable=True))
                     else:
-                        child = self._get_page(child_id, missing_ok=True)
+                        child = self._find_page(child_id)
                         if child is not None:
                             queue.append(child)
         except SourceUnavailable as exc:
@@ -133,7 +134,7 @@ class NotionSource(GatedSource):
         return self._confirm_each(doc_ids, self._page_gone)
 
     def _page_gone(self, page_id: str) -> bool:
-        page = self._get_page(page_id, missing_ok=True)
+        page = self._find_page(page_id)
         return page is None or _dead(page) or self._under_root(page.get("parent")) is False
 
     # -- poll -----------------------------------------------------------------------------------------
@@ -229,16 +230,20 @@ class NotionSource(GatedSource):
         self._versions.read(doc_id, page["last_edited_time"], read_at)
         return children
 
-    def _get_page(self, page_id: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+    def _get_page(self, page_id: str) -> dict[str, Any]:
         path = f"/v1/pages/{page_id}"
-        try:
-            page = self.client.get_json(path)
-        except RejectedStatus as exc:
-            if missing_ok and exc.status == 404:
-                return None
-            raise
+        page = self.client.get_json(path)
         _check_page(page, self.client.url(path), self.source_id)
         return page
+
+    def _find_page(self, page_id: str) -> dict[str, Any] | None:
+        """The page, or None when the API answers 404 (deleted, or no longer shared with the integration)."""
+        try:
+            return self._get_page(page_id)
+        except RejectedStatus as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def _query_database(self, database_id: str, *, skip_unreadable: bool = False) -> Iterator[dict[str, Any]]:
         """The rows of a database. `skip_unreadable`: a child database the API will not query (404: not shared;
@@ -322,7 +327,7 @@ class NotionSource(GatedSource):
                 return True
             try:
                 if kind == "page_id":
-                    node = self._get_page(ref, missing_ok=True)
+                    node = self._find_page(ref)
                 elif kind == "database_id":
                     node = self.client.get_json(f"/v1/databases/{ref}")
                 elif kind == "block_id":
@@ -377,7 +382,7 @@ def _dashless(value: str) -> str:
 
 def _title(page: dict[str, Any]) -> str:
     """The page's title property (database rows name theirs freely), else "Untitled"."""
-    properties = page.get("properties") if isinstance(page.get("properties"), dict) else {}
+    properties = json_object(page, "properties")
     for prop in properties.values():
         if isinstance(prop, dict) and prop.get("type") == "title":
             return plain_text(prop.get("title")).strip() or "Untitled"

@@ -1,4 +1,5 @@
-"""Three `kbsync run` replicas sharing one PostgreSQL, two tenants on two Chroma servers (README "Scaling out", issue 8).
+"""Three `kbsync run` replicas sharing one PostgreSQL, two tenants on two Chroma servers (README "Scaling out",
+issue 8).
 
 One cluster per module (real servers start once): a real PostgreSQL in a temp folder
 (tests/servers/postgres.py), two real `chroma run` servers, A for tenant `acme` (the `[chroma]` server) and B for

@@ -1,5 +1,5 @@
-"""Replicas sharing PostgreSQL state (README "Scaling out", issue 8 "Prove it"): three `kbsync run` processes, one Chatwoot
-server, two tenants on two Chroma servers.
+"""Replicas sharing PostgreSQL state (README "Scaling out", issue 8 "Prove it"): three `kbsync run` processes, one
+Chatwoot server, two tenants on two Chroma servers.
 
 Any replica accepts a webhook and commits it before the 202; per-project leases serialize a project's writes across
 the cluster (invariant 7, checked from the run records, not assumed); a replica killed with `kill -9` loses its
@@ -223,8 +223,11 @@ def test_kill_9_of_the_lease_holder_mid_sync_hands_its_project_and_webhooks_to_a
     assert waited < LEASE_SECONDS + 10, f"acme/alpha waited {waited:.0f} s for a dead replica ({LEASE_SECONDS} s lease)"
     assert all(r.outcome == "ok" for r in after), [(r.kind, r.owner, r.outcome) for r in after]
     cut = [r for r in cluster.runs(since=started) if r.owner == owner and r.outcome == "abandoned"]
-    assert [(r.tenant, r.project, r.kind) for r in cut] == [("acme", "alpha", "reconcile")]
-    assert cut[0].finished_at >= lease.expires_at, "closed by the replica that took the project over"
+    # The killed replica may also have been applying another project's webhook (a refresh) at that moment.
+    (rebuild,) = [r for r in cut if (r.tenant, r.project, r.kind) == ("acme", "alpha", "reconcile")]
+    others = [(r.tenant, r.project, r.kind) for r in cut if r is not rebuild]
+    assert all(kind == "refresh" for _, _, kind in others), others
+    assert rebuild.finished_at >= lease.expires_at, "closed by the replica that took the project over"
     cluster.assert_runs_serialized(since=cluster.created_at)
 
 

@@ -178,3 +178,27 @@ def test_check_reports_a_lexical_index_that_disagrees_with_the_store(files_setti
     assert result.exit_code == 1 and "0 rows for 1 chunks: run `kbsync resync`" in result.stdout
     assert invoke(files_settings, "resync").exit_code == 0
     assert invoke(files_settings, "check").exit_code == 0
+
+
+def test_content_is_printed_as_it_is_never_as_rich_markup_or_emoji(files_settings: Path, docs_dir: Path) -> None:
+    """Titles, text and names are content, not rich markup: `[/]` in a title crashed `kbsync query` with a
+    MarkupError, `[bold]` vanished, and `files:a:b` became `files🅰b`."""
+    (docs_dir / "tags.md").write_text(
+        "# Closing tags [/] and [bold] in templates\n\nType :smile: or files:a:b in the template box.\n"
+    )
+    assert invoke(files_settings, "resync").exit_code == 0
+    result = invoke(files_settings, "query", "acme", "alpha", "templates")
+    assert result.exit_code == 0, result.stderr
+    assert "Closing tags [/] and [bold] in templates" in result.stdout
+    assert ":smile: or files:a:b" in result.stdout
+    result = invoke(files_settings, "query", "acme", "[/nope]", "templates")
+    assert result.exit_code == 1 and "acme/[/nope]" in result.stderr
+
+
+def test_a_question_that_cannot_be_asked_exits_2_naming_why(files_settings: Path) -> None:
+    """Bytes that are not UTF-8 reach argv as lone surrogates: `kbsync query demo docs $'caf\\xff'` printed a
+    UnicodeEncodeError traceback (daemon or not); a blank question gave arbitrary results."""
+    result = invoke(files_settings, "query", "acme", "alpha", "caf\udcff")
+    assert result.exit_code == 2 and "not valid UTF-8" in result.stderr
+    result = invoke(files_settings, "query", "acme", "alpha", "  \t ")
+    assert result.exit_code == 2 and "the question is empty" in result.stderr

@@ -1,8 +1,8 @@
 """`kbsync run` as operators and the bot layer see it: a real subprocess, a real Chatwoot-compatible server.
 
-README "HTTP API" (webhooks, query, status, resync, metrics, OpenAPI), "CLI" (`kbsync run`, the CLI talking to the daemon),
-§7 invariants 5, 8, 9, 10, and the systemd units. Tests that stop the daemon come last in the module; the `daemon`
-fixture starts it again on the same state dir when a test finds it stopped.
+README "HTTP API" (webhooks, query, status, resync, metrics, OpenAPI), "CLI" (`kbsync run`, the CLI talking to the
+daemon), invariants 5, 8, 9, 10 (docs/invariants.md), and the systemd units. Tests that stop the daemon come last in the
+module; the `daemon` fixture starts it again on the same state dir when a test finds it stopped.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def written_counters(daemon: DaemonProcess) -> dict[str, float]:
 
 
 def test_signed_webhook_makes_an_edited_article_queryable(stack: Stack, daemon: DaemonProcess) -> None:
-    """README "HTTP API": a signed article_updated is stored (202 queued) and the worker fetches the article from the API
-    (fetch-on-notify), so the new text is answered by /v1/query within seconds."""
+    """README "HTTP API": a signed article_updated is stored (202 queued) and the worker fetches the article from the
+    API (fetch-on-notify), so the new text is answered by /v1/query within seconds."""
     marker = unique("edited")
     article_id = stack.acme_ids[0]
     stack.fake.edit_article(ACME_PORTAL, article_id, content=f"{marker}.\n\nThe rest of the edited article.")
@@ -188,7 +188,8 @@ def test_rejected_webhook_answers_its_code_and_writes_nothing(case: str, stack: 
 
 
 def test_non_article_event_is_ignored_with_200(stack: Stack, daemon: DaemonProcess) -> None:
-    """README "HTTP API": other Chatwoot events (message_created, ...) answer 200 {"status": "ignored"} and queue nothing."""
+    """README "HTTP API": other Chatwoot events (message_created, ...) answer 200 {"status": "ignored"} and queue
+    nothing."""
     before = written_counters(daemon)
     ignored = daemon.metric("kbsync_webhooks_total", tenant="acme", outcome="ignored")
     body = json.dumps({"event": "message_created", "account": {"id": 1}, "content": "hello",
@@ -365,7 +366,8 @@ def test_query_answer_has_the_documented_shape(stack: Stack, daemon: DaemonProce
 
 
 def test_status_and_resync_need_the_admin_token(stack: Stack, daemon: DaemonProcess) -> None:
-    """README "HTTP API": /v1/status and /v1/resync take only the admin token; /v1/status carries no secret (inv. 10)."""
+    """README "HTTP API": /v1/status and /v1/resync take only the admin token; /v1/status carries no secret
+    (invariant 10)."""
     query_token = {"Authorization": f"Bearer {daemon.secrets.acme_query}"}
     for method, path in (("GET", "/v1/status"), ("POST", "/v1/resync")):
         assert daemon.http.request(method, path).status_code == 401
@@ -472,8 +474,8 @@ def test_the_daemon_prunes_the_state_database_soon_after_it_starts(stack: Stack,
 
 
 def test_cli_status_and_query_ask_the_running_daemon(stack: Stack, daemon: DaemonProcess) -> None:
-    """README "CLI", "Collections": the daemon owns the embedded store; `kbsync status` and `kbsync query` ask it over HTTP with
-    $KBSYNC_ADMIN_TOKEN instead of opening the store."""
+    """README "CLI", "Collections": the daemon owns the embedded store; `kbsync status` and `kbsync query` ask it over
+    HTTP with $KBSYNC_ADMIN_TOKEN instead of opening the store."""
     status = stack.cli("status", "--json")
     assert status.returncode == 0, status.stderr
     payload = json.loads(status.stdout)
@@ -495,8 +497,8 @@ def test_cli_status_and_query_ask_the_running_daemon(stack: Stack, daemon: Daemo
 
 
 def test_second_run_on_the_same_state_dir_exits_with_a_clear_message(stack: Stack, daemon: DaemonProcess) -> None:
-    """README "Collections": only one process may open the embedded store; a second `kbsync run` says so and exits non-zero
-    (and the first one keeps serving)."""
+    """README "Collections": only one process may open the embedded store; a second `kbsync run` says so and exits
+    non-zero (and the first one keeps serving)."""
     second = stack.cli("run", timeout=120)
     assert second.returncode != 0
     assert "another kbsync process" in second.stderr, second.stderr

@@ -233,9 +233,9 @@ def test_captured_webhook_replayed_under_another_delivery_id_is_a_duplicate(
     stack: Stack, daemon: DaemonProcess, fake: FakeChatwoot
 ) -> None:
     """Issue 17 (low): the dedupe key ignored the signature, so a captured webhook replayed under a new or missing
-    X-Chatwoot-Delivery within the 300 s window was queued again; now it adds no item. The module's one worker is held in a slow globex
-    refresh meanwhile, so the first acme item is still waiting (tests/unit/test_queue_replay.py: what happens
-    once it is claimed)."""
+    X-Chatwoot-Delivery within the 300 s window was queued again; now it adds no item. The module's one worker is held
+    in a slow globex refresh meanwhile, so the first acme item is still waiting (tests/unit/test_queue_replay.py: what
+    happens once it is claimed)."""
     body = json.dumps({"event": "article_updated", "account": {"id": 1}, "portal": {"slug": ACME_PORTAL},
                        "article": {"id": stack.acme_ids[2]}}).encode()
     fake.delay(8, path_contains=GLOBEX_PORTAL, times=None)

@@ -1,5 +1,5 @@
-"""Invariant 4 (docs/invariants.md; the targets are in bench/): unchanged documents cost zero embeddings; an edit re-embeds only the
-chunks whose text changed; a poll with nothing changed is one HTTP request per portal.
+"""Invariant 4 (docs/invariants.md; the targets are in bench/): unchanged documents cost zero embeddings; an edit
+re-embeds only the chunks whose text changed; a poll with nothing changed is one HTTP request per portal.
 
 "Zero embeddings" is read from the run report's counters, requests from both the report and the server's log.
 """

@@ -324,9 +324,7 @@ class _Fault:
         """``page`` only ever matches the articles list endpoint (other routes are not paged)."""
         if self.path_contains is not None and self.path_contains not in path:
             return False
-        if self.page is not None and (not is_list or self.page != page):
-            return False
-        return True
+        return self.page is None or (is_list and self.page == page)
 
 
 @dataclass
@@ -960,7 +958,7 @@ class FakeChatwoot:
                 **self._status_counts(base, key_published="published_count"),
                 "articles_count": len(base),
                 # Upstream echoes params[:page] verbatim (a string), else the integer 1.
-                "current_page": query["page"] if "page" in query else 1,
+                "current_page": query.get("page", 1),
                 "mine_articles_count": sum(1 for a in base if a.author_id == user.id),
             }
             return {"payload": [self._render_article(portal, a, portal_json) for a in page_rows],

@@ -1,7 +1,9 @@
-"""Chunking (README "Collections"): budget counted with the model's tokenizer, breadcrumbs, tables, code, other scripts."""
+"""Chunking (README "Collections"): budget counted with the model's tokenizer, breadcrumbs, tables, code, other
+scripts."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 import json
 from pathlib import Path
 
@@ -156,7 +158,7 @@ def test_a_chunk_repeats_the_last_sentences_of_the_previous_one_in_its_section(c
     routing = [c for c in chunks if c.heading == "Routing"]
     assert len(routing) >= 3
     reserve = round(0.2 * (128 - 2 - counter.count_many(["Guide > Routing"])[0]))
-    for before, after in zip(routing, routing[1:]):
+    for before, after in pairwise(routing):
         body = after.text.split("\n\n", 2)
         tail = body[1]
         assert before.text.endswith(tail) and counter.count_many([tail])[0] <= reserve

@@ -48,5 +48,5 @@ def test_output_order_follows_input_order(model_dir: Path) -> None:
 
 
 def test_missing_model_files_are_named(tmp_path: Path) -> None:
-    with pytest.raises(EmbeddingError, match="model.onnx"):
+    with pytest.raises(EmbeddingError, match=r"model\.onnx"):
         Embedder(tmp_path)

@@ -1,6 +1,6 @@
 """The queue's replay dedupe (issue 17, low): the same signed notice under another or no X-Chatwoot-Delivery adds
-no item while its first item waits (`covered`), and queues again once that item is being applied (a later edit may hide
-behind an identical minimal body)."""
+no work while its first item waits (stored `covered`, done), and queues again once that item is being applied (a
+later edit may hide behind an identical minimal body)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,11 @@ def test_other_notices_and_a_repeated_delivery_id(queue: Queue) -> None:
     other = _enqueue(queue, "d-2", "sha256:" + "cd" * 32)  # another signing: not a replay
     assert not other.duplicate and not other.covered
     assert _enqueue(queue, "d-1", "sha256:" + "ef" * 32).duplicate  # a delivery id seen before
+
+
+def test_a_covered_notice_is_stored_done_with_no_work_of_its_own(queue: Queue) -> None:
+    first = _enqueue(queue, "d-1")
+    covered = _enqueue(queue, "d-2")
+    assert covered.covered and covered.item_id is not None and covered.item_id != first.item_id
+    assert queue.depth()["pending"] == 1  # the covered one is done: never claimed, never refreshed
+    assert queue.claim("worker-1", 30).id == first.item_id  # type: ignore[union-attr]

@@ -1,4 +1,5 @@
-"""Settings (README "Configuration"): one clear error naming the key, env overrides, secrets only from the environment."""
+"""Settings (README "Configuration"): one clear error naming the key, env overrides, secrets only from the
+environment."""
 
 from __future__ import annotations
 
@@ -112,6 +113,15 @@ def test_bad_environment_override_names_the_key(write_settings, monkeypatch) -> 
     with pytest.raises(ConfigError) as raised:
         load_settings(write_settings(""))
     assert raised.value.key == "chunking.max_tokens"
+
+
+@pytest.mark.parametrize(("name", "value"), [("KBSYNC_CHUNKING", "{bad"), ("KBSYNC_TENANTS", "garbage")])
+def test_a_section_variable_that_is_not_json_names_the_variable(write_settings, monkeypatch, name, value) -> None:
+    """pydantic-settings reads KBSYNC_<SECTION> as JSON; garbage there was a SettingsError traceback."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"environment variable {name} is not valid JSON") as raised:
+        load_settings(write_settings('state_dir = "v"\n'))
+    assert f"{name}__<KEY>" in str(raised.value)
 
 
 def test_files_source_path_is_relative_to_the_settings_file(files_settings, docs_dir) -> None:

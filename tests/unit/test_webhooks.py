@@ -31,9 +31,9 @@ def test_events_kbsync_does_not_act_on_are_ignored_and_bad_bodies_say_what_is_wr
     assert parse_notice(body(event="conversation_created", account={"id": 7})) is None
     with pytest.raises(ValueError, match="not JSON"):
         parse_notice(b"{")
-    with pytest.raises(ValueError, match="account.id"):
+    with pytest.raises(ValueError, match=r"account\.id"):
         parse_notice(body(event="article_deleted", account={"id": True}, portal={"slug": "help"}, article={"id": 3}))
-    with pytest.raises(ValueError, match="article.id"):
+    with pytest.raises(ValueError, match=r"article\.id"):
         parse_notice(body(event="article_deleted", account={"id": 7}, portal={"slug": "help"}, article={"id": 0}))
 
 

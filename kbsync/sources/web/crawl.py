@@ -17,7 +17,8 @@ import httpx
 import tenacity
 
 from kbsync.errors import SourceRejected, SourceUnavailable
-from kbsync.sources._http import BodyTooLarge, UndecodableBody, parse_retry_after, read_bounded
+from kbsync.sources._body import ACCEPT_ENCODING, BodyTooLarge, UndecodableBody, read_bounded
+from kbsync.sources._http import parse_retry_after, transport_failure
 from kbsync.sources.web.deadline import deadline, passed
 from kbsync.sources.web.options import USER_AGENT_TOKEN, CrawlStats, FetchOptions
 from kbsync.sources.web.pages import page_format
@@ -32,9 +33,6 @@ _ACCEPT = "text/html,application/xhtml+xml;q=0.9,text/markdown;q=0.9,text/plain;
 # Never sent, whatever the client passed in carries.
 _CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "api_access_token", "x-api-key")
 _NO_AUTH = httpx.Auth()
-# What kbsync.sources._http.BoundedDecoder undoes (one coding, never stacked): bodies are inflated there with a bound
-# on decoded bytes, because httpx inflates a whole network chunk at once (a decompression bomb).
-_ACCEPT_ENCODING = "gzip, deflate"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -191,7 +189,7 @@ class Crawl:
             headers={
                 "User-Agent": self.options.user_agent,
                 "Accept": _ACCEPT,
-                "Accept-Encoding": _ACCEPT_ENCODING,
+                "Accept-Encoding": ACCEPT_ENCODING,  # what read_bounded inflates, with a bound (a decompression bomb)
                 **headers,
             },
         )
@@ -200,16 +198,12 @@ class Crawl:
         with self._gate.slot(host_key(url)), deadline(self._attempt_seconds()):
             try:
                 response = self.client.send(request, stream=True, auth=_NO_AUTH, follow_redirects=False)
-            except httpx.TimeoutException as exc:
-                raise self._timed_out(url, exc) from exc
             except httpx.TransportError as exc:
-                raise SourceUnavailable(f"connection failed: {exc}", source=self.source_id, url=url) from exc
+                raise self._failed(url, exc) from exc
             try:
                 return self._read(response, url, kind)
-            except httpx.TimeoutException as exc:
-                raise self._timed_out(url, exc) from exc
-            except httpx.TransportError as exc:
-                raise SourceUnavailable(f"connection lost: {exc}", source=self.source_id, url=url) from exc
+            except httpx.TransportError as exc:  # mid-body
+                raise self._failed(url, exc) from exc
             finally:
                 response.close()
                 with self._lock:
@@ -262,9 +256,10 @@ class Crawl:
                 url=url,
             )
 
-    def _timed_out(self, url: str, exc: httpx.TimeoutException) -> SourceUnavailable:
-        if not passed():
-            return SourceUnavailable(f"timed out ({type(exc).__name__})", source=self.source_id, url=url)
+    def _failed(self, url: str, exc: httpx.TransportError) -> SourceUnavailable:
+        """A failed exchange worded as every source words it, unless a deadline of ours is what cut it off."""
+        if not isinstance(exc, httpx.TimeoutException) or not passed():
+            return SourceUnavailable(transport_failure(exc), source=self.source_id, url=url)
         if time.monotonic() >= self._ends:
             return _Late(
                 f"the crawl ran past its {self.options.crawl_deadline:g} s deadline", source=self.source_id, url=url

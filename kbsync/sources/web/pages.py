@@ -155,6 +155,6 @@ def updated_at(last_modified: str, lastmod: int) -> int:
 
 def title_from_url(url: str) -> str:
     segment = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
-    for suffix in MARKDOWN_SUFFIXES + (".html", ".htm"):
+    for suffix in (*MARKDOWN_SUFFIXES, ".html", ".htm"):
         segment = segment.removesuffix(suffix)
     return segment.replace("-", " ").replace("_", " ").strip() or host_key(url)
