@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import corpus_articles, model_dir  # noqa: E402
 from kbsync.engine import Engine  # noqa: E402
 from kbsync.runs import ProjectKey, RunReport  # noqa: E402
-from kbsync.wiring import open_engine  # noqa: E402
 from kbsync.settings import load_settings  # noqa: E402
+from kbsync.wiring import open_engine  # noqa: E402
 
 KEY = ProjectKey("bench", "churn")
 

@@ -25,13 +25,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
 
 from kbsync.errors import RebuildFailed, StoreError
 from kbsync.store import ChunkRecord, Store
+
+if TYPE_CHECKING:
+    from kbsync.settings import Settings
 
 __all__ = ["RECHECK_K", "TWIN_DISTANCE", "Options", "Outcome", "audit", "find_unreachable", "rebuild", "verify_written"]
 
@@ -51,7 +54,7 @@ class Options:
     repair: bool = True
 
     @classmethod
-    def of(cls, settings: Any, *, repair: bool = True) -> Options:
+    def of(cls, settings: Settings, *, repair: bool = True) -> Options:
         section = settings.reachability
         return cls(k=section.k, rebuild_share=section.rebuild_share, repair=repair)
 
