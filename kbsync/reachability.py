@@ -85,11 +85,11 @@ def find_unreachable(store: Store, name: str, ids: Sequence[str], embeddings: np
     text is, and HNSW links exact duplicates so sparsely that no rebuild returns every one of them."""
     if not len(ids):
         return []
-    found = store.neighbours(name, embeddings, k=k)
+    found = store.knn(name, embeddings, k=k)
     missing = [i for i, (chunk_id, near) in enumerate(zip(ids, found)) if not _found(chunk_id, near)]
     if not missing or k >= RECHECK_K:
         return [ids[i] for i in missing]
-    wider = store.neighbours(name, embeddings[missing], k=RECHECK_K)
+    wider = store.knn(name, embeddings[missing], k=RECHECK_K)
     return [ids[i] for i, near in zip(missing, wider) if not _found(ids[i], near)]
 
 

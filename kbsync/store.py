@@ -539,7 +539,7 @@ class Store:
 
     # -- reachability (kbsync/reachability.py decides; these are the Chroma calls) -------------------------
 
-    def neighbours(self, name: str, embeddings: np.ndarray, *, k: int) -> list[list[tuple[str, float]]]:
+    def knn(self, name: str, embeddings: np.ndarray, *, k: int) -> list[list[tuple[str, float]]]:
         """Ids and distances of the `k` nearest records of each embedding, unfiltered (as a bot queries), 300 per
         call."""
         collection = self._collection(name, create=False)
