@@ -44,7 +44,7 @@ from kbsync.wiring import open_engine
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    from kbsync.http import ResyncBody
+    from kbsync.http import AuditBody, ResyncBody
     from kbsync.runs import RunReport
     from kbsync.sources._http import HttpOptions
 
@@ -257,7 +257,7 @@ class Daemon:
         self._jobs = scheduler
         return scheduler
 
-    def _schedule_audit(self, scheduler: Any, engine: Engine, key: ProjectKey) -> None:
+    def _schedule_audit(self, scheduler: BackgroundScheduler, engine: Engine, key: ProjectKey) -> None:
         """Audit `key` every `reachability.audit_interval_hours`, jittered by a tenth of it (at most an hour); the
         first one within the first tenth after start: reopening a store can change which chunks are reachable."""
         from apscheduler.triggers.interval import IntervalTrigger
@@ -284,13 +284,13 @@ class Daemon:
         )
 
     def _submit_audit(
-        self, engine: Engine, keys: list[ProjectKey], options: Any
+        self, engine: Engine, keys: list[ProjectKey], options: AuditBody
     ) -> concurrent.futures.Future[list[dict[str, Any]]]:
         """POST /v1/audit: audit `keys` (with the request's `repair`) in the scheduler's pool, like a resync."""
         return self._submit("audit", lambda key: engine.audit(key, repair=options.repair), keys)
 
     def _submit(
-        self, what: str, run: Callable[[ProjectKey], Any], keys: list[ProjectKey]
+        self, what: str, run: Callable[[ProjectKey], RunReport], keys: list[ProjectKey]
     ) -> concurrent.futures.Future[list[dict[str, Any]]]:
         future: concurrent.futures.Future[list[dict[str, Any]]] = concurrent.futures.Future()
 

@@ -554,7 +554,8 @@ class Engine:
             if outcome.error:
                 report.errors.append(outcome.error)
             elif outcome.remaining:
-                report.warnings.append(f"{outcome.remaining} chunks no query returns (repair with --repair)")
+                hint = "after a rebuild" if outcome.rebuilt else "(repair with --repair)"
+                report.warnings.append(f"{outcome.remaining} chunks no query returns {hint}")
 
         return self._run(key, "audit", work, full_index=False)
 

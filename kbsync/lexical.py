@@ -16,12 +16,15 @@ import hashlib
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from kbsync.retrieval import LexicalHit
+
+if TYPE_CHECKING:
+    from kbsync.store import ProjectIndex, Store
 from kbsync.errors import StateError
 from kbsync.state import State, db_errors
 
@@ -374,7 +377,7 @@ class LexicalIndex:
 
 
 def converge_lexical(
-    lexical: LexicalIndex, store: Any, tenant: str, project: str, collection: str, index: Any
+    lexical: LexicalIndex, store: Store, tenant: str, project: str, collection: str, index: ProjectIndex
 ) -> tuple[int, int]:
     """Make a project's lexical rows match what its collection holds (`index`, read back from it): rows of chunks
     the collection lacks are deleted, missing rows written from the chunk texts the store holds. Returns

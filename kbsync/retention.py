@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -25,6 +25,9 @@ from kbsync.leases import LeaseKeeper
 from kbsync.queue import Queue
 from kbsync.settings import RetentionSettings
 from kbsync.state import State
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
 
 __all__ = ["PruneReport", "prune", "schedule_pruning"]
 
@@ -79,7 +82,7 @@ def prune(
     return PruneReport(runs, queue_rows, leases, round(time.monotonic() - started, 3))
 
 
-def schedule_pruning(scheduler: Any, state: State, queue: Queue, settings: RetentionSettings, owner: str) -> None:
+def schedule_pruning(scheduler: BaseScheduler, state: State, queue: Queue, settings: RetentionSettings, owner: str) -> None:
     """Add the daemon's pruning jobs to its APScheduler `scheduler`: one soon after the start, then every
     `interval_minutes`, jittered by a tenth of it (replicas started together do not prune together)."""
     from apscheduler.triggers.interval import IntervalTrigger

@@ -539,17 +539,19 @@ class Store:
 
     # -- reachability (kbsync/reachability.py decides; these are the Chroma calls) -------------------------
 
-    def neighbour_ids(self, name: str, embeddings: np.ndarray, *, k: int) -> list[list[str]]:
-        """Ids of the `k` nearest records of each embedding, unfiltered (as a bot queries), 300 per call."""
+    def neighbours(self, name: str, embeddings: np.ndarray, *, k: int) -> list[list[tuple[str, float]]]:
+        """Ids and distances of the `k` nearest records of each embedding, unfiltered (as a bot queries), 300 per
+        call."""
         collection = self._collection(name, create=False)
         if collection is None:
             return [[] for _ in range(len(embeddings))]
-        out: list[list[str]] = []
+        out: list[list[tuple[str, float]]] = []
         with self._errors("query", name):
             for start in range(0, len(embeddings), MAX_RECORDS_PER_WRITE):
                 batch = embeddings[start : start + MAX_RECORDS_PER_WRITE]
-                result = collection.query(query_embeddings=batch, n_results=k, include=[])
-                out.extend(list(ids) for ids in result["ids"])
+                result = collection.query(query_embeddings=batch, n_results=k, include=["distances"])
+                for ids, distances in zip(result["ids"], result["distances"]):
+                    out.append(list(zip(ids, map(float, distances))))
         return out
 
     def records(self, name: str, ids: Sequence[str]) -> dict[str, list[Any]]:
@@ -586,19 +588,29 @@ class Store:
                     metadatas=[dict(m) for m in batch["metadatas"][start:end]],
                 )
 
-    def clone(self, name: str, to: str, *, first: Sequence[str] = ()) -> int:
+    def clone(
+        self, name: str, to: str, *, first: Sequence[str] = (), denser: bool = False
+    ) -> int:
         """Create collection `to` with `name`'s configuration and metadata and copy every record into it,
-        vectors included (no re-embedding), the records of `first` before the others. Returns the records
+        vectors included (no re-embedding), the records of `first` before the others. `denser`: the HNSW graph
+        gets at least 32 links per node (`max_neighbors`, Chroma's default 16) and a build effort
+        (`ef_construction`) of at least 200 (default 100); space and search settings stay. Returns the records
         copied; `to` must not exist."""
         source = self._collection(name, create=False)
         if source is None:
             raise StoreError(f"collection {name!r} does not exist")
         from chromadb.utils.embedding_functions import DefaultEmbeddingFunction
 
+        configuration = dict(source.configuration or {})
+        if denser:
+            hnsw = dict(configuration.get("hnsw") or {})
+            hnsw["max_neighbors"] = max(32, int(hnsw.get("max_neighbors") or 16))
+            hnsw["ef_construction"] = max(200, int(hnsw.get("ef_construction") or 100))
+            configuration["hnsw"] = hnsw
         with self._errors("create a collection", to):
             target = self._client.create_collection(
                 to,
-                configuration=source.configuration,
+                configuration=configuration,
                 metadata=dict(source.metadata or {}),
                 embedding_function=DefaultEmbeddingFunction(),
             )

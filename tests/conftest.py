@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,14 +50,25 @@ def docs_dir(tmp_path: Path) -> Path:
     return folder
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.fixture
 def files_settings(write_settings: Callable[[str], Path], docs_dir: Path) -> Path:
-    """A demo-like settings file: tenant acme, project alpha, a files source over `docs_dir`."""
+    """A demo-like settings file: tenant acme, project alpha, a files source over `docs_dir`. Its server port is a
+    free one: with the default 8700 a CLI command finding the store locked asked whatever daemon ran on this machine
+    (a demo `kbsync run` made test_commands_fail_cleanly_while_another_process_owns_the_store fail)."""
     return write_settings(
         f"""
         state_dir = "var"
         log_format = "json"
         log_level = "warning"
+
+        [server]
+        port = {_free_port()}
 
         [chunking]
         max_tokens = 128

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from kbsync.sources import make_doc_id
 
@@ -25,7 +24,7 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
-def _netloc(parts: Any) -> str:
+def _netloc(parts: SplitResult) -> str:
     host = (parts.hostname or "").rstrip(".").lower()
     try:
         host = host.encode("idna").decode("ascii") if not host.isascii() else host
