@@ -152,13 +152,15 @@ def main() -> None:
         print(f"unreachable after the rounds: with verify {audit_checked.chunks_unreachable} of "
               f"{audit_checked.chunks_checked}, without {audit_unchecked.chunks_unreachable} of "
               f"{audit_unchecked.chunks_checked} (audit {audit_seconds:.2f} s)")
+        reports = [*runs, audit_checked, audit_unchecked]
         if audit_unchecked.chunks_unreachable:
             repaired = unchecked.audit(KEY, repair=True)
+            reports.append(repaired)  # a rebuild that fails says why only in its errors
             after = unchecked.audit(KEY)
             print(f"audit --repair without verify: {repaired.chunks_repaired} repaired, "
                   f"{repaired.collections_rebuilt} rebuilt in {repaired.seconds:.1f} s; then "
                   f"{after.chunks_unreachable} unreachable")
-        for report in [*runs, audit_checked, audit_unchecked]:
+        for report in reports:
             if report.errors:
                 print("errors:", report.errors)
 

@@ -11,6 +11,7 @@ question's locale, as a bot does over /v1/query:
 
 A hit is the article that answers the question; hit@1, hit@5 and MRR@10 per corpus/locale group and overall.
 `--state DIR` keeps the synced state between runs (re-syncing costs nothing when the chunking is unchanged).
+Query latency of the same path at 50k chunks, lexical leg included, is bench/query.py's (grouped and raw, one run).
 
     python bench/retrieval.py [--weights 0.3,0.4,0.5] [--max-tokens 192] [--overlap 0.2] [--state DIR]
 """

@@ -23,7 +23,7 @@ from kbsync.markdown import Block, parse_blocks
 __all__ = ["CHUNKER_VERSION", "MAX_CHUNK_BYTES", "Chunk", "Chunker", "chunk_id", "doc_id_of", "split_bytes"]
 
 # Bump when the chunk texts produced for the same input change, so stored documents are re-chunked.
-CHUNKER_VERSION = 2  # 2: overlap within a section
+CHUNKER_VERSION = 3  # 2: overlap within a section; 3: a split table repeats a compact header
 _SPECIAL_TOKENS = 2  # [CLS] and [SEP]
 # The tokenizer counts a word over 100 characters as one [UNK], so a token budget alone lets a 20,000-character
 # unbroken string through whole; Chroma Cloud refuses documents of 16 KB and more (kbsync.store). 256 word pieces of
@@ -32,6 +32,7 @@ MAX_CHUNK_BYTES = 8 * 1024
 _WORD_OR_SPACE = re.compile(r"\S+|\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
 _LIST_ITEM = re.compile(r"^(?:[-*+]|\d{1,9}[.)])\s")
+_TABLE_RULE = re.compile(r"^\s*\|?(?:\s*:?-+:?\s*\|)*\s*:?-+:?\s*\|?\s*$")  # | --- | :-: | under a table's header
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +265,15 @@ class Chunker:
         return self._group([line for line in lines if line.strip()], budget, "\n", fence_open, fence_close)
 
     def _split_table(self, table: str, budget: int) -> list[_Piece]:
+        """Rows grouped under the table's header. Each dash of the rule row is a word piece of its own, so a padded
+        rule (`| ------...` 180 dashes wide in the Helm docs) is repeated as `---` per cell; a header that would
+        still take over half the budget is not repeated (it left room for no row: 113 identical chunks)."""
         lines = table.split("\n")
+        if len(lines) > 1 and _TABLE_RULE.match(lines[1]):
+            lines[1] = re.sub(r"-{4,}", "---", lines[1])
         header = "\n".join(lines[:2])
+        if self.counter.count(header) > budget // 2:
+            return self._group(lines, budget, "\n")
         return self._group(lines[2:], budget, "\n", header)
 
 

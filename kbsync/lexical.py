@@ -32,10 +32,11 @@ __all__ = ["LexicalIndex", "LexicalRow", "converge_lexical", "query_terms"]
 
 # Words per question at most: a 10 kB question makes a long OR, and the first words carry the question.
 _MAX_TERMS = 48
-# Ranking costs ~1.6 us per matching chunk, and common words match a third of a collection (50k chunks: ~28 ms).
+# Ranking costs ~1.6 us per matching chunk at 3.5k chunks and ~2-3 us at 50k, and common words match a third of a
+# collection (50k chunks: 15k matches, ~40 ms).
 # SQLite searches the rarest words only, as many as keep the chunks they match under this (the others add little
 # to BM25, whose weight of a word falls with the chunks holding it).
-_MAX_POSTINGS = 2000
+_MAX_POSTINGS = 1500
 _WORD = re.compile(r"[^\W_]+")
 # English function words: they match nearly every chunk and only cost time (BM25 gives them little weight anyway).
 _STOP_WORDS = frozenset(

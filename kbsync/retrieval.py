@@ -54,7 +54,7 @@ class ChunkReader(Protocol):
 
     def get(self, name: str, ids: Sequence[str]) -> list[QueryHit]: ...
 
-    def neighbours(self, name: str, around: Mapping[str, Collection[int]]) -> list[QueryHit]: ...
+    def chunks_at(self, name: str, around: Mapping[str, Collection[int]]) -> list[QueryHit]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +221,7 @@ class Retrieval:
             span = {i for i in range(index - expand, index + expand + 1) if i >= 0 and i != index}
             around.setdefault(doc_id, set()).update(span)
         found: dict[tuple[str, int], QueryHit] = {}
-        for hit in self.store.neighbours(collection, around):
+        for hit in self.store.chunks_at(collection, around):
             found[(str(hit.metadata.get("doc_id", "")), int(hit.metadata.get("chunk_index", 0)))] = hit
         out = []
         for item in ranked:

@@ -522,7 +522,7 @@ class Store:
             result = collection.get(ids=list(ids), include=["documents", "metadatas"])
         return _hits(result["ids"], result["documents"], result["metadatas"])
 
-    def neighbours(self, name: str, around: Mapping[str, Collection[int]]) -> list[QueryHit]:
+    def chunks_at(self, name: str, around: Mapping[str, Collection[int]]) -> list[QueryHit]:
         """The chunks of each document (doc_id -> chunk indexes) in one read; missing indexes are left out."""
         clauses: list[dict[str, Any]] = [
             {"$and": [{"doc_id": doc_id}, {"chunk_index": {"$in": sorted(indexes)}}]}

@@ -176,3 +176,20 @@ def test_a_paragraph_edit_changes_at_most_three_chunks(counter: TokenCounter) ->
     for edit in ("Supervisors can now reassign conversations in bulk.", "Note:", "A much longer note. " * 5):
         after = {c.id for c in chunker.split("d", "Guide", prose_section(12, edit))}
         assert len(before) >= 8 and 1 <= len(after - before) <= 3, edit
+
+
+def test_a_split_table_with_a_padded_rule_row_keeps_every_row_once(counter: TokenCounter) -> None:
+    """The Helm chart page's tables pad their rule row to 180 dashes, one word piece each: the header repeated
+    into every piece left room for no row, so one table became 113 identical header-only chunks (identical vectors
+    that no query with k <= 100 returns all of) and its rows were scattered in 8-word-piece fragments."""
+    names = ["Name".ljust(40), "Type".ljust(70), "Default Value".ljust(60)]
+    rule = "| " + " | ".join("-" * len(n) for n in names) + " |"
+    rows = [f"| `env.VARIABLE_{i}` | Sets option number {i} of the install. | `\"value-{i}\"` |" for i in range(40)]
+    table = "\n".join(["| " + " | ".join(names) + " |", rule, *rows])
+    chunks = Chunker(counter, 192).split("d", "Deploy with Helm", f"## Environment Variables\n\n{table}")
+    texts = [c.text for c in chunks]
+    assert len(set(texts)) == len(texts), "identical chunks"
+    for i in range(40):
+        assert sum(f"`env.VARIABLE_{i}` | Sets option number {i} of the install." in t for t in texts) == 1, i
+    assert all(c.tokens <= 192 for c in chunks)
+    assert all("| Name" in t and "| --- | --- | --- |" in t for t in texts)

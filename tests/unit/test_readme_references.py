@@ -34,3 +34,10 @@ def test_every_dotted_kbsync_object_the_readme_names_exists() -> None:
             except ImportError:
                 missing.append(dotted)
     assert not missing, missing
+
+
+def test_the_layout_table_lists_every_module() -> None:
+    layout = README[README.index("## Layout") : README.index("## Adding a source")]
+    modules = sorted(p.relative_to(ROOT / "kbsync") for p in (ROOT / "kbsync").rglob("*.py"))
+    missing = [str(m) for m in modules if m.name not in layout and str(m) not in layout]
+    assert not missing, f"README Layout does not list {missing}"
