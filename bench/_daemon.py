@@ -76,7 +76,11 @@ class BenchDaemon:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kbsync", "--config", str(self.config), "run"],
-                cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=REPO,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
             )
 
     def wait_ready(self) -> None:

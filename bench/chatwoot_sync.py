@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import CORPORA, model_dir  # noqa: E402
-from bench.sync import TimedEmbedder  # noqa: E402
-from kbsync.logging import configure_logging  # noqa: E402
-from kbsync.runs import ProjectKey, RunReport  # noqa: E402
-from kbsync.settings import load_settings  # noqa: E402
-from kbsync.wiring import open_engine  # noqa: E402
-from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot  # noqa: E402
+from bench._common import CORPORA, model_dir
+from bench.sync import TimedEmbedder
+from kbsync.logging import configure_logging
+from kbsync.runs import ProjectKey, RunReport
+from kbsync.settings import load_settings
+from kbsync.wiring import open_engine
+from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot
 
 PROJECTS = {"chatwoot": "chatwoot-docs", "kanboard": "kanboard-docs"}
 TOKEN_ENV = "KBSYNC_BENCH_CHATWOOT_TOKEN"
@@ -111,14 +111,18 @@ def main() -> None:
             first_requests, embed_seconds = fake.request_count(), timer.seconds
             chunks = total(first, "chunks_total")
             print(f"initial reconcile: {articles} articles in 2 portals, {chunks} chunks in {first_wall:.1f} s")
-            print(f"  {total(first, 'chunks_embedded') / first_wall:.1f} chunks/s, embedding "
-                  f"{100 * embed_seconds / first_wall:.1f}% of wall time, {first_requests} HTTP requests")
+            print(
+                f"  {total(first, 'chunks_embedded') / first_wall:.1f} chunks/s, embedding "
+                f"{100 * embed_seconds / first_wall:.1f}% of wall time, {first_requests} HTTP requests"
+            )
 
             fake.clear_requests()
             second, second_wall = run_all(engine, "reconcile")
-            print(f"reconcile, nothing changed: {total(second, 'chunks_embedded')} embeddings, "
-                  f"{total(second, 'chunks_written')} chunks written, {second_wall:.2f} s = "
-                  f"{100 * second_wall / first_wall:.2f}% of the initial reconcile, {fake.request_count()} HTTP requests")
+            print(
+                f"reconcile, nothing changed: {total(second, 'chunks_embedded')} embeddings, "
+                f"{total(second, 'chunks_written')} chunks written, {second_wall:.2f} s = "
+                f"{100 * second_wall / first_wall:.2f}% of the initial reconcile, {fake.request_count()} HTTP requests"
+            )
 
             fake.clear_requests()
             polls, poll_wall = run_all(engine, "poll")
@@ -126,8 +130,10 @@ def main() -> None:
                 f"{portal}: {r.requests} (server saw {fake.request_count(f'/portals/{portal}/')})"
                 for portal, r in zip(PROJECTS.values(), polls)
             )
-            print(f"poll, nothing changed: requests per portal {per_portal}; "
-                  f"{total(polls, 'chunks_embedded')} embeddings, {poll_wall * 1000:.0f} ms")
+            print(
+                f"poll, nothing changed: requests per portal {per_portal}; "
+                f"{total(polls, 'chunks_embedded')} embeddings, {poll_wall * 1000:.0f} ms"
+            )
 
             edits = max(1, round(args.edit_fraction * articles))
             edited: list[tuple[str, str]] = []  # (project, doc_id)
@@ -147,10 +153,12 @@ def main() -> None:
                 held += len(engine.store.index(ProjectKey("bench", project).collection).docs[doc].chunks)
             fake.clear_requests()
             after_edit, edit_wall = run_all(engine, "poll")
-            print(f"{len(edited)} articles edited ({100 * len(edited) / articles:.1f}%), one paragraph each, then a "
-                  f"poll: {total(after_edit, 'chunks_embedded')} chunks embedded of {held} chunks in those articles, "
-                  f"{total(after_edit, 'docs_updated')} docs updated, {fake.request_count()} HTTP requests, "
-                  f"{edit_wall:.2f} s")
+            print(
+                f"{len(edited)} articles edited ({100 * len(edited) / articles:.1f}%), one paragraph each, then a "
+                f"poll: {total(after_edit, 'chunks_embedded')} chunks embedded of {held} chunks in those articles, "
+                f"{total(after_edit, 'docs_updated')} docs updated, {fake.request_count()} HTTP requests, "
+                f"{edit_wall:.2f} s"
+            )
             errors = [e for r in (*first, *second, *polls, *after_edit) for e in r.errors]
             if errors:
                 print("errors:", errors)

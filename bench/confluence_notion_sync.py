@@ -17,8 +17,8 @@ requests / 3 seconds, printed alongside.
 
 from __future__ import annotations
 
-import functools
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -27,14 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import CORPUS, model_dir  # noqa: E402
-from kbsync.logging import configure_logging  # noqa: E402
-from kbsync.runs import ProjectKey, RunReport  # noqa: E402
-from kbsync.settings import load_settings  # noqa: E402
-from kbsync.wiring import open_engine  # noqa: E402
-from tests.servers.confluence import EMAIL, TOKEN, ConfluenceServer, FakeConfluence, storage_from_markdown  # noqa: E402
-from tests.servers.notion import TOKEN as NOTION_TOKEN  # noqa: E402
-from tests.servers.notion import FakeNotion, NotionServer, blocks_from_markdown, build_tree  # noqa: E402
+from bench._common import CORPUS, model_dir
+from kbsync.logging import configure_logging
+from kbsync.runs import ProjectKey, RunReport
+from kbsync.settings import load_settings
+from kbsync.wiring import open_engine
+from tests.servers.confluence import EMAIL, TOKEN, ConfluenceServer, FakeConfluence, storage_from_markdown
+from tests.servers.notion import TOKEN as NOTION_TOKEN
+from tests.servers.notion import FakeNotion, NotionServer, blocks_from_markdown, build_tree
 
 CORPUS_FILE = CORPUS / "chatwoot-docs.json"
 EDIT = "Edited for the benchmark: this sentence is new."
@@ -90,8 +90,11 @@ def main() -> None:
     os.environ.update(BENCH_CONF_EMAIL=EMAIL, BENCH_CONF_TOKEN=TOKEN, BENCH_NOTION_TOKEN=NOTION_TOKEN)
 
     rows: list[tuple[str, str]] = []
-    with ConfluenceServer(confluence) as conf_server, NotionServer(notion) as notion_server, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        ConfluenceServer(confluence) as conf_server,
+        NotionServer(notion) as notion_server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         config = Path(tmp) / "settings.toml"
         config.write_text(settings_text(conf_server.site_url, notion_server.base_url, root), encoding="utf-8")
         with open_engine(load_settings(config)) as engine:
@@ -111,14 +114,23 @@ def main() -> None:
                 faults.clear_requests()
                 edited, _ = timed(functools.partial(engine.poll, key))
                 rows += [
-                    (f"{name}: initial sync", f"{initial_s:.1f} s, {initial.docs_added} docs, "
-                     f"{initial.chunks_embedded} chunks embedded, {initial_requests} requests"
-                     + (f" (>= {initial_requests / 3:.0f} s at Notion's 3 requests/s)" if name == "notion" else "")),
-                    (f"{name}: no-change poll", f"{quiet_requests} requests, {quiet_s * 1000:.0f} ms = "
-                     f"{quiet_s / initial_s:.2%} of initial, {quiet_bodies} bodies fetched, "
-                     f"{quiet.chunks_embedded} chunks embedded"),
-                    (f"{name}: one page edited, poll", f"{edited.docs_updated} doc updated, {edited.chunks_embedded} "
-                     f"chunks embedded, {faults.count(bodies)} bodies fetched, {faults.count()} requests"),
+                    (
+                        f"{name}: initial sync",
+                        f"{initial_s:.1f} s, {initial.docs_added} docs, "
+                        f"{initial.chunks_embedded} chunks embedded, {initial_requests} requests"
+                        + (f" (>= {initial_requests / 3:.0f} s at Notion's 3 requests/s)" if name == "notion" else ""),
+                    ),
+                    (
+                        f"{name}: no-change poll",
+                        f"{quiet_requests} requests, {quiet_s * 1000:.0f} ms = "
+                        f"{quiet_s / initial_s:.2%} of initial, {quiet_bodies} bodies fetched, "
+                        f"{quiet.chunks_embedded} chunks embedded",
+                    ),
+                    (
+                        f"{name}: one page edited, poll",
+                        f"{edited.docs_updated} doc updated, {edited.chunks_embedded} "
+                        f"chunks embedded, {faults.count(bodies)} bodies fetched, {faults.count()} requests",
+                    ),
                 ]
     width = max(len(label) for label, _ in rows)
     print(f"{args.pages} pages per source, bodies cut to ~{args.max_chars} chars, pacing off")
@@ -134,10 +146,14 @@ def edit_confluence(fake: FakeConfluence, page_ids: list[str]) -> None:
 def edit_notion(fake: FakeNotion) -> None:
     leaves = [p for p in fake.pages.values() if p.title.startswith(("Section", "Knowledge")) is False]
     page = leaves[len(leaves) // 2]
-    body = [{k: v for k, v in fake.blocks[b].items()} for b in fake.children[page.id]
-            if fake.blocks[b]["type"] not in ("child_page", "child_database") and not fake.blocks[b]["has_children"]]
-    fake.edit_page(page.id, [*({"type": b["type"], b["type"]: b[b["type"]]} for b in body),
-                             *blocks_from_markdown(EDIT)])
+    body = [
+        {k: v for k, v in fake.blocks[b].items()}
+        for b in fake.children[page.id]
+        if fake.blocks[b]["type"] not in ("child_page", "child_database") and not fake.blocks[b]["has_children"]
+    ]
+    fake.edit_page(
+        page.id, [*({"type": b["type"], b["type"]: b[b["type"]]} for b in body), *blocks_from_markdown(EDIT)]
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import corpus_documents, model_dir  # noqa: E402
-from kbsync.chunking import Chunker  # noqa: E402
-from kbsync.embedding import Embedder, TokenCounter  # noqa: E402
+from bench._common import corpus_documents, model_dir
+from kbsync.chunking import Chunker
+from kbsync.embedding import Embedder, TokenCounter
 
 
 def chroma_function(folder: Path):  # type: ignore[no-untyped-def]
@@ -97,6 +97,7 @@ def main() -> None:
         print(f"  kbsync p50 {ours_p50 * 1000:6.1f} ms   chroma p50 {theirs_p50 * 1000:6.1f} ms")
         print(f"  ratio   {theirs_p50 / ours_p50:7.2f}x")
         print(f"  max abs difference {max(diffs):.2e}")
+
 
 if __name__ == "__main__":
     main()

@@ -32,11 +32,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, corpus_articles, model_dir  # noqa: E402
-from bench._daemon import BenchDaemon, free_port, percentile, settings_head  # noqa: E402
-from kbsync.lexical import LexicalIndex  # noqa: E402
-from kbsync.state import State  # noqa: E402
-from kbsync.store import MAX_RECORDS_PER_WRITE, ChunkRecord, Store, collection_name  # noqa: E402
+from bench._common import REPO, corpus_articles, model_dir
+from bench._daemon import BenchDaemon, free_port, percentile, settings_head
+from kbsync.lexical import LexicalIndex
+from kbsync.state import State
+from kbsync.store import MAX_RECORDS_PER_WRITE, ChunkRecord, Store, collection_name
 
 TENANT, PROJECT = "bench", "query"
 CHUNKS_PER_DOC = 5
@@ -222,24 +222,30 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"kbsync /v1/query: {args.queries} queries at k={args.k} on {held} chunks (embedded store; vectors: "
-          f"{figures['vectors']}; built in {figures['build_embed_s']} s embedding + {figures['build_write_s']} s "
-          f"writing)")
+    print(
+        f"kbsync /v1/query: {args.queries} queries at k={args.k} on {held} chunks (embedded store; vectors: "
+        f"{figures['vectors']}; built in {figures['build_embed_s']} s embedding + {figures['build_write_s']} s "
+        f"writing)"
+    )
     for group, label, target in (
         ("doc", "grouped + lexical leg (default)", "p50 <= 20 ms, p99 <= 60 ms"),
         ("chunk", "raw dense chunks (group=chunk)", "p50 <= 15 ms, p99 <= 40 ms"),
     ):
         print(f"  {label}")
-        print(f"    client round trip  p50 {figures[group + '_round_trip_p50_ms']} ms   "
-              f"p99 {figures[group + '_round_trip_p99_ms']} ms   max {figures[group + '_round_trip_max_ms']} ms   "
-              f"(target {target})")
+        print(
+            f"    client round trip  p50 {figures[group + '_round_trip_p50_ms']} ms   "
+            f"p99 {figures[group + '_round_trip_p99_ms']} ms   max {figures[group + '_round_trip_max_ms']} ms   "
+            f"(target {target})"
+        )
         took_p50, took_p99 = figures[group + "_took_p50_ms"], figures[group + "_took_p99_ms"]
         print(f"    daemon took_ms     p50 {took_p50} ms   p99 {took_p99} ms")
     ratio = figures["doc_round_trip_p50_ms"] / figures["chunk_round_trip_p50_ms"]
     print(f"  grouped/raw round-trip p50 ratio {ratio:.2f}")
     embed_p50, embed_p99 = figures["query_embedding_p50_ms"], figures["query_embedding_p99_ms"]
-    print(f"  of which embedding p50 {embed_p50} ms   p99 {embed_p99} ms   "
-          f"(the same questions through the same embedder, in the bench process)")
+    print(
+        f"  of which embedding p50 {embed_p50} ms   p99 {embed_p99} ms   "
+        f"(the same questions through the same embedder, in the bench process)"
+    )
 
 
 if __name__ == "__main__":

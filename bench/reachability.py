@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import corpus_articles, model_dir  # noqa: E402
-from kbsync.engine import Engine  # noqa: E402
-from kbsync.runs import ProjectKey, RunReport  # noqa: E402
-from kbsync.settings import load_settings  # noqa: E402
-from kbsync.wiring import open_engine  # noqa: E402
+from bench._common import corpus_articles, model_dir
+from kbsync.engine import Engine
+from kbsync.runs import ProjectKey, RunReport
+from kbsync.settings import load_settings
+from kbsync.wiring import open_engine
 
 KEY = ProjectKey("bench", "churn")
 
@@ -81,7 +81,7 @@ def settings(root: Path, name: str, verify: bool) -> Path:
     config.write_text(
         f'state_dir = "{name}"\nlog_level = "error"\nlog_format = "json"\n'
         f'[embedding]\nmodel_dir = "{model_dir()}"\n[reachability]\nverify_writes = {str(verify).lower()}\n'
-        f'audit_interval_hours = 0\n'
+        f"audit_interval_hours = 0\n"
         f'[[tenants]]\nid = "{KEY.tenant}"\n[[tenants.projects]]\nid = "{KEY.project}"\n'
         f'[[tenants.projects.sources]]\nkind = "files"\npath = "docs"\n'
     )
@@ -118,8 +118,10 @@ def main() -> None:
             unchecked.reconcile(KEY)
 
         sync()
-        print(f"initial sync: {len(articles)} articles, {runs[0].chunks_total} chunks, {runs[0].seconds:.1f} s, "
-              f"check {runs[0].check_seconds:.2f} s")
+        print(
+            f"initial sync: {len(articles)} articles, {runs[0].chunks_total} chunks, {runs[0].seconds:.1f} s, "
+            f"check {runs[0].check_seconds:.2f} s"
+        )
         deleted: list[dict] = []
         for number in range(1, args.rounds + 1):
             live = [a for a in articles if a not in deleted]
@@ -139,27 +141,35 @@ def main() -> None:
         check = sum(r.check_seconds for r in runs)
         churn = runs[1:]
         churn_share = 100 * sum(r.check_seconds for r in churn) / max(sum(r.seconds for r in churn), 1e-9)
-        print(f"{args.rounds} rounds: {sum(r.chunks_embedded for r in churn)} chunks embedded, "
-              f"{sum(r.chunks_deleted for r in churn)} deleted; {sum(r.chunks_unreachable for r in runs)} unreachable "
-              f"after a write, {sum(r.chunks_repaired for r in runs)} repaired, "
-              f"{sum(r.collections_rebuilt for r in runs)} rebuilds")
-        print(f"verify after write: {check:.2f} s of {total:.1f} s sync = {100 * check / total:.2f}% "
-              f"(initial sync {100 * runs[0].check_seconds / runs[0].seconds:.2f}%, rounds {churn_share:.2f}%)")
+        print(
+            f"{args.rounds} rounds: {sum(r.chunks_embedded for r in churn)} chunks embedded, "
+            f"{sum(r.chunks_deleted for r in churn)} deleted; {sum(r.chunks_unreachable for r in runs)} unreachable "
+            f"after a write, {sum(r.chunks_repaired for r in runs)} repaired, "
+            f"{sum(r.collections_rebuilt for r in runs)} rebuilds"
+        )
+        print(
+            f"verify after write: {check:.2f} s of {total:.1f} s sync = {100 * check / total:.2f}% "
+            f"(initial sync {100 * runs[0].check_seconds / runs[0].seconds:.2f}%, rounds {churn_share:.2f}%)"
+        )
         started = time.perf_counter()
         audit_checked = checked.audit(KEY)
         audit_seconds = time.perf_counter() - started
         audit_unchecked = unchecked.audit(KEY)
-        print(f"unreachable after the rounds: with verify {audit_checked.chunks_unreachable} of "
-              f"{audit_checked.chunks_checked}, without {audit_unchecked.chunks_unreachable} of "
-              f"{audit_unchecked.chunks_checked} (audit {audit_seconds:.2f} s)")
+        print(
+            f"unreachable after the rounds: with verify {audit_checked.chunks_unreachable} of "
+            f"{audit_checked.chunks_checked}, without {audit_unchecked.chunks_unreachable} of "
+            f"{audit_unchecked.chunks_checked} (audit {audit_seconds:.2f} s)"
+        )
         reports = [*runs, audit_checked, audit_unchecked]
         if audit_unchecked.chunks_unreachable:
             repaired = unchecked.audit(KEY, repair=True)
             reports.append(repaired)  # a rebuild that fails says why only in its errors
             after = unchecked.audit(KEY)
-            print(f"audit --repair without verify: {repaired.chunks_repaired} repaired, "
-                  f"{repaired.collections_rebuilt} rebuilt in {repaired.seconds:.1f} s; then "
-                  f"{after.chunks_unreachable} unreachable")
+            print(
+                f"audit --repair without verify: {repaired.chunks_repaired} repaired, "
+                f"{repaired.collections_rebuilt} rebuilt in {repaired.seconds:.1f} s; then "
+                f"{after.chunks_unreachable} unreachable"
+            )
         for report in reports:
             if report.errors:
                 print("errors:", report.errors)

@@ -31,11 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import CORPORA, corpus_articles, model_dir  # noqa: E402
-from kbsync.engine import Engine  # noqa: E402
-from kbsync.runs import ProjectKey  # noqa: E402
-from kbsync.settings import load_settings  # noqa: E402
-from kbsync.wiring import open_engine  # noqa: E402
+from bench._common import CORPORA, corpus_articles, model_dir
+from kbsync.engine import Engine
+from kbsync.runs import ProjectKey
+from kbsync.settings import load_settings
+from kbsync.wiring import open_engine
 
 QUESTIONS = Path(__file__).with_name("retrieval_questions.json")
 KEY = ProjectKey("bench", "corpus")
@@ -136,11 +136,14 @@ def main() -> None:
                 engine.lexical.max_postings = args.max_postings
             started = time.perf_counter()
             report = engine.reconcile(KEY)
-            print(f"sync: {report.chunks_total} chunks ({report.chunks_embedded} embedded) in "
-                  f"{time.perf_counter() - started:.0f} s; chunking {engine.chunker.fingerprint}; "
-                  f"candidates {engine.settings.retrieval.candidates}; bm25 weights "
-                  f"{engine.lexical.weights if engine.lexical else None}; max postings "
-                  f"{engine.lexical.max_postings if engine.lexical else None}", flush=True)
+            print(
+                f"sync: {report.chunks_total} chunks ({report.chunks_embedded} embedded) in "
+                f"{time.perf_counter() - started:.0f} s; chunking {engine.chunker.fingerprint}; "
+                f"candidates {engine.settings.retrieval.candidates}; bm25 weights "
+                f"{engine.lexical.weights if engine.lexical else None}; max postings "
+                f"{engine.lexical.max_postings if engine.lexical else None}",
+                flush=True,
+            )
             systems: dict[str, Callable[[str, str, str], list[str]]] = {}
 
             def chunk_ranks(question: str, locale: str, target: str) -> list[str]:

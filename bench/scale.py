@@ -30,10 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import corpus_articles, model_dir  # noqa: E402
-from bench._daemon import BenchDaemon, free_port, percentile  # noqa: E402
-from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot  # noqa: E402
-from tests.servers.chroma import ChromaServer  # noqa: E402
+from bench._common import corpus_articles, model_dir
+from bench._daemon import BenchDaemon, free_port, percentile
+from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot
+from tests.servers.chroma import ChromaServer
 
 ADMIN = "bench-admin-token"
 QUESTIONS = [q["q"] for q in json.loads((REPO / "bench" / "retrieval_questions.json").read_text())]
@@ -118,15 +118,34 @@ def run_size(articles: int, queries: int) -> None:
                 no_change = time.perf_counter() - started
                 embedded_q = daemon.query_times(queries)
                 rss_end = daemon.peak_rss_mb()  # VmHWM never falls: the peak of the whole life
-            print(f"N={articles}: initial sync {initial:.0f} s, {chunks} chunks, {chunks / initial:.1f} chunks/s, "
-                  f"peak RSS {rss:.0f} MB ({rss_end:.0f} MB after the reconcile and queries)", flush=True)
-            print(f"  no-change reconcile {no_change:.2f} s ({100 * no_change / initial:.2f}% of initial), "
-                  f"{report['chunks_embedded']} embeddings", flush=True)
+            print(
+                f"N={articles}: initial sync {initial:.0f} s, {chunks} chunks, {chunks / initial:.1f} chunks/s, "
+                f"peak RSS {rss:.0f} MB ({rss_end:.0f} MB after the reconcile and queries)",
+                flush=True,
+            )
+            print(
+                f"  no-change reconcile {no_change:.2f} s ({100 * no_change / initial:.2f}% of initial), "
+                f"{report['chunks_embedded']} embeddings",
+                flush=True,
+            )
             with ChromaServer(folder / "chroma-server" / "data") as server:
                 copy = subprocess.run(
-                    [sys.executable, "-m", "kbsync", "--config", str(config), "copy-store", "--to-http",
-                     "--host", server.host, "--port", str(server.port)],
-                    capture_output=True, text=True, env={**os.environ, "BENCH_TOKEN": AGENT_TOKEN},
+                    [
+                        sys.executable,
+                        "-m",
+                        "kbsync",
+                        "--config",
+                        str(config),
+                        "copy-store",
+                        "--to-http",
+                        "--host",
+                        server.host,
+                        "--port",
+                        str(server.port),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "BENCH_TOKEN": AGENT_TOKEN},
                 )
                 if copy.returncode != 0:
                     raise RuntimeError(copy.stdout + copy.stderr)
@@ -137,8 +156,11 @@ def run_size(articles: int, queries: int) -> None:
                 with ScaleDaemon(http_config) as daemon:
                     http_q = daemon.query_times(queries)
             for label, times in (("embedded", embedded_q), ("http", http_q)):
-                print(f"  /v1/query k=5 {label}: p50 {1000 * statistics.median(times):.1f} ms, "
-                      f"p99 {1000 * percentile(times, 99):.1f} ms", flush=True)
+                print(
+                    f"  /v1/query k=5 {label}: p50 {1000 * statistics.median(times):.1f} ms, "
+                    f"p99 {1000 * percentile(times, 99):.1f} ms",
+                    flush=True,
+                )
 
 
 def run_replicas(articles: int) -> None:
@@ -154,9 +176,22 @@ def run_replicas(articles: int) -> None:
                 synthetic_portal(fake, "half-b", articles - articles // 2, seed=2)
                 database = f"bench_{replicas}_{int(time.time())}"
                 subprocess.run(
-                    ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/createdb", "-h", "127.0.0.1",
-                     "-p", str(postgres.port), "-U", "kbsync", database] if os.geteuid() == 0 else
-                    ["createdb", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "kbsync", database],
+                    [
+                        "runuser",
+                        "-u",
+                        "postgres",
+                        "--",
+                        "/usr/lib/postgresql/15/bin/createdb",
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        str(postgres.port),
+                        "-U",
+                        "kbsync",
+                        database,
+                    ]
+                    if os.geteuid() == 0
+                    else ["createdb", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "kbsync", database],
                     check=True,
                 )
                 url = f"postgresql://kbsync@127.0.0.1:{postgres.port}/{database}"
@@ -168,8 +203,9 @@ def run_replicas(articles: int) -> None:
                             sub = folder / f"r{n}"
                             sub.mkdir()
                             config = sub / "settings.toml"
-                            config.write_text(settings_text(chatwoot.base_url, ["half-a", "half-b"], state_url=url,
-                                                            chroma=server))
+                            config.write_text(
+                                settings_text(chatwoot.base_url, ["half-a", "half-b"], state_url=url, chroma=server)
+                            )
                             daemon = ScaleDaemon(config)
                             stack.callback(daemon.__exit__)
                             daemon.spawn()
@@ -181,8 +217,11 @@ def run_replicas(articles: int) -> None:
                         projects = daemons[0].status()["projects"]
                         chunks = sum(p["chunks"] for p in projects)
                         owners = len({p["last_runs"]["reconcile"]["owner"] for p in projects})
-                print(f"{replicas} replica(s), {articles} articles in 2 projects: {chunks} chunks in {seconds:.0f} s "
-                      f"= {chunks / seconds:.1f} chunks/s; the projects were synced by {owners} replica(s)", flush=True)
+                print(
+                    f"{replicas} replica(s), {articles} articles in 2 projects: {chunks} chunks in {seconds:.0f} s "
+                    f"= {chunks / seconds:.1f} chunks/s; the projects were synced by {owners} replica(s)",
+                    flush=True,
+                )
     finally:
         postgres.destroy()
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kbsync.engine import RunReport  # noqa: E402
-from kbsync.queue import Queue  # noqa: E402
-from kbsync.retention import prune  # noqa: E402
-from kbsync.settings import RetentionSettings  # noqa: E402
-from kbsync.state import State  # noqa: E402
+from kbsync.engine import RunReport
+from kbsync.queue import Queue
+from kbsync.retention import prune
+from kbsync.settings import RetentionSettings
+from kbsync.state import State
 
 POLL_SECONDS = 60
 RECONCILE_EVERY = 360  # polls
@@ -55,8 +55,15 @@ def webhook(state: State, queue: Queue, project: str, clock: Clock, serial: int)
         queue.done(item, "bench-host:1:0", covered_until=clock.now)
 
 
-def simulate_day(state: State, queue: Queue, projects: int, webhooks: int, day: int, clock: Clock,
-                 retention: RetentionSettings | None) -> None:
+def simulate_day(
+    state: State,
+    queue: Queue,
+    projects: int,
+    webhooks: int,
+    day: int,
+    clock: Clock,
+    retention: RetentionSettings | None,
+) -> None:
     start = clock.now
     every = max(1, 1440 // max(1, webhooks))
     serial = day * 1_000_000
@@ -119,8 +126,10 @@ def main() -> None:
     if len(steady) >= 2:
         first, last = kept[steady[0]], kept[steady[-1]]
         without = f"{unbounded[steady[0]]:.2f} -> {unbounded[steady[-1]]:.2f} MB"
-        print(f"with retention, day {steady[0]} -> day {steady[-1]}: {first:.2f} -> {last:.2f} MB "
-              f"({(last / first - 1) * 100:+.1f}%); without: {without}")
+        print(
+            f"with retention, day {steady[0]} -> day {steady[-1]}: {first:.2f} -> {last:.2f} MB "
+            f"({(last / first - 1) * 100:+.1f}%); without: {without}"
+        )
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import CORPORA, corpus_articles, model_dir  # noqa: E402
-from kbsync.runs import ProjectKey  # noqa: E402
-from kbsync.settings import load_settings  # noqa: E402
-from kbsync.wiring import open_engine  # noqa: E402
+from bench._common import CORPORA, corpus_articles, model_dir
+from kbsync.runs import ProjectKey
+from kbsync.settings import load_settings
+from kbsync.wiring import open_engine
 
 
 class TimedEmbedder:
@@ -84,8 +84,10 @@ def main() -> None:
     print(f"initial sync: {articles} articles, {first.chunks_total} chunks in {first_wall:.1f} s")
     share = 100 * embed_seconds / first_wall
     print(f"  {first.chunks_embedded / first_wall:.1f} chunks/s, embedding {share:.1f}% of wall time")
-    print(f"no-change run: {second.chunks_embedded} embeddings, {second_wall:.2f} s = "
-          f"{100 * second_wall / first_wall:.2f}% of the initial sync")
+    print(
+        f"no-change run: {second.chunks_embedded} embeddings, {second_wall:.2f} s = "
+        f"{100 * second_wall / first_wall:.2f}% of the initial sync"
+    )
     if first.errors or second.errors:
         print("errors:", first.errors + second.errors)
 

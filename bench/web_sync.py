@@ -23,12 +23,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kbsync.logging import configure_logging  # noqa: E402
-from kbsync.settings import WebSourceSettings  # noqa: E402
-from kbsync.sources import Listing  # noqa: E402
-import kbsync.sources.web.pages as web_pages  # noqa: E402
-from kbsync.sources.web import FetchOptions, MemoryPageCache, WebSource  # noqa: E402
-from tests.servers.web import DocsSite, DocsSiteServer  # noqa: E402
+import kbsync.sources.web.pages as web_pages
+from kbsync.logging import configure_logging
+from kbsync.settings import WebSourceSettings
+from kbsync.sources import Listing
+from kbsync.sources.web import FetchOptions, MemoryPageCache, WebSource
+from tests.servers.web import DocsSite, DocsSiteServer
 
 
 class TimedExtraction:
@@ -115,19 +115,27 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"initial crawl: {pages} pages in {initial['seconds']:.2f} s ({pages / initial['seconds']:.1f} pages/s), "
-          f"{initial['bytes_downloaded'] / 1024:.0f} KiB in {initial['requests']} requests, "
-          f"complete={initial['complete']}; "
-          f"time inside trafilatura {initial['extraction_seconds']:.2f} s"
-          f"{' (summed over the worker threads, GIL waits included)' if args.workers > 1 else ''}")
-    print(f"re-crawl, nothing changed: {recrawl['not_modified_304']} x 304, {recrawl['documents']} documents to embed, "
-          f"{recrawl['bytes_downloaded'] / 1024:.1f} KiB "
-          f"({100 * result['recrawl_unchanged']['fraction_of_initial_bytes']:.1f}% of the bytes), "
-          f"{recrawl['seconds']:.2f} s ({100 * result['recrawl_unchanged']['fraction_of_initial_time']:.1f}% of the time)")
-    print(f"poll trusting <lastmod>: {poll['lastmod_skips']} pages not requested, {poll['not_modified_304']} x 304, "
-          f"{poll['requests']} requests, {poll['seconds']:.2f} s")
-    print(f"one page edited: {edited['documents']} document downloaded, {edited['unchanged']} unchanged, "
-          f"{edited['seconds']:.2f} s")
+    print(
+        f"initial crawl: {pages} pages in {initial['seconds']:.2f} s ({pages / initial['seconds']:.1f} pages/s), "
+        f"{initial['bytes_downloaded'] / 1024:.0f} KiB in {initial['requests']} requests, "
+        f"complete={initial['complete']}; "
+        f"time inside trafilatura {initial['extraction_seconds']:.2f} s"
+        f"{' (summed over the worker threads, GIL waits included)' if args.workers > 1 else ''}"
+    )
+    print(
+        f"re-crawl, nothing changed: {recrawl['not_modified_304']} x 304, {recrawl['documents']} documents to embed, "
+        f"{recrawl['bytes_downloaded'] / 1024:.1f} KiB "
+        f"({100 * result['recrawl_unchanged']['fraction_of_initial_bytes']:.1f}% of the bytes), "
+        f"{recrawl['seconds']:.2f} s ({100 * result['recrawl_unchanged']['fraction_of_initial_time']:.1f}% of the time)"
+    )
+    print(
+        f"poll trusting <lastmod>: {poll['lastmod_skips']} pages not requested, {poll['not_modified_304']} x 304, "
+        f"{poll['requests']} requests, {poll['seconds']:.2f} s"
+    )
+    print(
+        f"one page edited: {edited['documents']} document downloaded, {edited['unchanged']} unchanged, "
+        f"{edited['seconds']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

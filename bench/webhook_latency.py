@@ -32,10 +32,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import corpus_articles  # noqa: E402
-from bench._daemon import BenchDaemon, free_port, percentile, settings_head  # noqa: E402
-from kbsync.http import sign  # noqa: E402
-from tests.servers.chatwoot import ChatwootServer, FakeChatwoot  # noqa: E402
+from bench._common import corpus_articles
+from bench._daemon import BenchDaemon, free_port, percentile, settings_head
+from kbsync.http import sign
+from tests.servers.chatwoot import ChatwootServer, FakeChatwoot
 
 PORTAL = "bench-help"
 
@@ -126,8 +126,12 @@ def main() -> None:
                     PORTAL, article_id, content=f"{base[article_id]}\n\n## Revision {marker}\n\n{paragraph}"
                 )
                 body = json.dumps(
-                    {"event": "article_updated", "account": {"id": 1}, "portal": {"slug": PORTAL},
-                     "article": {"id": article_id}}
+                    {
+                        "event": "article_updated",
+                        "account": {"id": 1},
+                        "portal": {"slug": PORTAL},
+                        "article": {"id": article_id},
+                    }
                 ).encode()
                 ts = str(int(time.time()))
                 headers = {
@@ -189,15 +193,23 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"kbsync webhook latency: {args.edits} edits of {len(ids)} articles (after {args.warmup} warm-up edits), "
-          f"daemon ready and synced in {figures['startup_seconds']} s")
-    print(f"  webhook -> queryable  p50 {figures['queryable_p50_s']} s   p99 {figures['queryable_p99_s']} s   "
-          f"max {figures['queryable_max_s']} s   misses {misses}   (target p50 <= 0.5 s, p99 <= 1.5 s; "
-          f"polled every {args.poll_ms:g} ms)")
-    print(f"  received -> applied  p50 {figures['daemon_applied_p50_s']} s   p99 {figures['daemon_applied_p99_s']} s   "
-          f"(the daemon's queue.item_applied log lines)")
-    print(f"  webhook answer (202)  p50 {figures['answer_p50_ms']} ms   p99 {figures['answer_p99_ms']} ms   "
-          f"max {figures['answer_max_ms']} ms   (target: well under 100 ms)")
+    print(
+        f"kbsync webhook latency: {args.edits} edits of {len(ids)} articles (after {args.warmup} warm-up edits), "
+        f"daemon ready and synced in {figures['startup_seconds']} s"
+    )
+    print(
+        f"  webhook -> queryable  p50 {figures['queryable_p50_s']} s   p99 {figures['queryable_p99_s']} s   "
+        f"max {figures['queryable_max_s']} s   misses {misses}   (target p50 <= 0.5 s, p99 <= 1.5 s; "
+        f"polled every {args.poll_ms:g} ms)"
+    )
+    print(
+        f"  received -> applied  p50 {figures['daemon_applied_p50_s']} s   p99 {figures['daemon_applied_p99_s']} s   "
+        f"(the daemon's queue.item_applied log lines)"
+    )
+    print(
+        f"  webhook answer (202)  p50 {figures['answer_p50_ms']} ms   p99 {figures['answer_p99_ms']} ms   "
+        f"max {figures['answer_max_ms']} ms   (target: well under 100 ms)"
+    )
     print(f"  chunks embedded per edit: {figures['chunks_embedded_per_edit']}")
 
 

@@ -36,15 +36,22 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, corpus_articles  # noqa: E402
-from bench._daemon import BenchDaemon, free_port, percentile  # noqa: E402
-from bench.webhook_latency import PORTAL, settings  # noqa: E402
-from kbsync.http import sign  # noqa: E402
-from tests.servers.chatwoot import ChatwootServer, FakeChatwoot  # noqa: E402
-from tests.servers.chroma import ChromaServer  # noqa: E402
+from bench._common import REPO, corpus_articles
+from bench._daemon import BenchDaemon, free_port, percentile
+from bench.webhook_latency import PORTAL, settings
+from kbsync.http import sign
+from tests.servers.chatwoot import ChatwootServer, FakeChatwoot
+from tests.servers.chroma import ChromaServer
 
-QUESTIONS = ("how do I add an agent", "set up a website inbox", "reset my password", "create a canned response",
-             "connect a whatsapp channel", "export conversations", "assign a conversation to a team")
+QUESTIONS = (
+    "how do I add an agent",
+    "set up a website inbox",
+    "reset my password",
+    "create a canned response",
+    "connect a whatsapp channel",
+    "export conversations",
+    "assign a conversation to a team",
+)
 
 
 def _query_load(port: int, token: str, clients: int, stop: Any, counts: Any) -> None:
@@ -79,11 +86,16 @@ def _webhooks(port: int, secret: str, ids: list[int], count: int, gap: float) ->
             # `updated_at` differs per edit, as in Chatwoot's payloads: the same body signed in the same second is a
             # replay (deduplicated), not a new edit.
             article = {"id": ids[n % len(ids)], "updated_at": f"{time.time():.6f}"}
-            body = json.dumps({"event": "article_updated", "account": {"id": 1}, "portal": {"slug": PORTAL},
-                               "article": article}).encode()
+            body = json.dumps(
+                {"event": "article_updated", "account": {"id": 1}, "portal": {"slug": PORTAL}, "article": article}
+            ).encode()
             ts = str(int(time.time()))
-            headers = {"Content-Type": "application/json", "X-Chatwoot-Timestamp": ts,
-                       "X-Chatwoot-Signature": sign(secret, ts, body), "X-Chatwoot-Delivery": str(uuid.uuid4())}
+            headers = {
+                "Content-Type": "application/json",
+                "X-Chatwoot-Timestamp": ts,
+                "X-Chatwoot-Signature": sign(secret, ts, body),
+                "X-Chatwoot-Delivery": str(uuid.uuid4()),
+            }
             sent = time.perf_counter()
             try:
                 response = client.post("/webhooks/bench", content=body, headers=headers)
@@ -109,7 +121,11 @@ class _Daemon(BenchDaemon):
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kbsync", "--config", str(self.config), "run"],
-                cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
             )
 
 
@@ -117,8 +133,12 @@ def _measure(
     label: str, code: Path, folder: Path, args: argparse.Namespace, chroma: ChromaServer | None = None
 ) -> dict[str, Any]:
     tokens = {name: f"{name.lower()}-{secrets.token_hex(8)}" for name in ("API", "WEBHOOK", "QUERY", "ADMIN")}
-    env = {"BENCH_CHATWOOT_TOKEN": tokens["API"], "BENCH_WEBHOOK_SECRET": tokens["WEBHOOK"],
-           "BENCH_QUERY_TOKEN": tokens["QUERY"], "KBSYNC_ADMIN_TOKEN": tokens["ADMIN"]}
+    env = {
+        "BENCH_CHATWOOT_TOKEN": tokens["API"],
+        "BENCH_WEBHOOK_SECRET": tokens["WEBHOOK"],
+        "BENCH_QUERY_TOKEN": tokens["QUERY"],
+        "KBSYNC_ADMIN_TOKEN": tokens["ADMIN"],
+    }
     fake = FakeChatwoot(with_default_tokens=False, tie_order="stable")
     fake.add_token(1, tokens["API"], role="agent")
     fake.add_portal(1, PORTAL)
@@ -178,8 +198,9 @@ def main() -> None:
         if args.before:
             old = folder / "before-code"
             old.mkdir()
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before, "kbsync"], check=True,
-                                     capture_output=True).stdout
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", args.before, "kbsync"], check=True, capture_output=True
+            ).stdout
             subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
             codes.insert(0, (f"before ({args.before})", old))
         for mode in args.chroma.split(","):
@@ -193,15 +214,21 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"kbsync webhook answer (POST -> 202) under {args.clients} parallel query clients, {args.articles} articles, "
-          f"{args.webhooks} webhooks loaded / {args.webhooks // 2} idle, one every {args.gap_ms:g} ms "
-          "(target p99 <= 100 ms)")
-    print(f"  {'code, store':<32} {'idle p50':>9} {'idle p99':>9} {'load p50':>9} {'load p99':>9} {'load max':>9} "
-          f"{'queries/s':>10}")
+    print(
+        f"kbsync webhook answer (POST -> 202) under {args.clients} parallel query clients, {args.articles} articles, "
+        f"{args.webhooks} webhooks loaded / {args.webhooks // 2} idle, one every {args.gap_ms:g} ms "
+        "(target p99 <= 100 ms)"
+    )
+    print(
+        f"  {'code, store':<32} {'idle p50':>9} {'idle p99':>9} {'load p50':>9} {'load p99':>9} {'load max':>9} "
+        f"{'queries/s':>10}"
+    )
     for r in rows:
-        print(f"  {r['code']:<32} {r['idle_p50_ms']:>7} ms {r['idle_p99_ms']:>6} ms {r['loaded_p50_ms']:>6} ms "
-              f"{r['loaded_p99_ms']:>6} ms {r['loaded_max_ms']:>6} ms {r['queries_per_s']:>10}"
-              + (f"  ({r['query_failures']} failed queries)" if r["query_failures"] else ""))
+        print(
+            f"  {r['code']:<32} {r['idle_p50_ms']:>7} ms {r['idle_p99_ms']:>6} ms {r['loaded_p50_ms']:>6} ms "
+            f"{r['loaded_p99_ms']:>6} ms {r['loaded_max_ms']:>6} ms {r['queries_per_s']:>10}"
+            + (f"  ({r['query_failures']} failed queries)" if r["query_failures"] else "")
+        )
 
 
 if __name__ == "__main__":

@@ -144,7 +144,9 @@ class Chunker:
         ):
             section_budget = self.max_tokens - _SPECIAL_TOKENS - self._prefix(title, section.path, prefixes)[1]
             pieces = [
-                p for block, tokens in zip(section.blocks, blocks_tokens) for p in self._pieces(block, tokens, section_budget)
+                p
+                for block, tokens in zip(section.blocks, blocks_tokens)
+                for p in self._pieces(block, tokens, section_budget)
             ]
             if not pieces:
                 continue
@@ -242,9 +244,11 @@ class Chunker:
                 flush()
                 sentences = _SENTENCE_END.split(unit)
                 subunits = sentences if len(sentences) > 1 else self.counter.split_at_tokens(unit, room)
-                for sub in self._group(subunits, room, " ") if len(sentences) > 1 else [
-                    _Piece(s, self.counter.count_many([s])[0]) for s in subunits
-                ]:
+                for sub in (
+                    self._group(subunits, room, " ")
+                    if len(sentences) > 1
+                    else [_Piece(s, self.counter.count_many([s])[0]) for s in subunits]
+                ):
                     parts, used = [sub.text], sub.tokens
                     flush()
                 continue

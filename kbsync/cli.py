@@ -116,7 +116,7 @@ def run(
     from kbsync.daemon import Daemon, DaemonOptions
 
     if cli_state(ctx).as_json:
-        _fail("--json does not apply to `kbsync run` (it logs; set log_format = \"json\")", EXIT_CONFIG)
+        _fail('--json does not apply to `kbsync run` (it logs; set log_format = "json")', EXIT_CONFIG)
     settings = _settings(ctx)
     try:
         code = Daemon(settings, DaemonOptions(workers=workers)).run()
@@ -209,7 +209,10 @@ def resync(
     settings = _settings(ctx)
     if _store_is_locked(settings):
         body = {
-            "tenant": tenant, "project": project, "rebuild": rebuild, "allow_mass_delete": allow_mass_delete,
+            "tenant": tenant,
+            "project": project,
+            "rebuild": rebuild,
+            "allow_mass_delete": allow_mass_delete,
             "wait": True,
         }
         answer = _daemon(settings, "POST", "/v1/resync", body, timeout=24 * 3600)
@@ -318,8 +321,15 @@ def query(
     started = time.perf_counter()
     settings = _settings(ctx)
     if _store_is_locked(settings):
-        body = {"tenant": tenant, "project": project, "query": text, "k": k, "locale": locale, "group": group,
-                "expand": expand}
+        body = {
+            "tenant": tenant,
+            "project": project,
+            "query": text,
+            "k": k,
+            "locale": locale,
+            "group": group,
+            "expand": expand,
+        }
         answer = _daemon(settings, "POST", "/v1/query", body, timeout=60)
         if answer is None:
             _no_daemon(settings)
@@ -370,8 +380,9 @@ def audit(
 
     settings = _settings(ctx)
     if _store_is_locked(settings):
-        answer = _daemon(settings, "POST", "/v1/audit", {"tenant": tenant, "project": project, "repair": repair},
-                         timeout=24 * 3600)
+        answer = _daemon(
+            settings, "POST", "/v1/audit", {"tenant": tenant, "project": project, "repair": repair}, timeout=24 * 3600
+        )
         if answer is None:
             _no_daemon(settings)
         reports = [RunReport.from_dict(r) for r in answer["reports"]]

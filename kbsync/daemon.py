@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -136,8 +136,14 @@ class Daemon:
             intake = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbsync-intake")
             self._exit_callbacks.append(lambda: intake.shutdown(wait=False, cancel_futures=True))
             context = ApiContext(
-                self.settings, engine, queue, metrics, self._ready.is_set, self._wake.set,
-                submit_resync=lambda keys, options: self._submit_resync(engine, keys, options), intake=intake,
+                self.settings,
+                engine,
+                queue,
+                metrics,
+                self._ready.is_set,
+                self._wake.set,
+                submit_resync=lambda keys, options: self._submit_resync(engine, keys, options),
+                intake=intake,
                 submit_audit=lambda keys, options: self._submit_audit(engine, keys, options),
             )
             app = create_app(context)
@@ -251,8 +257,11 @@ class Daemon:
                 # Replicas started together wait a moment to see each other before taking their shares.
                 delay = self._share_delay() if self.settings.state.url else 0.0
                 scheduler.add_job(
-                    self._scheduled, "date", run_date=datetime.now(timezone.utc) + timedelta(seconds=delay),
-                    args=[engine, key, "reconcile"], id=f"startup:{key}",
+                    self._scheduled,
+                    "date",
+                    run_date=datetime.now(UTC) + timedelta(seconds=delay),
+                    args=[engine, key, "reconcile"],
+                    id=f"startup:{key}",
                 )
         self._jobs = scheduler
         return scheduler
@@ -266,10 +275,13 @@ class Daemon:
         if hours <= 0:
             return
         jitter = min(3600.0, hours * 360.0)
-        first = datetime.now(timezone.utc) + timedelta(seconds=random.uniform(jitter / 2, jitter))
+        first = datetime.now(UTC) + timedelta(seconds=random.uniform(jitter / 2, jitter))
         scheduler.add_job(
-            self._scheduled, IntervalTrigger(hours=hours, jitter=int(jitter)), args=[engine, key, "audit"],
-            id=f"audit:{key}", next_run_time=first,
+            self._scheduled,
+            IntervalTrigger(hours=hours, jitter=int(jitter)),
+            args=[engine, key, "audit"],
+            id=f"audit:{key}",
+            next_run_time=first,
         )
 
     def _submit_resync(
@@ -306,7 +318,7 @@ class Daemon:
         try:
             if self._jobs is None:
                 raise KbsyncError("the scheduler has not started")
-            self._jobs.add_job(job, "date", run_date=datetime.now(timezone.utc), misfire_grace_time=None)
+            self._jobs.add_job(job, "date", run_date=datetime.now(UTC), misfire_grace_time=None)
         except Exception as exc:  # the scheduler stopped (the daemon is stopping)
             future.set_exception(KbsyncError(f"{what} not started: {exc}"))
         return future
@@ -353,21 +365,30 @@ class Daemon:
         if self.stop.is_set():
             return
         if deferred_since is not None and self._done_elsewhere(engine, key, kind, deferred_since):
-            log.info("run.skipped_done", tenant=key.tenant, project=key.project, trigger=kind,
-                     reason="another replica ran it while it was deferred")
+            log.info(
+                "run.skipped_done",
+                tenant=key.tenant,
+                project=key.project,
+                trigger=kind,
+                reason="another replica ran it while it was deferred",
+            )
             return
         if not self._take_share(engine, key):
             # Try again later: by then another replica has done it (skipped then) or this replica has a share free.
             log.debug("run.deferred", tenant=key.tenant, project=key.project, kind=kind, reason="fair share")
-            when = datetime.now(timezone.utc) + timedelta(seconds=self._share_delay())
+            when = datetime.now(UTC) + timedelta(seconds=self._share_delay())
             # A run another replica began a moment before this one was due serves as well (scheduled runs jitter).
             since = deferred_since if deferred_since is not None else time.time() - self._share_delay()
             if self._jobs is None:  # never: scheduled runs come from the scheduler
                 return
             try:
                 self._jobs.add_job(
-                    self._scheduled, "date", run_date=when, args=[engine, key, kind, since],
-                    id=f"deferred:{kind}:{key}", replace_existing=True,
+                    self._scheduled,
+                    "date",
+                    run_date=when,
+                    args=[engine, key, kind, since],
+                    id=f"deferred:{kind}:{key}",
+                    replace_existing=True,
                 )
             except Exception:  # the scheduler stopped meanwhile: nothing to defer to
                 log.debug("run.defer_failed", exc_info=True)
@@ -439,7 +460,13 @@ class Daemon:
                 log.error("queue.settle_failed", error=str(exc))
 
     def _settle(
-        self, queue: Queue, metrics: Metrics, item: QueueItem, owner: str, report: RunReport | None, error: str | None,
+        self,
+        queue: Queue,
+        metrics: Metrics,
+        item: QueueItem,
+        owner: str,
+        report: RunReport | None,
+        error: str | None,
         started: float,
     ) -> None:
         """Record an item's outcome: done (with the items its refresh covered), retried later, or dead."""

@@ -171,8 +171,9 @@ class Engine:
         self._project_settings(key)
         report = RunReport(key.tenant, key.project, kind)
         started = time.monotonic()
-        with try_lock(self._locks[key], wait) as locked, structlog.contextvars.bound_contextvars(
-            tenant=key.tenant, project=key.project, trigger=kind
+        with (
+            try_lock(self._locks[key], wait) as locked,
+            structlog.contextvars.bound_contextvars(tenant=key.tenant, project=key.project, trigger=kind),
         ):
             if not locked:
                 report.busy = True
@@ -430,7 +431,7 @@ class Engine:
             # Arbitrary content meets the chunker and the store's limits here: one document fails, not the run.
             try:
                 item = self._plan(doc, held, report, rebuild=rebuild)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 report.errors.append(f"{doc.source} {doc.doc_id}: cannot be chunked: {type(exc).__name__}: {exc}")
                 log.warning("doc.unchunkable", doc_id=doc.doc_id, error=f"{type(exc).__name__}: {exc}")
                 continue  # whatever the index holds of it stays
@@ -503,8 +504,10 @@ class Engine:
                 stale.extend(sorted(set(item.held.chunks) - {c.id for c in item.chunks}))
             planned.append((item, metadatas))
         written = len(records)  # metadata refreshes below are not counted as written chunks (as before batching)
-        refreshed = [(doc, held, {c: {**m, "doc_updated_at": doc.updated_at} for c, m in held.chunks.items()})
-                     for doc, held in touched]
+        refreshed = [
+            (doc, held, {c: {**m, "doc_updated_at": doc.updated_at} for c, m in held.chunks.items()})
+            for doc, held in touched
+        ]
         records.extend(ChunkRecord(c, "", m, None) for _, _, metas in refreshed for c, m in metas.items())
         # Locales are recorded before the chunks carrying them are written: a query skips its locale filter only
         # while the project's recorded locales are exactly the asked one (see `query`).
@@ -583,8 +586,9 @@ class Engine:
         """Make the lexical rows match the collection (a failed write, or a store older than the lexical leg)."""
         if self.lexical is None or not index.complete:
             return
-        added, removed = converge_lexical(self.lexical, self.store_for(key), key.tenant, key.project,
-                                          key.collection, index)
+        added, removed = converge_lexical(
+            self.lexical, self.store_for(key), key.tenant, key.project, key.collection, index
+        )
         if added or removed:
             log.info("lexical.converged", added=added, removed=removed)
             report.warnings.append(f"lexical index repaired: {added} rows added, {removed} removed")
@@ -611,9 +615,11 @@ class Engine:
         retrieval = Retrieval(self.store_for(key), self.lexical, self.settings.retrieval.candidates)
         weight = self.settings.retrieval.lexical_weight if lexical_weight is None else lexical_weight
         # The lexical leg needs no vector: it runs while the question is embedded.
-        lexical = retrieval.start_lexical(self._lexical_pool, (key.tenant, key.project), text, locale, k=k) if (
-            group == "doc" and weight > 0
-        ) else None
+        lexical = (
+            retrieval.start_lexical(self._lexical_pool, (key.tenant, key.project), text, locale, k=k)
+            if (group == "doc" and weight > 0)
+            else None
+        )
         vector = self.embedder.embed([text])[0]
         where = None
         if locale:
@@ -624,8 +630,17 @@ class Engine:
             if locales != {locale}:
                 where = {"locale": locale}
         return retrieval.search(
-            key.collection, (key.tenant, key.project), vector, text,
-            k=k, where=where, locale=locale, group=group, expand=expand, weight=weight, lexical_hits=lexical,
+            key.collection,
+            (key.tenant, key.project),
+            vector,
+            text,
+            k=k,
+            where=where,
+            locale=locale,
+            group=group,
+            expand=expand,
+            weight=weight,
+            lexical_hits=lexical,
         )
 
 

@@ -74,7 +74,10 @@ _sqlite_rows = sa.Table(
     sa.Column("body", sa.Text, nullable=False),
     sa.Index("lexical_chunks_project", "tenant", "project"),
 )
-_FTS_TABLES = {1: ("lexical_stem", "porter unicode61 remove_diacritics 2"), 0: ("lexical_plain", "unicode61 remove_diacritics 2")}
+_FTS_TABLES = {
+    1: ("lexical_stem", "porter unicode61 remove_diacritics 2"),
+    0: ("lexical_plain", "unicode61 remove_diacritics 2"),
+}
 
 _pg_meta = sa.MetaData()
 _pg_rows = sa.Table(
@@ -172,23 +175,29 @@ class LexicalIndex:
         _sqlite_meta.create_all(self._db)
         with self._db.begin() as tx:
             for stemmed, (table, tokenizer) in _FTS_TABLES.items():
-                tx.execute(sa.text(
-                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5(scope, title, heading, body, "
-                    f"content='lexical_chunks', content_rowid='id', tokenize='{tokenizer}')"
-                ))
+                tx.execute(
+                    sa.text(
+                        f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5(scope, title, heading, body, "
+                        f"content='lexical_chunks', content_rowid='id', tokenize='{tokenizer}')"
+                    )
+                )
                 tx.execute(sa.text(f"CREATE VIRTUAL TABLE IF NOT EXISTS {table}_vocab USING fts5vocab({table}, 'row')"))
-                tx.execute(sa.text(
-                    f"CREATE TRIGGER IF NOT EXISTS {table}_insert AFTER INSERT ON lexical_chunks "
-                    f"WHEN new.stemmed = {stemmed} BEGIN "
-                    f"INSERT INTO {table}(rowid, scope, title, heading, body) "
-                    "VALUES (new.id, new.scope, new.title, new.heading, new.body); END"
-                ))
-                tx.execute(sa.text(
-                    f"CREATE TRIGGER IF NOT EXISTS {table}_delete AFTER DELETE ON lexical_chunks "
-                    f"WHEN old.stemmed = {stemmed} BEGIN "
-                    f"INSERT INTO {table}({table}, rowid, scope, title, heading, body) "
-                    "VALUES ('delete', old.id, old.scope, old.title, old.heading, old.body); END"
-                ))
+                tx.execute(
+                    sa.text(
+                        f"CREATE TRIGGER IF NOT EXISTS {table}_insert AFTER INSERT ON lexical_chunks "
+                        f"WHEN new.stemmed = {stemmed} BEGIN "
+                        f"INSERT INTO {table}(rowid, scope, title, heading, body) "
+                        "VALUES (new.id, new.scope, new.title, new.heading, new.body); END"
+                    )
+                )
+                tx.execute(
+                    sa.text(
+                        f"CREATE TRIGGER IF NOT EXISTS {table}_delete AFTER DELETE ON lexical_chunks "
+                        f"WHEN old.stemmed = {stemmed} BEGIN "
+                        f"INSERT INTO {table}({table}, rowid, scope, title, heading, body) "
+                        "VALUES ('delete', old.id, old.scope, old.title, old.heading, old.body); END"
+                    )
+                )
 
     def config_for(self, locale: str) -> str:
         """The PostgreSQL text search configuration of a locale (`simple` where the server has none)."""
@@ -267,7 +276,9 @@ class LexicalIndex:
 
     def count(self, tenant: str, project: str) -> int:
         table = _pg_rows if self._postgres else _sqlite_rows
-        query = sa.select(sa.func.count()).select_from(table).where(table.c.tenant == tenant, table.c.project == project)
+        query = (
+            sa.select(sa.func.count()).select_from(table).where(table.c.tenant == tenant, table.c.project == project)
+        )
         with db_errors("count the lexical index"), self._db.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -315,7 +326,9 @@ class LexicalIndex:
         table, tokenizer = _FTS_TABLES[flag]
         probe = f"{table}_probe"
         conn.execute(sa.text(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{probe} USING fts5(q, tokenize='{tokenizer}')"))
-        conn.execute(sa.text(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{probe}_v USING fts5vocab(temp, {probe}, 'instance')"))
+        conn.execute(
+            sa.text(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{probe}_v USING fts5vocab(temp, {probe}, 'instance')")
+        )
         conn.commit()  # keep the probe tables on this pooled connection; the probe rows below are rolled back
         conn.execute(sa.text(f"DELETE FROM temp.{probe}"))
         conn.execute(
@@ -335,9 +348,7 @@ class LexicalIndex:
             )
             postings = {str(r.term): int(r.doc) for r in rows}
         conn.rollback()
-        counted = [
-            (max(postings.get(t, 0) for t in tokens[n]), n) for n in range(len(terms)) if n in tokens
-        ]
+        counted = [(max(postings.get(t, 0) for t in tokens[n]), n) for n in range(len(terms)) if n in tokens]
         chosen: list[str] = []
         total = 0
         for count, n in sorted(c for c in counted if c[0] > 0):

@@ -14,7 +14,7 @@ from typing import Literal
 
 from markdown_it import MarkdownIt
 
-__all__ = ["Block", "parse_blocks", "clean_inline", "first_h1", "html_to_markdown"]
+__all__ = ["Block", "clean_inline", "first_h1", "html_to_markdown", "parse_blocks"]
 
 BlockKind = Literal["heading", "paragraph", "list", "table", "code", "quote", "other"]
 
@@ -137,10 +137,26 @@ def parse_blocks(markdown: str) -> list[Block]:
 # h1 or h2 is never pruned: a page *about* cookies or feedback keeps its content. XPath 1.0 (no regex extension):
 # tokens are matched in the lowercased id, class and aria-label.
 _CHROME_TOKENS = (
-    "feedback", "helpful", "article-vote", "article-votes", "page-rating", "reactions",
-    "cookie", "consent", "gdpr",
-    "table-of-contents", "toc-", "edit-this-page", "edit-page", "pagination-nav", "prev-next",
-    "language-switcher", "lang-switcher", "locale-switcher", "skip-link", "skip-to-content",
+    "feedback",
+    "helpful",
+    "article-vote",
+    "article-votes",
+    "page-rating",
+    "reactions",
+    "cookie",
+    "consent",
+    "gdpr",
+    "table-of-contents",
+    "toc-",
+    "edit-this-page",
+    "edit-page",
+    "pagination-nav",
+    "prev-next",
+    "language-switcher",
+    "lang-switcher",
+    "locale-switcher",
+    "skip-link",
+    "skip-to-content",
 )
 _LOWER = "'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'"
 _ATTRS = f"translate(concat(' ', @id, ' ', @class, ' ', @aria-label, ' '), {_LOWER})"

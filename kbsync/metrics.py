@@ -21,15 +21,19 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_items = Counter(
-            "kbsync_queue_items_total", "Queue items by outcome (applied, retried, dead).", ["outcome"],
+            "kbsync_queue_items_total",
+            "Queue items by outcome (applied, retried, dead).",
+            ["outcome"],
             registry=self.registry,
         )
         self.queue_depth = Gauge("kbsync_queue_depth", "Pending webhook queue items.", registry=self.registry)
         if queue_depth is not None:
             self.queue_depth.set_function(queue_depth)
         self.runs = Counter(
-            "kbsync_runs_total", "Runs by kind (reconcile, poll, refresh) and outcome.",
-            ["tenant", "project", "kind", "outcome"], registry=self.registry,
+            "kbsync_runs_total",
+            "Runs by kind (reconcile, poll, refresh) and outcome.",
+            ["tenant", "project", "kind", "outcome"],
+            registry=self.registry,
         )
         self.embeddings = Counter("kbsync_embeddings_total", "Chunk texts embedded.", registry=self.registry)
         self.chunks_written = Counter(
@@ -37,14 +41,17 @@ class Metrics:
         )
         self.chunks_deleted = Counter("kbsync_chunks_deleted_total", "Chunks deleted.", registry=self.registry)
         self.last_success = Gauge(
-            "kbsync_last_success_timestamp_seconds", "End of the last successful run of a project.",
-            ["tenant", "project"], registry=self.registry,
+            "kbsync_last_success_timestamp_seconds",
+            "End of the last successful run of a project.",
+            ["tenant", "project"],
+            registry=self.registry,
         )
 
         self.unreachable = Gauge(
             "kbsync_unreachable_chunks",
             "Chunks that no query with their own vector returned at the project's last audit, and not repaired.",
-            ["tenant", "project"], registry=self.registry,
+            ["tenant", "project"],
+            registry=self.registry,
         )
 
     def observe_run(self, report: object) -> None:

@@ -188,16 +188,23 @@ def rebuild(store: Store, name: str, k: int = 10, *, first: Sequence[str] = ()) 
                 held = len(_scan(store, name, k)[1])
                 problem = None if len(lost) < held else f"{problem}, the collection {held}"
             if problem:
-                raise RebuildFailed(f"the rebuilt copy of {name!r} is not whole ({problem}); the old collection is "
-                                    "left in place")
+                raise RebuildFailed(
+                    f"the rebuilt copy of {name!r} is not whole ({problem}); the old collection is left in place"
+                )
             store.swap(name, spare)
         except StoreError as exc:
             _drop_quietly(store, spare)
             if isinstance(exc, RebuildFailed):
                 raise
             raise RebuildFailed(f"rebuilding {name!r} failed, the old collection is left in place: {exc}") from exc
-        log.info("reachability.rebuilt", collection=name, chunks=copied, attempts=attempt, unreachable=len(lost),
-                 seconds=round(time.monotonic() - started, 3))
+        log.info(
+            "reachability.rebuilt",
+            collection=name,
+            chunks=copied,
+            attempts=attempt,
+            unreachable=len(lost),
+            seconds=round(time.monotonic() - started, 3),
+        )
         return lost
     raise AssertionError("unreachable: the last attempt returns or raises")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -82,7 +82,9 @@ def prune(
     return PruneReport(runs, queue_rows, leases, round(time.monotonic() - started, 3))
 
 
-def schedule_pruning(scheduler: BaseScheduler, state: State, queue: Queue, settings: RetentionSettings, owner: str) -> None:
+def schedule_pruning(
+    scheduler: BaseScheduler, state: State, queue: Queue, settings: RetentionSettings, owner: str
+) -> None:
     """Add the daemon's pruning jobs to its APScheduler `scheduler`: one soon after the start, then every
     `interval_minutes`, jittered by a tenth of it (replicas started together do not prune together)."""
     from apscheduler.triggers.interval import IntervalTrigger
@@ -97,5 +99,5 @@ def schedule_pruning(scheduler: BaseScheduler, state: State, queue: Queue, setti
 
     interval = settings.interval_minutes * 60
     scheduler.add_job(job, IntervalTrigger(seconds=interval, jitter=interval // 10), id="retention")
-    first = datetime.now(timezone.utc) + timedelta(seconds=FIRST_PRUNE_DELAY_SECONDS)
+    first = datetime.now(UTC) + timedelta(seconds=FIRST_PRUNE_DELAY_SECONDS)
     scheduler.add_job(job, "date", run_date=first, id="retention:startup")

@@ -36,9 +36,7 @@ class LexicalHit:
 class LexicalSearch(Protocol):
     """The lexical leg as the query path needs it (kbsync.lexical.LexicalIndex)."""
 
-    def search(
-        self, tenant: str, project: str, text: str, *, locale: str | None, limit: int
-    ) -> list[LexicalHit]: ...
+    def search(self, tenant: str, project: str, text: str, *, locale: str | None, limit: int) -> list[LexicalHit]: ...
 
 
 class ChunkReader(Protocol):
@@ -118,9 +116,7 @@ def fuse(dense: Mapping[str, float], lexical: Mapping[str, float], weight: float
     Ties keep the dense order, then the lexical order."""
     dense_norm, lexical_norm = minmax(dense), minmax(lexical)
     order = {doc: n for n, doc in enumerate([*dense, *(d for d in lexical if d not in dense)])}
-    fused = {
-        doc: (1.0 - weight) * dense_norm.get(doc, 0.0) + weight * lexical_norm.get(doc, 0.0) for doc in order
-    }
+    fused = {doc: (1.0 - weight) * dense_norm.get(doc, 0.0) + weight * lexical_norm.get(doc, 0.0) for doc in order}
     return sorted(fused.items(), key=lambda item: (-item[1], order[item[0]]))
 
 

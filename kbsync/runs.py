@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from kbsync.errors import KbsyncError, SourceError, UnknownProject
 from kbsync.store import collection_name
 
-__all__ = ["ProjectKey", "Progress", "RunReport"]
+__all__ = ["Progress", "ProjectKey", "RunReport"]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -28,8 +28,18 @@ class ProjectKey:
 
 # RunReport fields that are not counters.
 _NOT_COUNTS = frozenset(
-    {"tenant", "project", "kind", "errors", "permanent_errors", "warnings", "failed_sources", "sources", "interrupted",
-     "busy"}
+    {
+        "tenant",
+        "project",
+        "kind",
+        "errors",
+        "permanent_errors",
+        "warnings",
+        "failed_sources",
+        "sources",
+        "interrupted",
+        "busy",
+    }
 )
 
 

@@ -429,7 +429,9 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
                     project.model_copy(
                         update={
                             "sources": [
-                                s.model_copy(update={"path": resolve(s.path)}) if isinstance(s, FilesSourceSettings) else s
+                                s.model_copy(update={"path": resolve(s.path)})
+                                if isinstance(s, FilesSourceSettings)
+                                else s
                                 for s in project.sources
                             ]
                         }
@@ -458,7 +460,9 @@ def _resolve_secrets(settings: Settings, env: Mapping[str, str]) -> None:
     settings._chroma_token = _secret(env, settings.chroma.auth_token_env)
     settings._state_password = _secret(env, settings.state.password_env)
     for index, tenant in enumerate(settings.tenants):
-        chroma_env = tenant.chroma.auth_token_env if tenant.chroma and tenant.chroma.auth_token_env is not None else None
+        chroma_env = (
+            tenant.chroma.auth_token_env if tenant.chroma and tenant.chroma.auth_token_env is not None else None
+        )
         tenant._secrets = _TenantSecrets(
             api_token=_secret(env, tenant.api_token_env),
             webhook_secret=_secret(env, tenant.webhook_secret_env),

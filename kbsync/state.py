@@ -214,7 +214,7 @@ class State:
             raise StateLocked(
                 f"the state at {state_dir} is in use by another kbsync process (pid "
                 f"{lock_holder(lock.path)}): SQLite state serves one process; stop it, let the "
-                f"running daemon do the work, or share state.url = \"postgresql://...\" between replicas"
+                f'running daemon do the work, or share state.url = "postgresql://..." between replicas'
             )
         engine = sa.create_engine(f"sqlite:///{state_dir / 'state.db'}")
         sa.event.listen(engine, "connect", _sqlite_pragmas)
@@ -375,7 +375,6 @@ class State:
                 row = conn.execute(query).mappings().first()
         return _record(row) if row else None
 
-
     def watermark(self, tenant: str, project: str, source: str) -> Watermark | None:
         """The poll watermark of one source, or None before its first successful reconcile."""
         query = sa.select(watermarks.c.updated_at, watermarks.c.total).where(
@@ -393,9 +392,7 @@ class State:
         with db_errors("write a watermark"):
             with self.engine.begin() as tx:
                 updated = tx.execute(
-                    sa.update(watermarks)
-                    .where(*(watermarks.c[k] == v for k, v in key.items()))
-                    .values(**values)
+                    sa.update(watermarks).where(*(watermarks.c[k] == v for k, v in key.items())).values(**values)
                 ).rowcount
                 if not updated:
                     tx.execute(sa.insert(watermarks).values(**key, **values))

@@ -53,6 +53,8 @@ def check_storable(chunk_id: str, text: str) -> None:
     """Raise StoreError when a chunk exceeds Chroma Cloud's limits (id <= 128 bytes, document < 16 KB)."""
     if len(chunk_id.encode()) > MAX_ID_BYTES or len(text.encode()) >= MAX_DOCUMENT_BYTES:
         raise StoreError(f"chunk {chunk_id[:80]!r} exceeds Chroma Cloud's limits (id <= 128 bytes, document < 16 KB)")
+
+
 # Records per metadata read. What Chroma frees after a read stays in the C heap until trimmed: reading 15,000
 # records' metadata peaked at +70 MB in pages of 1000 without trimming, +28 MB trimmed, +16 MB in trimmed pages
 # of 500, at 4% more time (measured).
@@ -259,7 +261,11 @@ class Store:
                     raise
                 admin.create_database(target.database)
             return chromadb.HttpClient(
-                host=target.host, port=target.port, ssl=target.ssl, headers=headers, database=target.database,
+                host=target.host,
+                port=target.port,
+                ssl=target.ssl,
+                headers=headers,
+                database=target.database,
                 settings=settings,
             )
 
@@ -435,9 +441,7 @@ class Store:
         offset = 0
         while True:
             with self._errors("read records", name):
-                batch = collection.get(
-                    include=["embeddings", "documents", "metadatas"], limit=page, offset=offset
-                )
+                batch = collection.get(include=["embeddings", "documents", "metadatas"], limit=page, offset=offset)
             if not batch["ids"]:
                 return
             yield batch
@@ -511,7 +515,9 @@ class Store:
             result = collection.query(
                 query_embeddings=[embedding], n_results=k, where=dict(where) if where else None, include=["distances"]
             )
-        return [(chunk_id, 1.0 - float(distance)) for chunk_id, distance in zip(result["ids"][0], result["distances"][0])]
+        return [
+            (chunk_id, 1.0 - float(distance)) for chunk_id, distance in zip(result["ids"][0], result["distances"][0])
+        ]
 
     def get(self, name: str, ids: Sequence[str]) -> list[QueryHit]:
         """Chunks by id (score 0), in no particular order; ids the collection lacks are left out."""
@@ -588,9 +594,7 @@ class Store:
                     metadatas=[dict(m) for m in batch["metadatas"][start:end]],
                 )
 
-    def clone(
-        self, name: str, to: str, *, first: Sequence[str] = (), denser: bool = False
-    ) -> int:
+    def clone(self, name: str, to: str, *, first: Sequence[str] = (), denser: bool = False) -> int:
         """Create collection `to` with `name`'s configuration and metadata and copy every record into it,
         vectors included (no re-embedding), the records of `first` before the others. `denser`: the HNSW graph
         gets at least 32 links per node (`max_neighbors`, Chroma's default 16) and a build effort

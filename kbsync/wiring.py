@@ -158,9 +158,7 @@ def build_sources(
     return sources
 
 
-def _chatwoot_client(
-    tenant: TenantSettings, stack: ExitStack, options: HttpOptions | None
-) -> ChatwootClient:
+def _chatwoot_client(tenant: TenantSettings, stack: ExitStack, options: HttpOptions | None) -> ChatwootClient:
     from kbsync.sources.chatwoot import ChatwootClient
 
     return stack.enter_context(ChatwootClient(tenant, options))

@@ -112,7 +112,8 @@ def _paragraphs(markdown: str) -> list[str]:
     return [
         p.strip()
         for p in re.split(r"\n\s*\n", markdown)
-        if p.strip() and not p.strip().startswith(("#", "!", "|", "`", "<", "-", "*", "="))
+        if p.strip()
+        and not p.strip().startswith(("#", "!", "|", "`", "<", "-", "*", "="))
         and not re.match(r"^[-=]{3,}$", p.strip().splitlines()[-1])
     ]
 
@@ -127,7 +128,7 @@ def _first_paragraphs(markdown: str, limit: int = 200) -> str:
 
 
 def _iso(epoch: int) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat()
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat()
 
 
 def _record(article: dict[str, Any], new_id: int, content: str, updated_at: int, status: str = "published") -> dict:
@@ -277,9 +278,7 @@ SettingsFactory = Callable[..., Path]
 
 
 @pytest.fixture()
-def settings_factory(
-    chatwoot: ChatwootServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> SettingsFactory:
+def settings_factory(chatwoot: ChatwootServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SettingsFactory:
     """Write a settings.toml for the given tenants (default: acme/alpha reading small-help) and set their token
     variables; returns its path. `name` picks another file (and state folder) in the same test."""
 

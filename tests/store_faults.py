@@ -34,12 +34,12 @@ class FailingCollection:
 
 def fail_nth(store: Any, collection: str, method: str, nth: int = 1) -> FailingCollection:
     """Make `store`'s client of `collection` fail its `nth` `method` call; `heal(store, collection)` undoes it."""
-    real = store._collection(collection)  # noqa: SLF001 (the boundary: the store's own chromadb handle)
+    real = store._collection(collection)
     failing = FailingCollection(real, method, nth)
-    store._collections[collection] = failing  # noqa: SLF001
+    store._collections[collection] = failing
     return failing
 
 
 def heal(store: Any, collection: str) -> None:
     """Drop the wrapper: the next call opens the real collection again."""
-    store._collections.pop(collection, None)  # noqa: SLF001
+    store._collections.pop(collection, None)

@@ -21,8 +21,14 @@ from tests.servers.notion import TOKEN as NOTION_TOKEN
 from tests.servers.notion import FakeNotion, NotionServer, rich
 
 KEY = ProjectKey("acme", "docs")
-FAST = HttpOptions(read_timeout=1.0, attempt_deadline_seconds=2.0, retry_budget_seconds=2.0, backoff_initial=0.01,
-                   backoff_max=0.05, requests_per_second=1000)
+FAST = HttpOptions(
+    read_timeout=1.0,
+    attempt_deadline_seconds=2.0,
+    retry_budget_seconds=2.0,
+    backoff_initial=0.01,
+    backoff_max=0.05,
+    requests_per_second=1000,
+)
 runner = CliRunner()
 
 
@@ -34,8 +40,13 @@ def para(text: str) -> dict:
 def confluence() -> Iterator[ConfluenceServer]:
     fake = FakeConfluence()
     fake.add_space("DOCS")
-    for n, text in enumerate(["Refunds are paid within five business days.", "Invoices are emailed monthly.",
-                              "Passwords are reset from the login page."]):
+    for n, text in enumerate(
+        [
+            "Refunds are paid within five business days.",
+            "Invoices are emailed monthly.",
+            "Passwords are reset from the login page.",
+        ]
+    ):
         fake.add_page("DOCS", f"Billing {n}", f"<h2>Answer</h2><p>{text}</p>", updated=fake.clock - 86_400 * 5 + n)
     with ConfluenceServer(fake) as running:
         yield running
@@ -45,10 +56,12 @@ def confluence() -> Iterator[ConfluenceServer]:
 def notion() -> Iterator[NotionServer]:
     fake = FakeNotion()
     root = fake.add_page("Handbook", [para("Welcome to the handbook.")], edited=fake.clock - 86_400 * 5)
-    fake.add_page("Shipping", [para("Parcels leave the warehouse every morning.")], parent=root,
-                  edited=fake.clock - 86_400 * 4)
-    fake.add_page("Returns", [para("Returns are accepted for thirty days.")], parent=root,
-                  edited=fake.clock - 86_400 * 3)
+    fake.add_page(
+        "Shipping", [para("Parcels leave the warehouse every morning.")], parent=root, edited=fake.clock - 86_400 * 4
+    )
+    fake.add_page(
+        "Returns", [para("Returns are accepted for thirty days.")], parent=root, edited=fake.clock - 86_400 * 3
+    )
     fake.pages[root].edited = fake.clock - 86_400 * 5
     fake.root = root  # type: ignore[attr-defined]
     with NotionServer(fake) as running:

@@ -68,7 +68,8 @@ def test_deleted_category_is_picked_up_by_reconcile(kb: Kb, fake: FakeChatwoot) 
     kb.reconcile()
     category = fake.get_article(SMALL, sorted(fake.published_ids(SMALL))[0])["category"]
     members = {
-        doc_id(SMALL, i) for i in fake.published_ids(SMALL)
+        doc_id(SMALL, i)
+        for i in fake.published_ids(SMALL)
         if fake.get_article(SMALL, i)["category"]["id"] == category["id"]
     }
     fake.delete_category(SMALL, category["id"])

@@ -36,8 +36,13 @@ FAST = ChatwootClientOptions(
     requests_per_second=None,
 )
 SHORT_READ = ChatwootClientOptions(
-    connect_timeout=1.0, read_timeout=0.2, attempts=3, retry_budget_seconds=5.0, backoff_initial=0.01,
-    backoff_max=0.05, requests_per_second=None,
+    connect_timeout=1.0,
+    read_timeout=0.2,
+    attempts=3,
+    retry_budget_seconds=5.0,
+    backoff_initial=0.01,
+    backoff_max=0.05,
+    requests_per_second=None,
 )
 
 MakeSource = Callable[..., ChatwootSource]
@@ -49,7 +54,9 @@ def server() -> Iterator[ChatwootServer]:
     fake = FakeChatwoot.with_corpora(CW, KB)
     fake.add_portal(1, SMALL)
     for n in range(30):  # two pages, distinct timestamps: no ties to re-read
-        fake.add_article(SMALL, title=f"Small {n}", content=f"Text {n}.", status="published", updated_at=1_700_000_000 + n)
+        fake.add_article(
+            SMALL, title=f"Small {n}", content=f"Text {n}.", status="published", updated_at=1_700_000_000 + n
+        )
     fake.snapshot()
     with ChatwootServer(fake) as srv:
         yield srv
@@ -63,12 +70,20 @@ def fake(server: ChatwootServer) -> Iterator[FakeChatwoot]:
 
 
 @pytest.fixture()
-def tenant_factory(server: ChatwootServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., TenantSettings]:
+def tenant_factory(
+    server: ChatwootServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., TenantSettings]:
     """Tenants loaded the way kbsync loads them: a settings file plus the token's environment variable."""
     counter = iter(range(1000))
 
-    def make(portal: str = CW, *, token: str = AGENT_TOKEN, locales: list[str] | None = None,
-             public_url: str = "", tenant_lines: str = "") -> TenantSettings:
+    def make(
+        portal: str = CW,
+        *,
+        token: str = AGENT_TOKEN,
+        locales: list[str] | None = None,
+        public_url: str = "",
+        tenant_lines: str = "",
+    ) -> TenantSettings:
         n = next(counter)
         monkeypatch.setenv(f"CW_TOKEN_{n}", token)
         locales_line = f"locales = {json.dumps(locales)}" if locales is not None else ""
@@ -102,8 +117,15 @@ public_url = "{public_url}"
 def make_source(fake: FakeChatwoot, tenant_factory: Callable[..., TenantSettings]) -> Iterator[MakeSource]:
     clients: list[ChatwootClient] = []
 
-    def make(portal: str = CW, *, token: str = AGENT_TOKEN, locales: list[str] | None = None, public_url: str = "",
-             options: ChatwootClientOptions = FAST, **kwargs: Any) -> ChatwootSource:
+    def make(
+        portal: str = CW,
+        *,
+        token: str = AGENT_TOKEN,
+        locales: list[str] | None = None,
+        public_url: str = "",
+        options: ChatwootClientOptions = FAST,
+        **kwargs: Any,
+    ) -> ChatwootSource:
         tenant = tenant_factory(portal, token=token, locales=locales, public_url=public_url)
         client = ChatwootClient(tenant, options)
         clients.append(client)
@@ -171,7 +193,9 @@ def test_draft_title_and_content_are_ignored(make_source: MakeSource, fake: Fake
     assert (doc.title, doc.text) == (live["title"], live["content"])
 
 
-def test_document_fields_follow_the_article(make_source: MakeSource, fake: FakeChatwoot, server: ChatwootServer) -> None:
+def test_document_fields_follow_the_article(
+    make_source: MakeSource, fake: FakeChatwoot, server: ChatwootServer
+) -> None:
     article_id = sorted(fake.published_ids(CW))[3]
     article = fake.get_article(CW, article_id)
     doc = next(d for d in make_source().list().documents if d.doc_id == doc_id(CW, article_id))
@@ -210,7 +234,9 @@ def test_locales_filter_keeps_only_those_locales(make_source: MakeSource, fake: 
     assert {d.locale for d in listing.documents} == {"fr", "cs"}
 
 
-def test_archived_portal_lists_nothing_and_confirms_everything_gone(make_source: MakeSource, fake: FakeChatwoot) -> None:
+def test_archived_portal_lists_nothing_and_confirms_everything_gone(
+    make_source: MakeSource, fake: FakeChatwoot
+) -> None:
     """An archived portal is 404 publicly: its articles must leave the index."""
     fake.update_portal(CW, archived=True)
     source = make_source()
@@ -230,7 +256,9 @@ def test_article_edited_between_pages_is_not_missed(make_source: MakeSource, fak
     listing = make_source().list()
     assert listing.complete
     assert article_ids(listing) == fake.published_ids(CW)
-    assert next(d for d in listing.documents if d.doc_id == doc_id(CW, moved)).text == "Rewritten while the list was read."
+    assert (
+        next(d for d in listing.documents if d.doc_id == doc_id(CW, moved)).text == "Rewritten while the list was read."
+    )
 
 
 def test_article_unpublished_between_pages_is_not_listed(make_source: MakeSource, fake: FakeChatwoot) -> None:
@@ -252,8 +280,9 @@ def test_article_created_while_another_is_deleted_is_not_missed(make_source: Mak
 
     def swap(f: FakeChatwoot, _portal: str, _page: int) -> None:
         newest = max(f.published_ids(SMALL))
-        created.append(f.add_article(SMALL, title="Newcomer", content="Fresh.", status="published",
-                                     updated_at=1_800_000_000))
+        created.append(
+            f.add_article(SMALL, title="Newcomer", content="Fresh.", status="published", updated_at=1_800_000_000)
+        )
         f.delete_article(SMALL, newest)
 
     fake.on_page_read(swap, portal=SMALL, page=2, times=1)
@@ -364,8 +393,10 @@ def test_html_instead_of_json_is_rejected_with_its_url(make_source: MakeSource, 
         ({"data": []}, "no `payload` list"),
         ({"payload": [], "counts": {}}, "no `meta` object"),
         ({"payload": [], "meta": {"current_page": 1}}, "no `meta` object with `articles_count`"),
-        ({"payload": [{"id": 1, "slug": "a", "title": "A", "status": "published"}], "meta": {"articles_count": 1}},
-         "no integer `updated_at`"),
+        (
+            {"payload": [{"id": 1, "slug": "a", "title": "A", "status": "published"}], "meta": {"articles_count": 1}},
+            "no integer `updated_at`",
+        ),
     ],
 )
 def test_payload_of_the_wrong_shape_is_rejected(
@@ -500,7 +531,9 @@ def test_poll_without_a_listing_fetches_the_portal_once(make_source: MakeSource,
 # ------------------------------------------------------------------------------------------ client
 
 
-def test_rate_limit_spaces_requests_across_threads(tenant_factory: Callable[..., TenantSettings], fake: FakeChatwoot) -> None:
+def test_rate_limit_spaces_requests_across_threads(
+    tenant_factory: Callable[..., TenantSettings], fake: FakeChatwoot
+) -> None:
     options = ChatwootClientOptions(requests_per_second=40, backoff_initial=0.01, backoff_max=0.05)
     with ChatwootClient(tenant_factory(), options) as client:
         started = time.monotonic()

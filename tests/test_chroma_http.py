@@ -121,7 +121,7 @@ def test_a_tenant_on_its_own_server(write_settings, docs, chroma, tmp_path) -> N
     with ChromaServer(tmp_path / "own" / "data") as own:
         extra = f'[tenants.chroma]\nhost = "{own.host}"\nport = {own.port}\n'
         text = settings_text(docs, mode="http", chroma=chroma, database="spread")
-        text = text.replace('[[tenants.projects]]', extra + '[[tenants.projects]]', 1)
+        text = text.replace("[[tenants.projects]]", extra + "[[tenants.projects]]", 1)
         config = write_settings(text)
         with open_engine(load_settings(config)) as engine:
             assert engine.reconcile(KEY).outcome == "ok"

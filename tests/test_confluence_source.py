@@ -13,12 +13,18 @@ from kbsync.settings import ConfluenceSourceSettings, load_settings
 from kbsync.sources._http import HttpOptions, RejectedStatus
 from kbsync.sources.apis import open_api_source
 from kbsync.sources.confluence import ConfluenceSource
-from tests.servers.confluence import EMAIL, PAT, TOKEN, ConfluenceServer, Fault, FakeConfluence
+from tests.servers.confluence import EMAIL, PAT, TOKEN, ConfluenceServer, FakeConfluence, Fault
 
-FAST = HttpOptions(read_timeout=1.0, attempt_deadline_seconds=2.0, retry_budget_seconds=3.0, backoff_initial=0.01,
-                   backoff_max=0.05, requests_per_second=1000)
+FAST = HttpOptions(
+    read_timeout=1.0,
+    attempt_deadline_seconds=2.0,
+    retry_budget_seconds=3.0,
+    backoff_initial=0.01,
+    backoff_max=0.05,
+    requests_per_second=1000,
+)
 CODE_PAGE = (
-    "<h2>Install</h2><p>Run <code>make</code> then read <a href=\"https://x.example/doc\">the doc</a>.</p>"
+    '<h2>Install</h2><p>Run <code>make</code> then read <a href="https://x.example/doc">the doc</a>.</p>'
     '<ac:structured-macro ac:name="code"><ac:parameter ac:name="language">bash</ac:parameter>'
     "<ac:plain-text-body><![CDATA[pip install kbsync]]></ac:plain-text-body></ac:structured-macro>"
     '<ac:structured-macro ac:name="warning"><ac:rich-text-body><p>Back up first.</p></ac:rich-text-body>'
@@ -116,7 +122,9 @@ def test_labels_filter_and_the_second_look(fake: FakeConfluence, make_source) ->
     trashed = fake.add_page("DOCS", "Soon gone", "<p>x</p>", labels=["public"])
     fake.set_status("DOCS", trashed, "trashed")
     assert source.confirm_gone({f"confluence:DOCS:{trashed}", "confluence:DOCS:999999"}) == {
-        f"confluence:DOCS:{trashed}", "confluence:DOCS:999999"}
+        f"confluence:DOCS:{trashed}",
+        "confluence:DOCS:999999",
+    }
 
 
 def test_unchanged_versions_are_not_converted_again(fake: FakeConfluence, make_source) -> None:
@@ -167,8 +175,11 @@ def test_poll_falls_back_to_version_numbers_without_cql(fake: FakeConfluence, ma
 
 def test_an_edit_between_two_listing_pages_is_caught_by_the_next_poll(fake: FakeConfluence, make_source) -> None:
     ids = [fake.add_page("DOCS", f"Page {n}", f"<p>Body {n}</p>") for n in range(300)]
-    fake.faults.before("/spaces/9000/pages", lambda: fake.edit("DOCS", ids[0], body="<p>edited meanwhile</p>"),
-                       query_contains="cursor=")
+    fake.faults.before(
+        "/spaces/9000/pages",
+        lambda: fake.edit("DOCS", ids[0], body="<p>edited meanwhile</p>"),
+        query_contains="cursor=",
+    )
     source = make_source()
     listing = source.list()
     assert next(d for d in listing.documents if d.doc_id.endswith(ids[0])).text == "Body 0\n"

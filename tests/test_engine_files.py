@@ -14,8 +14,21 @@ from kbsync.store import Store
 
 KEY = ProjectKey("acme", "alpha")
 META_KEYS = {
-    "tenant", "project", "source", "source_kind", "doc_id", "title", "url", "locale", "category", "heading",
-    "chunk_index", "chunk_count", "doc_hash", "doc_updated_at", "indexed_at",
+    "tenant",
+    "project",
+    "source",
+    "source_kind",
+    "doc_id",
+    "title",
+    "url",
+    "locale",
+    "category",
+    "heading",
+    "chunk_index",
+    "chunk_count",
+    "doc_hash",
+    "doc_updated_at",
+    "indexed_at",
 }
 
 

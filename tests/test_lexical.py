@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from itertools import pairwise
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -56,12 +56,24 @@ def lexical(request, tmp_path: Path) -> Iterator[LexicalIndex]:
 
 
 def fill(lexical: LexicalIndex) -> None:
-    lexical.write("acme", "alpha", [
-        ("r#1", "Refunds\n\nRefunds are paid back within five working days.", meta("refunds")),
-        ("r#2", "Refunds > Cards\n\nCard payments are configured by the billing admin.", meta("refunds", heading="Cards")),
-        ("t#1", "Teams\n\nAgents in a team share the team's conversations.", meta("teams", title="Teams")),
-        ("f#1", "Remboursements\n\nLes remboursements sont versés sous cinq jours.", meta("rembours", "fr", "Remb")),
-    ])
+    lexical.write(
+        "acme",
+        "alpha",
+        [
+            ("r#1", "Refunds\n\nRefunds are paid back within five working days.", meta("refunds")),
+            (
+                "r#2",
+                "Refunds > Cards\n\nCard payments are configured by the billing admin.",
+                meta("refunds", heading="Cards"),
+            ),
+            ("t#1", "Teams\n\nAgents in a team share the team's conversations.", meta("teams", title="Teams")),
+            (
+                "f#1",
+                "Remboursements\n\nLes remboursements sont versés sous cinq jours.",
+                meta("rembours", "fr", "Remb"),
+            ),
+        ],
+    )
     lexical.write("acme", "beta", [("b#1", "Refunds\n\nRefunds of project beta.", meta("beta"))])
 
 
@@ -126,7 +138,9 @@ def article(title: str, *sections: str) -> str:
 
 
 def long_sections(word: str) -> list[str]:
-    return [" ".join(f"Part {i} sentence {j} explains {word} handling for agents." for j in range(12)) for i in range(5)]
+    return [
+        " ".join(f"Part {i} sentence {j} explains {word} handling for agents." for j in range(12)) for i in range(5)
+    ]
 
 
 def chunk_ids(engine) -> set[str]:
@@ -199,12 +213,16 @@ def test_tables_of_the_first_layout_are_replaced(tmp_path: Path) -> None:
     try:
         with state.engine.begin() as tx:
             tx.execute(sa.text("CREATE TABLE lexical_chunks (id INTEGER PRIMARY KEY, chunk_id TEXT, title TEXT)"))
-            tx.execute(sa.text(
-                "CREATE VIRTUAL TABLE lexical_stem USING fts5(title, heading, body, content='lexical_chunks', "
-                "content_rowid='id')"
-            ))
+            tx.execute(
+                sa.text(
+                    "CREATE VIRTUAL TABLE lexical_stem USING fts5(title, heading, body, content='lexical_chunks', "
+                    "content_rowid='id')"
+                )
+            )
         lexical = LexicalIndex(state)
         fill(lexical)
-        assert [h.chunk_id for h in lexical.search("acme", "alpha", "configuring cards", locale="en", limit=5)] == ["r#2"]
+        assert [h.chunk_id for h in lexical.search("acme", "alpha", "configuring cards", locale="en", limit=5)] == [
+            "r#2"
+        ]
     finally:
         state.close()

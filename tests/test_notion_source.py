@@ -13,10 +13,16 @@ from kbsync.settings import NotionSourceSettings, load_settings
 from kbsync.sources._http import HttpOptions, RejectedStatus
 from kbsync.sources.apis import open_api_source
 from kbsync.sources.notion import NotionSource
-from tests.servers.notion import TOKEN, Fault, FakeNotion, NotionServer, rich
+from tests.servers.notion import TOKEN, FakeNotion, Fault, NotionServer, rich
 
-FAST = HttpOptions(read_timeout=1.0, attempt_deadline_seconds=2.0, retry_budget_seconds=3.0, backoff_initial=0.01,
-                   backoff_max=0.05, requests_per_second=1000)
+FAST = HttpOptions(
+    read_timeout=1.0,
+    attempt_deadline_seconds=2.0,
+    retry_budget_seconds=3.0,
+    backoff_initial=0.01,
+    backoff_max=0.05,
+    requests_per_second=1000,
+)
 OLD = 1_690_000_000
 
 
@@ -66,15 +72,25 @@ def make_source(write_settings, server: NotionServer, monkeypatch) -> Iterator[C
 def tree(fake: FakeNotion) -> dict[str, str]:
     """root > guide (toggle, code, table) > nested; root > FAQ database (2 rows, one archived); an outsider."""
     root = fake.add_page("Handbook", [para("Welcome.")], edited=OLD)
-    guide = fake.add_page("Guide", [
-        {"type": "heading_2", "heading_2": {"rich_text": [rich("Setup")]}},
-        {"type": "toggle", "toggle": {"rich_text": [rich("Details")]}, "children": [para("Hidden but kept.")]},
-        {"type": "code", "code": {"rich_text": [rich("make install")], "language": "shell"}},
-        {"type": "image", "image": {"type": "external", "external": {"url": "https://x/y.png"}}},
-        {"type": "table", "table": {"table_width": 2, "has_column_header": True}, "children": [
-            {"type": "table_row", "table_row": {"cells": [[rich("k")], [rich("v")]]}},
-            {"type": "table_row", "table_row": {"cells": [[rich("a")], [rich("1")]]}}]},
-    ], parent=root, edited=OLD + 60)
+    guide = fake.add_page(
+        "Guide",
+        [
+            {"type": "heading_2", "heading_2": {"rich_text": [rich("Setup")]}},
+            {"type": "toggle", "toggle": {"rich_text": [rich("Details")]}, "children": [para("Hidden but kept.")]},
+            {"type": "code", "code": {"rich_text": [rich("make install")], "language": "shell"}},
+            {"type": "image", "image": {"type": "external", "external": {"url": "https://x/y.png"}}},
+            {
+                "type": "table",
+                "table": {"table_width": 2, "has_column_header": True},
+                "children": [
+                    {"type": "table_row", "table_row": {"cells": [[rich("k")], [rich("v")]]}},
+                    {"type": "table_row", "table_row": {"cells": [[rich("a")], [rich("1")]]}},
+                ],
+            },
+        ],
+        parent=root,
+        edited=OLD + 60,
+    )
     nested = fake.add_page("Nested", [para("Deep down.")], parent=guide, edited=OLD + 120)
     faq = fake.add_database("FAQ", parent=root)
     row = fake.add_page("How to pay?", [para("By card.")], database=faq, edited=OLD + 180)
@@ -188,8 +204,12 @@ def test_an_edit_during_the_walk_is_caught_by_the_next_poll(fake: FakeNotion, ma
 
 def test_a_child_database_the_api_cannot_query_is_skipped(fake: FakeNotion, make_source) -> None:
     ids = tree(fake)
-    linked = {"object": "error", "status": 400, "code": "validation_error",
-              "message": "Database with ID x is a linked database."}
+    linked = {
+        "object": "error",
+        "status": 400,
+        "code": "validation_error",
+        "message": "Database with ID x is a linked database.",
+    }
     fake.faults.add(Fault(path_contains="/query", status=400, body=linked))
     listing = make_source(ids["root"]).list()
     assert listing.complete and sorted(d.title for d in listing.documents) == ["Guide", "Handbook", "Nested"]
@@ -204,8 +224,14 @@ def test_a_child_that_keeps_failing_makes_the_listing_incomplete(fake: FakeNotio
 
 def test_transient_faults_and_retry_after_are_ridden_out(fake: FakeNotion, make_source) -> None:
     ids = tree(fake)
-    fake.faults.add(Fault(path_contains="/children", status=429, headers={"retry-after": "1"},
-                          body={"object": "error", "status": 429, "code": "rate_limited", "message": "slow down"}))
+    fake.faults.add(
+        Fault(
+            path_contains="/children",
+            status=429,
+            headers={"retry-after": "1"},
+            body={"object": "error", "status": 429, "code": "rate_limited", "message": "slow down"},
+        )
+    )
     fake.faults.add(Fault(path_contains="/query", truncate_at=30))
     fake.faults.add(Fault(path_contains="/v1/pages/", status=503, skip=1))
     fake.faults.add(Fault(path_contains="/children", delay=1.5, skip=2))

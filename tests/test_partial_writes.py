@@ -95,9 +95,7 @@ def test_failed_delete_leaves_stale_chunks_that_the_next_run_deletes(open_kb, do
     assert again.docs_unchanged == 1 and again.chunks_deleted == 0 and again.chunks_embedded == 0
 
 
-def test_upsert_failing_between_batches_leaves_missing_chunks_that_the_next_run_writes(
-    open_kb, docs_dir: Path
-) -> None:
+def test_upsert_failing_between_batches_leaves_missing_chunks_that_the_next_run_writes(open_kb, docs_dir: Path) -> None:
     """A document of more than 300 chunks is written in two upserts; the second fails. If broken, the 300 chunks
     written carry the document's hash, so every later run calls it unchanged and its last chunks never arrive."""
     engine = open_kb(32)

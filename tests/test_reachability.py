@@ -130,8 +130,10 @@ def open_churned(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> S
     database = f"db_{tmp_path.name[-20:].replace('-', '_')}"
     chromadb.AdminClient(
         ChromaSettings(
-            chroma_api_impl="chromadb.api.fastapi.FastAPI", chroma_server_host=server.host,
-            chroma_server_http_port=server.port, anonymized_telemetry=False,
+            chroma_api_impl="chromadb.api.fastapi.FastAPI",
+            chroma_server_host=server.host,
+            chroma_server_http_port=server.port,
+            anonymized_telemetry=False,
         )
     ).create_database(database)
     client = chromadb.HttpClient(host=server.host, port=server.port, database=database)
@@ -161,7 +163,7 @@ def test_audit_finds_the_upstream_unreachable_records_and_repair_leaves_none(
     assert reachability.audit(store, NAME, NO_REPAIR).unreachable == []
     assert snapshot(store) == before  # ids, vectors, documents and metadata unchanged, nothing re-embedded
     assert store.collections() == [NAME]  # the copy took the name; the old collection is gone
-    collection = store._collection(NAME, create=False)  # noqa: SLF001 (what a bot's chromadb would see)
+    collection = store._collection(NAME, create=False)
     assert collection.configuration["hnsw"]["space"] == "l2"
     assert collection.metadata == {"kbsync_model": MODEL_NAME}
 
@@ -219,7 +221,7 @@ def test_a_copy_that_still_loses_records_is_made_again_with_a_denser_graph(tmp_p
         assert outcome.rebuilt and outcome.remaining == 0 and outcome.error is None
         assert reachability.audit(store, NAME, NO_REPAIR).unreachable == []
         assert snapshot(store) == before
-        hnsw = store._collection(NAME, create=False).configuration["hnsw"]  # noqa: SLF001
+        hnsw = store._collection(NAME, create=False).configuration["hnsw"]
         assert hnsw["space"] == "l2" and hnsw["max_neighbors"] == 32 and hnsw["ef_construction"] == 200
 
 

@@ -102,8 +102,9 @@ def test_retry_after_is_waited_for(server: ScriptedServer) -> None:
 
 
 def test_connection_refused_is_transient() -> None:
-    client = HttpClient("http://127.0.0.1:9", source="test:src", options=HttpOptions(retry_budget_seconds=0.2,
-                                                                                        backoff_initial=0.01))
+    client = HttpClient(
+        "http://127.0.0.1:9", source="test:src", options=HttpOptions(retry_budget_seconds=0.2, backoff_initial=0.01)
+    )
     with client, pytest.raises(SourceUnavailable, match="connection failed"):
         client.get_json("/x")
 

@@ -62,4 +62,3 @@ def test_a_database_error_is_raised_as_state_error(name: str, broken) -> None:
     """If broken: sqlalchemy.exc.OperationalError ('no such table') escapes instead (page cache, Queue.dead)."""
     with pytest.raises(StateError, match="cannot "):
         CALLS[name](*broken)
-

@@ -27,8 +27,17 @@ def postgres() -> Iterator[PostgresServer]:
 def pg_url(postgres: PostgresServer) -> str:
     state = State.open_postgres(postgres.url)
     with state.engine.begin() as tx:  # a clean schema per test
-        for table in ("queue_items", "deliveries", "leases", "runs", "watermarks", "web_pages", "project_locales",
-                      "project_counts", "kbsync_schema"):
+        for table in (
+            "queue_items",
+            "deliveries",
+            "leases",
+            "runs",
+            "watermarks",
+            "web_pages",
+            "project_locales",
+            "project_counts",
+            "kbsync_schema",
+        ):
             tx.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     state.close()
     return postgres.url

@@ -38,8 +38,9 @@ def test_status_counts_follow_every_run_without_reading_the_store(kb_factory, fa
     assert shown(kb, with_store=False) == held(kb) == (3, held(kb)[1])
 
     fake.advance(60)
-    added = fake.add_article(TINY, title="Counting sheep", content="A new article.\n\nWith two paragraphs.",
-                             status="published")
+    added = fake.add_article(
+        TINY, title="Counting sheep", content="A new article.\n\nWith two paragraphs.", status="published"
+    )
     assert kb.poll().docs_added == 1
     assert shown(kb, with_store=False) == held(kb) and held(kb)[0] == 4
 

@@ -19,9 +19,7 @@ from tests.servers.hostile_web import HostileServer, Reply, gzip_bomb
 
 MIB = 1024 * 1024
 DECODED = 256 * MIB  # what each bomb inflates to
-OPTIONS = FetchOptions(
-    attempts=1, read_timeout=5.0, max_bytes=MIB, max_sitemap_bytes=MIB, max_robots_bytes=64 * 1024
-)
+OPTIONS = FetchOptions(attempts=1, read_timeout=5.0, max_bytes=MIB, max_sitemap_bytes=MIB, max_robots_bytes=64 * 1024)
 PEAK_LIMIT = 24 * MIB  # a few limits' worth; the bombs are ten times that
 HTML = {"content-type": "text/html; charset=utf-8"}
 PAGE = b"<html><head><title>Fine</title></head><body><main><h1>Fine</h1><p>A page of docs.</p></main></body></html>"

@@ -176,7 +176,10 @@ def test_normalize_url_gives_one_identity_per_page() -> None:
     assert normalize_url("https://docs.example.com/%7euser/a%2fb") == "https://docs.example.com/~user/a%2Fb"
     assert normalize_url("https://docs.example.com:8443/x") == "https://docs.example.com:8443/x"
     # the URL requested keeps the site's own path and query (no redirect round trip for a trailing slash)
-    assert clean_url("https://Docs.example.com/guide/?b=2&a=1&utm_medium=m#top") == "https://docs.example.com/guide/?b=2&a=1"
+    assert (
+        clean_url("https://Docs.example.com/guide/?b=2&a=1&utm_medium=m#top")
+        == "https://docs.example.com/guide/?b=2&a=1"
+    )
     with pytest.raises(ValueError):
         clean_url("ftp://docs.example.com/file")
 
@@ -349,9 +352,7 @@ def test_transient_failures_never_confirm_a_page_gone(site: DocsSite, crawled: t
     assert source.confirm_gone({target}) == set()
 
 
-def test_failing_child_sitemap_makes_the_listing_incomplete(
-    site: DocsSite, crawled: tuple[WebSource, Listing]
-) -> None:
+def test_failing_child_sitemap_makes_the_listing_incomplete(site: DocsSite, crawled: tuple[WebSource, Listing]) -> None:
     source, _ = crawled
     site.fail("/sitemaps/articles.xml.gz", status=500)
     listing = source.list()

@@ -79,7 +79,7 @@ def iso_to_epoch(value: str) -> int:
     """An ISO-8601 timestamp (`2024-05-01T10:00:00.000Z`) as unix seconds; naive means UTC."""
     parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return int(parsed.timestamp())
 
 

@@ -38,8 +38,9 @@ def _paced(options: HttpOptions | None, requests_per_second: float) -> HttpOptio
 
 
 # A check waits and retries less than a sync, so an unreachable API fails `kbsync check` within seconds.
-CHECK_OPTIONS = HttpOptions(connect_timeout=5.0, read_timeout=10.0, attempt_deadline_seconds=15.0,
-                            retry_budget_seconds=10.0)
+CHECK_OPTIONS = HttpOptions(
+    connect_timeout=5.0, read_timeout=10.0, attempt_deadline_seconds=15.0, retry_budget_seconds=10.0
+)
 
 
 def check_api_source(

@@ -44,8 +44,12 @@ _CQL_REFUSED = {400, 403, 404, 501}
 _WINDOW_SLACK = 86_400  # CQL dates: minutes at best, in the user's time zone
 
 
-def open_client(settings: ConfluenceSourceSettings, options: HttpOptions | None = None,
-                *, transport: httpx.BaseTransport | None = None) -> HttpClient:
+def open_client(
+    settings: ConfluenceSourceSettings,
+    options: HttpOptions | None = None,
+    *,
+    transport: httpx.BaseTransport | None = None,
+) -> HttpClient:
     """The source's pooled client: Basic (email + API token) when `email_env` is set, else Bearer (a PAT)."""
     token = settings.token.get_secret_value() if settings.token else ""
     email = settings.email.get_secret_value() if settings.email else ""
@@ -186,8 +190,14 @@ class ConfluenceSource(GatedSource):
                 published.append(self._document(page))
             except StorageFormatError as exc:
                 log.warning("confluence.bad_body", source=self.source_id, page=page_id, error=str(exc))
-        return Changes(published=published, gone=gone, newest=newest, all_articles_count=total,
-                       requests=self.client.requests - before, complete=True)
+        return Changes(
+            published=published,
+            gone=gone,
+            newest=newest,
+            all_articles_count=total,
+            requests=self.client.requests - before,
+            complete=True,
+        )
 
     # -- reads ----------------------------------------------------------------------------------------
 
@@ -205,7 +215,9 @@ class ConfluenceSource(GatedSource):
         if match is None or not isinstance(match.get("id"), (str, int)):
             raise RejectedStatus(
                 f"space {self.settings.space!r} not found (or the token's user may not view it)",
-                status=404, source=self.source_id, url=url,
+                status=404,
+                source=self.source_id,
+                url=url,
             )
         self._space = SpaceInfo(str(match["id"]), self.settings.space, str(match.get("name") or ""))
         return self._space
@@ -213,8 +225,9 @@ class ConfluenceSource(GatedSource):
     def labels(self, page_id: str) -> set[str]:
         """The page's label names (every prefix), following `_links.next`."""
         names: set[str] = set()
-        for label in self._paged(f"{self._path}/api/v2/pages/{page_id}/labels", {"limit": "250"}, "labels",
-                                 incomplete=False, check=False):
+        for label in self._paged(
+            f"{self._path}/api/v2/pages/{page_id}/labels", {"limit": "250"}, "labels", incomplete=False, check=False
+        ):
             if isinstance(label, dict) and isinstance(label.get("name"), str):
                 names.add(label["name"])
         return names
@@ -232,8 +245,9 @@ class ConfluenceSource(GatedSource):
     def doc_id(self, page_id: str) -> str:
         return make_doc_id(self.kind, f"{self.settings.space}:{page_id}")
 
-    def _paged(self, path: str, params: dict[str, str] | None, what: str, *,
-               incomplete: bool = True, check: bool = True) -> Iterator[dict[str, Any]]:
+    def _paged(
+        self, path: str, params: dict[str, str] | None, what: str, *, incomplete: bool = True, check: bool = True
+    ) -> Iterator[dict[str, Any]]:
         """Every result of a collection (v2 lists, v1 search), following `_links.next`. A page that fails after
         retries ends it as an IncompleteListing (unless `incomplete` is False: then SourceUnavailable)."""
         number = 0
@@ -244,8 +258,11 @@ class ConfluenceSource(GatedSource):
             except SourceUnavailable as exc:
                 if not incomplete:
                     raise
-                raise IncompleteListing(f"{what} stopped at page {number}, nothing may be deleted: {exc}",
-                                        source=self.source_id, url=exc.url) from exc
+                raise IncompleteListing(
+                    f"{what} stopped at page {number}, nothing may be deleted: {exc}",
+                    source=self.source_id,
+                    url=exc.url,
+                ) from exc
             url = self.client.url(path, params)
             results = body.get("results") if isinstance(body, dict) else None
             if not isinstance(results, list):
@@ -272,7 +289,7 @@ class ConfluenceSource(GatedSource):
 
     def _cql_window(self, space: SpaceInfo, watermark: int) -> Iterator[tuple[str, str, int]]:
         """(page id, version, version time) of the pages CQL says changed since a day before `watermark`."""
-        day = dt.datetime.fromtimestamp(max(0, watermark - _WINDOW_SLACK), dt.timezone.utc).strftime("%Y-%m-%d")
+        day = dt.datetime.fromtimestamp(max(0, watermark - _WINDOW_SLACK), dt.UTC).strftime("%Y-%m-%d")
         cql = f'space = "{space.key}" and type = page and lastmodified >= "{day}"'
         path = f"{self._path}/rest/api/search"
         params = {"cql": cql, "limit": str(SEARCH_LIMIT), "expand": "content.version"}
@@ -280,8 +297,11 @@ class ConfluenceSource(GatedSource):
             content = item.get("content") if isinstance(item, dict) else None
             version = content.get("version") if isinstance(content, dict) else None
             if not isinstance(content, dict) or not isinstance(version, dict) or "number" not in version:
-                raise SourceRejected("unexpected search result: no content.version", source=self.source_id,
-                                     url=self.client.url(path, params))
+                raise SourceRejected(
+                    "unexpected search result: no content.version",
+                    source=self.source_id,
+                    url=self.client.url(path, params),
+                )
             yield str(content["id"]), str(version["number"]), iso_to_epoch(str(version.get("when")))
 
     def _count_current(self, space: SpaceInfo) -> int:
@@ -291,8 +311,11 @@ class ConfluenceSource(GatedSource):
         body = self.client.get_json(path, {"cql": cql, "limit": "1"})
         total = body.get("totalSize") if isinstance(body, dict) else None
         if not isinstance(total, int):
-            raise SourceRejected("unexpected search response: no `totalSize`", source=self.source_id,
-                                 url=self.client.url(path, {"cql": cql}))
+            raise SourceRejected(
+                "unexpected search response: no `totalSize`",
+                source=self.source_id,
+                url=self.client.url(path, {"cql": cql}),
+            )
         return total
 
     def _version_scan(self, space: SpaceInfo) -> tuple[builtins.list[tuple[str, str, int]], int]:

@@ -16,7 +16,7 @@ import re
 import stat
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ def _updated_at(value: Any, path: Path) -> int:
     if isinstance(value, datetime):
         return int(value.timestamp())
     if isinstance(value, date):  # YAML reads an unquoted 2024-03-22 as a date
-        return int(datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp())
+        return int(datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp())
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value:

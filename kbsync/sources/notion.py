@@ -48,8 +48,9 @@ _MAX_DEPTH = 64  # parent hops before an ancestry is called unknown
 _CHILD_KINDS = ("child_page", "child_database")
 
 
-def open_client(settings: NotionSourceSettings, options: HttpOptions | None = None,
-                *, transport: httpx.BaseTransport | None = None) -> HttpClient:
+def open_client(
+    settings: NotionSourceSettings, options: HttpOptions | None = None, *, transport: httpx.BaseTransport | None = None
+) -> HttpClient:
     """The source's pooled, paced client with the integration token and the pinned Notion-Version."""
     token = settings.token.get_secret_value() if settings.token else ""
     return HttpClient(
@@ -123,8 +124,11 @@ class NotionSource(GatedSource):
                         if child is not None:
                             queue.append(child)
         except SourceUnavailable as exc:
-            raise IncompleteListing(f"walk stopped after {len(walk.seen)} pages, nothing may be deleted: {exc}",
-                                    source=self.source_id, url=exc.url) from exc
+            raise IncompleteListing(
+                f"walk stopped after {len(walk.seen)} pages, nothing may be deleted: {exc}",
+                source=self.source_id,
+                url=exc.url,
+            ) from exc
         self._tree = walk.seen
         newest = max((d.updated_at for d in walk.documents), default=0)
         return Listing(documents=walk.documents, complete=True, unchanged=walk.unchanged, watermark=newest, total=0)
@@ -163,8 +167,14 @@ class NotionSource(GatedSource):
                 self._visit(page, walk, rebuild=False)
         except SourceUnavailable as exc:
             raise IncompleteListing(f"poll stopped: {exc}", source=self.source_id, url=exc.url) from exc
-        return Changes(published=published, gone=gone, newest=newest, all_articles_count=0,
-                       requests=self.client.requests - before, complete=True)
+        return Changes(
+            published=published,
+            gone=gone,
+            newest=newest,
+            all_articles_count=0,
+            requests=self.client.requests - before,
+            complete=True,
+        )
 
     # -- reads ----------------------------------------------------------------------------------------
 
@@ -181,8 +191,11 @@ class NotionSource(GatedSource):
                 raise
             database = self.client.get_json(f"/v1/databases/{self.settings.root}")
             if not isinstance(database, dict) or database.get("object") != "database":
-                raise SourceRejected("unexpected response: not a database object", source=self.source_id,
-                                     url=self.client.url(f"/v1/databases/{self.settings.root}")) from None
+                raise SourceRejected(
+                    "unexpected response: not a database object",
+                    source=self.source_id,
+                    url=self.client.url(f"/v1/databases/{self.settings.root}"),
+                ) from None
             self._root = RootInfo("database", _dashless(str(database["id"])), plain_text(database.get("title")))
         return self._root
 
@@ -272,8 +285,11 @@ class NotionSource(GatedSource):
             result = self.client.get_json(path, params)
             for block in _results(result, self.client.url(path, params), self.source_id):
                 if not isinstance(block.get("type"), str) or not isinstance(block.get("id"), str):
-                    raise SourceRejected("unexpected block: no string `id` and `type`", source=self.source_id,
-                                         url=self.client.url(path, params))
+                    raise SourceRejected(
+                        "unexpected block: no string `id` and `type`",
+                        source=self.source_id,
+                        url=self.client.url(path, params),
+                    )
                 yield block
             if not result.get("has_more") or not result.get("next_cursor"):
                 return

@@ -24,8 +24,20 @@ _LIST_TYPES = {"bulleted_list_item", "numbered_list_item", "to_do"}
 # Blocks whose children are content of the same page (never another page).
 CONTAINER_TYPES = {"column_list", "column", "synced_block", "template"}
 _DROPPED = {
-    "image", "file", "pdf", "video", "audio", "embed", "bookmark", "link_preview", "child_page", "child_database",
-    "breadcrumb", "table_of_contents", "unsupported", "link_to_page",
+    "image",
+    "file",
+    "pdf",
+    "video",
+    "audio",
+    "embed",
+    "bookmark",
+    "link_preview",
+    "child_page",
+    "child_database",
+    "breadcrumb",
+    "table_of_contents",
+    "unsupported",
+    "link_to_page",
 }
 
 

@@ -146,8 +146,9 @@ class Sent:
     body: bytes
 
 
-def settings_text(state_dir: Path, port: int, chatwoot_url: str, pg: PostgresServer, a: ChromaServer,
-                  b: ChromaServer) -> str:
+def settings_text(
+    state_dir: Path, port: int, chatwoot_url: str, pg: PostgresServer, a: ChromaServer, b: ChromaServer
+) -> str:
     """The one configuration every replica runs, except its own port and state_dir."""
     return textwrap.dedent(
         f"""
@@ -214,8 +215,9 @@ def settings_text(state_dir: Path, port: int, chatwoot_url: str, pg: PostgresSer
 class Replica:
     """One `kbsync run` subprocess; can be killed and started again (a new pid, so a new owner)."""
 
-    def __init__(self, name: str, config: Path, port: int, env: dict[str, str], log_path: Path,
-                 secrets_: Secrets) -> None:
+    def __init__(
+        self, name: str, config: Path, port: int, env: dict[str, str], log_path: Path, secrets_: Secrets
+    ) -> None:
         self.name = name
         self.config = config
         self.port = port
@@ -248,14 +250,19 @@ class Replica:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kbsync", "--config", str(self.config), "run"],
-                cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=REPO,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
             )
 
     def wait_ready(self, timeout: float = 180) -> None:
         def ready() -> bool:
             if not self.alive:
-                pytest.fail(f"{self.name} exited with {self.proc.returncode if self.proc else None}:\n"
-                            f"{self.log_tail()}")
+                pytest.fail(
+                    f"{self.name} exited with {self.proc.returncode if self.proc else None}:\n{self.log_tail()}"
+                )
             try:
                 return self.http.get("/readyz", timeout=5).status_code == 200
             except httpx.HTTPError:
@@ -405,12 +412,23 @@ class Cluster:
         self.fake.edit_article(article.portal, article.id, content=article.content)
         return marker
 
-    def send(self, article: Article, replica: Replica, *, event: str = "article_updated",
-             delivery: str | None = None, body: bytes | None = None) -> Sent:
+    def send(
+        self,
+        article: Article,
+        replica: Replica,
+        *,
+        event: str = "article_updated",
+        delivery: str | None = None,
+        body: bytes | None = None,
+    ) -> Sent:
         """A webhook about `article`, signed as Chatwoot signs them, to one replica."""
         if body is None:
-            payload = {"event": event, "account": {"id": article.account}, "portal": {"slug": article.portal},
-                       "article": {"id": article.id, "content": article.content}}
+            payload = {
+                "event": event,
+                "account": {"id": article.account},
+                "portal": {"slug": article.portal},
+                "article": {"id": article.id, "content": article.content},
+            }
             body = json.dumps(payload).encode()
         delivery = delivery or str(uuid.uuid4())
         started = time.monotonic()
@@ -429,33 +447,43 @@ class Cluster:
     def runs(self, *, since: float = 0.0) -> list[Any]:
         return self.sql(
             "SELECT id, tenant, project, kind, owner, started_at, finished_at, outcome FROM runs "
-            "WHERE started_at >= :since ORDER BY started_at", since=since,
+            "WHERE started_at >= :since ORDER BY started_at",
+            since=since,
         )
 
     def lease_owner(self, tenant: str, project: str) -> str | None:
-        rows = self.sql("SELECT owner FROM leases WHERE name = :name AND expires_at > :now",
-                        name=f"project:{tenant}/{project}", now=time.time())
+        rows = self.sql(
+            "SELECT owner FROM leases WHERE name = :name AND expires_at > :now",
+            name=f"project:{tenant}/{project}",
+            now=time.time(),
+        )
         return rows[0].owner if rows else None
 
     def held_leases(self) -> list[Any]:
-        return self.sql("SELECT name, owner, expires_at FROM leases WHERE name LIKE 'project:%' "
-                        "AND expires_at > :now", now=time.time())
+        return self.sql(
+            "SELECT name, owner, expires_at FROM leases WHERE name LIKE 'project:%' AND expires_at > :now",
+            now=time.time(),
+        )
 
     def queue_counts(self) -> dict[str, int]:
-        return {row.status: int(row.n) for row in self.sql(
-            "SELECT status, count(*) AS n FROM queue_items GROUP BY status")}
+        return {
+            row.status: int(row.n) for row in self.sql("SELECT status, count(*) AS n FROM queue_items GROUP BY status")
+        }
 
     def delivery_status(self, deliveries: list[str]) -> dict[str, str]:
         """Each delivery id's queue item status; a delivery never stored is absent."""
         if not deliveries:
             return {}
-        rows = self.sql("SELECT delivery_id, status FROM queue_items WHERE delivery_id = ANY(:ids)",
-                        ids=list(deliveries))
+        rows = self.sql(
+            "SELECT delivery_id, status FROM queue_items WHERE delivery_id = ANY(:ids)", ids=list(deliveries)
+        )
         return {row.delivery_id: row.status for row in rows}
 
     def pending_items(self) -> list[Any]:
-        return self.sql("SELECT id, tenant, project, attempts, owner, claimed_until, not_before, last_error "
-                        "FROM queue_items WHERE status = 'pending' ORDER BY id")
+        return self.sql(
+            "SELECT id, tenant, project, attempts, owner, claimed_until, not_before, last_error "
+            "FROM queue_items WHERE status = 'pending' ORDER BY id"
+        )
 
     def wait_quiet(self, timeout: float) -> None:
         """Until nothing is in flight: the queue empty, no project lease held, every start-up reconcile done."""
@@ -463,8 +491,10 @@ class Cluster:
         while True:
             for replica in self.replicas:
                 if not replica.alive:
-                    pytest.fail(f"{replica.name} died (exit {replica.proc.returncode if replica.proc else None}):"
-                                f"\n{replica.log_tail()}")
+                    pytest.fail(
+                        f"{replica.name} died (exit {replica.proc.returncode if replica.proc else None}):"
+                        f"\n{replica.log_tail()}"
+                    )
             if (
                 all(r.startup_reconciles_settled() for r in self.replicas)
                 and not self.pending_items()
@@ -472,14 +502,19 @@ class Cluster:
             ):
                 return
             if time.monotonic() > deadline:
-                pytest.fail(f"the cluster did not settle within {timeout:.0f} s (queue empty, no lease held, "
-                            f"start-up reconciles done):\n{self.describe()}")
+                pytest.fail(
+                    f"the cluster did not settle within {timeout:.0f} s (queue empty, no lease held, "
+                    f"start-up reconciles done):\n{self.describe()}"
+                )
             time.sleep(0.3)
 
     def describe(self) -> str:
         """What is in flight, for failure messages."""
-        lines = [f"replicas: {self.replicas}", f"queue: {self.queue_counts()}",
-                 f"held leases: {[tuple(r) for r in self.held_leases()]}"]
+        lines = [
+            f"replicas: {self.replicas}",
+            f"queue: {self.queue_counts()}",
+            f"held leases: {[tuple(r) for r in self.held_leases()]}",
+        ]
         for row in self.pending_items()[:10]:
             lines.append(f"pending item: {tuple(row)}")
         return "\n".join(lines)
@@ -513,8 +548,7 @@ class Cluster:
                 for hit in response.json()["results"]:
                     texts[hit["doc_id"]].append(hit["text"])
                 for article in self.tenant_articles(tenant):
-                    problems += self._article_problems(article, texts.get(article.doc_id),
-                                                       f"{replica.name} /v1/query")
+                    problems += self._article_problems(article, texts.get(article.doc_id), f"{replica.name} /v1/query")
         return problems
 
     def chroma_problems(self) -> list[str]:
@@ -527,10 +561,12 @@ class Cluster:
         for tenant, project in PROJECTS:
             mine, other = self.server_of(tenant), self.chroma_b if tenant == "acme" else self.chroma_a
             name = f"{tenant}__{project}"
-            client = chromadb.HttpClient(host=mine.host, port=mine.port,
-                                         settings=ChromaSettings(anonymized_telemetry=False))
-            elsewhere = chromadb.HttpClient(host=other.host, port=other.port,
-                                            settings=ChromaSettings(anonymized_telemetry=False))
+            client = chromadb.HttpClient(
+                host=mine.host, port=mine.port, settings=ChromaSettings(anonymized_telemetry=False)
+            )
+            elsewhere = chromadb.HttpClient(
+                host=other.host, port=other.port, settings=ChromaSettings(anonymized_telemetry=False)
+            )
             if name not in {c.name for c in client.list_collections()}:
                 problems.append(f"{name} is not on its tenant's Chroma server :{mine.port}")
                 continue
@@ -571,7 +607,9 @@ class Cluster:
             pending = self.pending_items()
             raise AssertionError(
                 f"{what}: not converged after {timeout:.0f} s; {len(pending)} queue items pending\n"
-                + "\n".join(problems[:10]) + "\n" + self.describe()
+                + "\n".join(problems[:10])
+                + "\n"
+                + self.describe()
             )
         alive = [r for r in self.replicas if r.alive]
         problems = self.query_problems(alive) + self.chroma_problems()
@@ -597,7 +635,7 @@ class Cluster:
                 spans.append((row.started_at, end, row))
             spans.sort(key=lambda span: span[0])
             for i, (start, end, row) in enumerate(spans):
-                for other_start, _other_end, other in spans[i + 1:]:
+                for other_start, _other_end, other in spans[i + 1 :]:
                     if other_start >= end:
                         break
                     overlaps.append(
@@ -613,7 +651,7 @@ def short_articles(count: int, *, skip: int = 0) -> list[dict[str, Any]]:
     data = json.loads(corpus_path("chatwoot-docs").read_text(encoding="utf-8"))
     english = [a for a in data["articles"] if a.get("locale") == "en" and a.get("status", "published") == "published"]
     english.sort(key=lambda a: (len(a["content"] or ""), a["id"]))
-    return english[skip: skip + count]
+    return english[skip : skip + count]
 
 
 def seed_chatwoot(secrets_: Secrets) -> tuple[FakeChatwoot, list[Article]]:
@@ -629,8 +667,9 @@ def seed_chatwoot(secrets_: Secrets) -> tuple[FakeChatwoot, list[Article]]:
         ("globex", "beta", GLOBEX_PORTAL, 2, ARTICLES_PER_TENANT),
     ):
         for n, record in enumerate(short_articles(ARTICLES_PER_TENANT, skip=skip)):
-            article_id = fake.add_article(portal, title=record["title"], content=record["content"],
-                                          status="published", updated_at=base + n)
+            article_id = fake.add_article(
+                portal, title=record["title"], content=record["content"], status="published", updated_at=base + n
+            )
             articles.append(Article(tenant, project, portal, account, article_id, record["content"]))
     fake.snapshot()
     return fake, articles
@@ -668,8 +707,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             state_dir = root / f"replica-{n}"
             state_dir.mkdir()
             config = state_dir / "settings.toml"
-            config.write_text(settings_text(state_dir, port, chatwoot.base_url, pg, chroma_a, chroma_b),
-                              encoding="utf-8")
+            config.write_text(
+                settings_text(state_dir, port, chatwoot.base_url, pg, chroma_a, chroma_b), encoding="utf-8"
+            )
             replica = Replica(f"replica-{n}", config, port, replica_env(secrets_), state_dir / "kbsync.log", secrets_)
             stack.callback(replica.close)
             replicas.append(replica)

@@ -70,8 +70,11 @@ def wait_run_started(cluster: Cluster, replica: Replica, tenant: str, project: s
     """Until `replica` holds the project's lease and has recorded a run that has not finished."""
 
     def started() -> bool:
-        running = [r for r in cluster.runs(since=since)
-                   if (r.tenant, r.project, r.owner) == (tenant, project, replica.owner) and r.finished_at is None]
+        running = [
+            r
+            for r in cluster.runs(since=since)
+            if (r.tenant, r.project, r.owner) == (tenant, project, replica.owner) and r.finished_at is None
+        ]
         return bool(running) and cluster.lease_owner(tenant, project) == replica.owner
 
     wait_for(started, 30, f"{replica.name} to take the lease of {tenant}/{project} and start its run")
@@ -152,8 +155,9 @@ def test_webhooks_round_robin_over_three_replicas_are_each_applied_once_in_their
             cluster.edit(article)
             sent.append(cluster.send(article, replicas[n % REPLICAS]))
             if n % 10 == 9:  # the same delivery again, to another replica: de-duplicated cluster-wide
-                duplicates.append(cluster.send(article, replicas[(n + 1) % REPLICAS], delivery=sent[-1].delivery,
-                                               body=sent[-1].body))
+                duplicates.append(
+                    cluster.send(article, replicas[(n + 1) % REPLICAS], delivery=sent[-1].delivery, body=sent[-1].body)
+                )
     finally:
         stop.set()
         resyncer.join(60)
@@ -257,8 +261,11 @@ def test_a_chroma_server_restarted_mid_sync_loses_nothing(healthy: Cluster) -> N
     assert "response" in result, f"the rebuild got no answer: {result.get('error')!r}"
     (report,) = result["response"].json()["reports"]
     assert report["outcome"] == "failed" and report["errors"], report
-    wait_for(lambda: any(row.attempts >= 1 for row in cluster.pending_items()), 30,
-             "a webhook refresh to fail against the stopped server")
+    wait_for(
+        lambda: any(row.attempts >= 1 for row in cluster.pending_items()),
+        30,
+        "a webhook refresh to fail against the stopped server",
+    )
 
     server_b.start()
     cluster.wait_converged(120, "after the Chroma server came back")

@@ -131,8 +131,10 @@ def test_config_json_and_log_level_work_before_or_after_the_subcommand(files_set
     # The settings say log_level = "warning": run.finished (info) shows only when --log-level says so.
     quiet = runner.invoke(app, ["resync", "-c", str(files_settings)], catch_exceptions=False)
     assert quiet.exit_code == 0 and "run.finished" not in quiet.stderr
-    for args in (["resync", "-c", str(files_settings), "--log-level", "info"],
-                 ["--log-level", "info", "resync", "-c", str(files_settings)]):
+    for args in (
+        ["resync", "-c", str(files_settings), "--log-level", "info"],
+        ["--log-level", "info", "resync", "-c", str(files_settings)],
+    ):
         loud = runner.invoke(app, args, catch_exceptions=False)
         assert loud.exit_code == 0 and "run.finished" in loud.stderr, args
 
@@ -158,7 +160,9 @@ def test_options_that_do_not_apply_are_refused(files_settings: Path) -> None:
     assert result.exit_code == 2 and "loud" in result.stderr
 
 
-def test_check_reports_a_lexical_index_that_disagrees_with_the_store(files_settings: Path, docs_dir, monkeypatch) -> None:
+def test_check_reports_a_lexical_index_that_disagrees_with_the_store(
+    files_settings: Path, docs_dir, monkeypatch
+) -> None:
     from kbsync.lexical import LexicalIndex
     from kbsync.settings import load_settings
     from kbsync.state import State

@@ -165,7 +165,13 @@ class DaemonProcess:
     Its stderr (the JSON log) of every start is appended to one file, so a test can read all of it."""
 
     def __init__(
-        self, config: Path, port: int, env: dict[str, str], log_path: Path, secrets_: Secrets, args: tuple[str, ...] = ()
+        self,
+        config: Path,
+        port: int,
+        env: dict[str, str],
+        log_path: Path,
+        secrets_: Secrets,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.args = args  # after `run`, e.g. ("--workers", "1")
@@ -271,7 +277,13 @@ class DaemonProcess:
         return metric_value(self.metrics(), name, **labels)
 
     def query(
-        self, text: str, *, tenant: str = "acme", project: str = "alpha", k: int = 5, token: str | None = "",
+        self,
+        text: str,
+        *,
+        tenant: str = "acme",
+        project: str = "alpha",
+        k: int = 5,
+        token: str | None = "",
         locale: str | None = None,
     ) -> httpx.Response:
         """POST /v1/query; `token=""` means the tenant's own query token, None no Authorization header."""
@@ -382,15 +394,11 @@ def seed_chatwoot(secrets_: Secrets) -> tuple[FakeChatwoot, list[int], list[int]
     fake.add_portal(2, GLOBEX_PORTAL, name="Globex Help")
     base = fake.now() - 3600
     acme_ids = [
-        fake.add_article(
-            ACME_PORTAL, title=a["title"], content=a["content"], status="published", updated_at=base + n
-        )
+        fake.add_article(ACME_PORTAL, title=a["title"], content=a["content"], status="published", updated_at=base + n)
         for n, a in enumerate(short_corpus_articles(ACME_ARTICLES))
     ]
     globex_ids = [
-        fake.add_article(
-            GLOBEX_PORTAL, title=a["title"], content=a["content"], status="published", updated_at=base + n
-        )
+        fake.add_article(GLOBEX_PORTAL, title=a["title"], content=a["content"], status="published", updated_at=base + n)
         for n, a in enumerate(short_corpus_articles(GLOBEX_ARTICLES, skip=ACME_ARTICLES))
     ]
     fake.snapshot()

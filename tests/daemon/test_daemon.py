@@ -132,14 +132,16 @@ def _signed_raw(daemon: DaemonProcess, body: bytes, *, tenant: str = "acme", chu
 
 def _oversized(stack: Stack) -> bytes:
     article = {"id": stack.acme_ids[1], "content": "x" * (1024 * 1024)}
-    return json.dumps({"event": "article_updated", "account": {"id": 1}, "portal": {"slug": ACME_PORTAL},
-                       "article": article}).encode()
+    return json.dumps(
+        {"event": "article_updated", "account": {"id": 1}, "portal": {"slug": ACME_PORTAL}, "article": article}
+    ).encode()
 
 
 REJECTED: dict[str, tuple[int, Send]] = {
     "forged signature": (401, lambda d, s: d.webhook("article_updated", s.acme_ids[1], secret="not-the-secret")),
     "another tenant's secret": (
-        401, lambda d, s: d.webhook("article_updated", s.acme_ids[1], secret=d.secrets.globex_webhook),
+        401,
+        lambda d, s: d.webhook("article_updated", s.acme_ids[1], secret=d.secrets.globex_webhook),
     ),
     "signature of another body": (
         401,
@@ -149,10 +151,12 @@ REJECTED: dict[str, tuple[int, Send]] = {
     ),
     "no signature": (401, lambda d, s: d.webhook("article_updated", s.acme_ids[1], signature="")),
     "replayed (timestamp 301 s old)": (
-        401, lambda d, s: d.webhook("article_updated", s.acme_ids[1], timestamp=int(time.time()) - 301),
+        401,
+        lambda d, s: d.webhook("article_updated", s.acme_ids[1], timestamp=int(time.time()) - 301),
     ),
     "timestamp from the future": (
-        401, lambda d, s: d.webhook("article_updated", s.acme_ids[1], timestamp=int(time.time()) + 400),
+        401,
+        lambda d, s: d.webhook("article_updated", s.acme_ids[1], timestamp=int(time.time()) + 400),
     ),
     "oversized body": (413, lambda d, s: _signed_raw(d, _oversized(s))),
     "oversized chunked body": (413, lambda d, s: _signed_raw(d, _oversized(s), chunked=True)),
@@ -192,8 +196,9 @@ def test_non_article_event_is_ignored_with_200(stack: Stack, daemon: DaemonProce
     nothing."""
     before = written_counters(daemon)
     ignored = daemon.metric("kbsync_webhooks_total", tenant="acme", outcome="ignored")
-    body = json.dumps({"event": "message_created", "account": {"id": 1}, "content": "hello",
-                       "conversation": {"id": 7}}).encode()
+    body = json.dumps(
+        {"event": "message_created", "account": {"id": 1}, "content": "hello", "conversation": {"id": 7}}
+    ).encode()
     response = daemon.webhook("message_created", body=body)
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "ignored"}
@@ -232,8 +237,9 @@ def test_a_permanent_failure_is_dead_at_once_and_shown_in_status(
     before = daemon.status()["queue"]["dead"]
     stack.fake.fail(path_contains=f"/portals/{GLOBEX_PORTAL}", status=status, times=None)
     try:
-        response = daemon.webhook("article_updated", stack.globex_ids[0], tenant="globex", portal=GLOBEX_PORTAL,
-                                  account=2)
+        response = daemon.webhook(
+            "article_updated", stack.globex_ids[0], tenant="globex", portal=GLOBEX_PORTAL, account=2
+        )
         assert response.status_code == 202, response.text
         queue = wait_for(lambda: (q := daemon.status()["queue"])["dead"] > before and q, 10, "the item to be dead")
     finally:
@@ -339,8 +345,15 @@ def test_query_tokens_open_only_their_own_tenant(stack: Stack, daemon: DaemonPro
 
 @pytest.mark.parametrize(
     "question",
-    ["the and of to is", '"unbalanced', "NEAR(a b) refund* -x col:val", "AND OR NOT", "refund " * 570,
-     "возврат 退款 refund ☃ 🙂", "?!"],
+    [
+        "the and of to is",
+        '"unbalanced',
+        "NEAR(a b) refund* -x col:val",
+        "AND OR NOT",
+        "refund " * 570,
+        "возврат 退款 refund ☃ 🙂",
+        "?!",
+    ],
     ids=["stop-words", "quote", "fts-syntax", "operators", "4kB", "mixed-scripts", "punctuation"],
 )
 def test_any_question_gets_results_or_an_empty_list(stack: Stack, daemon: DaemonProcess, question: str) -> None:
@@ -468,7 +481,8 @@ def test_the_daemon_prunes_the_state_database_soon_after_it_starts(stack: Stack,
     than `[retention] interval_minutes` still prunes). If broken: no `retention.pruned` line ever appears."""
     line = wait_for(
         lambda: next((json.loads(raw) for raw in daemon.log_text().splitlines() if "retention.pruned" in raw), None),
-        30, "the first prune",
+        30,
+        "the first prune",
     )
     assert line["skipped"] is False and {"runs", "queue_rows", "leases"} <= set(line)
 
@@ -540,8 +554,11 @@ def test_webhook_accepted_after_a_crash_is_not_held_by_the_dead_claim(stack: Sta
     stack.fake.clear_requests()
     stack.fake.delay(8, path_contains="/articles", times=None)
     assert daemon.webhook("article_created", held_id).status_code == 202
-    wait_for(lambda: any(r.status is None and "/articles" in r.path for r in stack.fake.requests), 10,
-             "the worker to start fetching")
+    wait_for(
+        lambda: any(r.status is None and "/articles" in r.path for r in stack.fake.requests),
+        10,
+        "the worker to start fetching",
+    )
     daemon.signal(signal.SIGKILL)
     daemon.wait_exit(10)
     stack.fake.reset_faults()
@@ -659,12 +676,29 @@ def test_systemd_units_carry_the_required_settings() -> None:
 
 
 HARDENING = (  # issue 17: both units, the resync as sandboxed as the daemon
-    "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
-    "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectKernelLogs=yes", "ProtectControlGroups=yes",
-    "ProtectClock=yes", "ProtectHostname=yes", "RestrictSUIDSGID=yes", "RestrictRealtime=yes",
-    "RestrictNamespaces=yes", "LockPersonality=yes", "RemoveIPC=yes", "CapabilityBoundingSet=",
-    "SystemCallArchitectures=native", "SystemCallFilter=@system-service", "IPAddressDeny=169.254.0.0/16",
-    "StartLimitIntervalSec=300", "StartLimitBurst=5", "ReadWritePaths=/var/lib/kbsync",
+    "NoNewPrivileges=yes",
+    "ProtectSystem=strict",
+    "ProtectHome=yes",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "RestrictSUIDSGID=yes",
+    "RestrictRealtime=yes",
+    "RestrictNamespaces=yes",
+    "LockPersonality=yes",
+    "RemoveIPC=yes",
+    "CapabilityBoundingSet=",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "IPAddressDeny=169.254.0.0/16",
+    "StartLimitIntervalSec=300",
+    "StartLimitBurst=5",
+    "ReadWritePaths=/var/lib/kbsync",
 )
 
 

@@ -33,8 +33,9 @@ def daemon_options() -> tuple[tuple[str, ...], dict[str, str]]:
     return ("--workers", "1"), {"KBSYNC_SERVER__BODY_TIMEOUT_SECONDS": "2"}
 
 
-def _raw_post(port: int, path: str, headers: dict[str, str], *, total: int, declared: int | None = None,
-              stall: bool = False) -> tuple[int, int, bytes]:
+def _raw_post(
+    port: int, path: str, headers: dict[str, str], *, total: int, declared: int | None = None, stall: bool = False
+) -> tuple[int, int, bytes]:
     """POST `total` bytes of body on a raw socket (chunked, or with a Content-Length of `declared`), sending until
     the server answers; with `stall`, send 10 bytes and then nothing. Returns (status, body bytes that got into the
     connection before the answer, the answer)."""
@@ -137,8 +138,12 @@ def test_an_invalid_query_body_names_the_offending_field(stack: Stack, daemon: D
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert [f["field"] for f in error["fields"]] == ["body.k"], error
-    assert daemon.http.post("/v1/query", content=b"{not json", headers={
-        "Authorization": f"Bearer {daemon.secrets.acme_query}"}).status_code == 400
+    assert (
+        daemon.http.post(
+            "/v1/query", content=b"{not json", headers={"Authorization": f"Bearer {daemon.secrets.acme_query}"}
+        ).status_code
+        == 400
+    )
 
 
 def test_a_body_that_stops_arriving_gets_408_after_the_deadline(stack: Stack, daemon: DaemonProcess) -> None:
@@ -146,8 +151,9 @@ def test_a_body_that_stops_arriving_gets_408_after_the_deadline(stack: Stack, da
     token = {"Authorization": f"Bearer {daemon.secrets.acme_query}"}
     status, _, answer = _raw_post(daemon.port, "/v1/query", token, total=1000, declared=1000, stall=True)
     assert status == 408, answer
-    status, _, answer = _raw_post(daemon.port, "/webhooks/acme", _signed_looking(daemon), total=1000,
-                                  declared=1000, stall=True)
+    status, _, answer = _raw_post(
+        daemon.port, "/webhooks/acme", _signed_looking(daemon), total=1000, declared=1000, stall=True
+    )
     assert status == 408, answer
 
 
@@ -176,8 +182,14 @@ def test_lone_surrogate_in_a_query_is_never_a_500(token: str, stack: Stack, daem
 
 
 def test_lone_surrogate_in_a_signed_webhook_is_422(stack: Stack, daemon: DaemonProcess) -> None:
-    body = json.dumps({"event": "article_updated", "account": {"id": 1}, "portal": {"slug": ACME_PORTAL},
-                       "article": {"id": stack.acme_ids[0], "title": "\ud800"}}).encode()
+    body = json.dumps(
+        {
+            "event": "article_updated",
+            "account": {"id": 1},
+            "portal": {"slug": ACME_PORTAL},
+            "article": {"id": stack.acme_ids[0], "title": "\ud800"},
+        }
+    ).encode()
     response = daemon.webhook("article_updated", body=body)
     assert response.status_code == 422, response.text
 
@@ -196,8 +208,9 @@ def test_unknown_tenant_and_bad_signature_get_the_same_answer(stack: Stack, daem
     for declared in (2 * MiB, None):
         answers = []
         for tenant in ("initech", "acme"):
-            status, sent, _ = _raw_post(daemon.port, f"/webhooks/{tenant}", _signed_looking(daemon),
-                                        total=2 * MiB, declared=declared)
+            status, sent, _ = _raw_post(
+                daemon.port, f"/webhooks/{tenant}", _signed_looking(daemon), total=2 * MiB, declared=declared
+            )
             answers.append(status)
             assert sent < READ_AT_MOST
         assert answers == [413, 413], (declared, answers)
@@ -206,8 +219,9 @@ def test_unknown_tenant_and_bad_signature_get_the_same_answer(stack: Stack, daem
 def test_metrics_and_readiness_details_need_the_admin_token(stack: Stack, daemon: DaemonProcess) -> None:
     """/metrics labels name every tenant: admin token (or server.public_metrics). /readyz says only its status."""
     assert daemon.http.get("/metrics").status_code == 401
-    assert daemon.http.get("/metrics", headers={"Authorization": f"Bearer {daemon.secrets.acme_query}"}).status_code \
-        == 401
+    assert (
+        daemon.http.get("/metrics", headers={"Authorization": f"Bearer {daemon.secrets.acme_query}"}).status_code == 401
+    )
     scraped = daemon.http.get("/metrics", headers=daemon.admin_headers())
     assert scraped.status_code == 200 and 'tenant="acme"' in scraped.text
     ready = daemon.http.get("/readyz")
@@ -236,13 +250,22 @@ def test_captured_webhook_replayed_under_another_delivery_id_is_a_duplicate(
     X-Chatwoot-Delivery within the 300 s window was queued again; now it adds no item. The module's one worker is held
     in a slow globex refresh meanwhile, so the first acme item is still waiting (tests/unit/test_queue_replay.py: what
     happens once it is claimed)."""
-    body = json.dumps({"event": "article_updated", "account": {"id": 1}, "portal": {"slug": ACME_PORTAL},
-                       "article": {"id": stack.acme_ids[2]}}).encode()
+    body = json.dumps(
+        {
+            "event": "article_updated",
+            "account": {"id": 1},
+            "portal": {"slug": ACME_PORTAL},
+            "article": {"id": stack.acme_ids[2]},
+        }
+    ).encode()
     fake.delay(8, path_contains=GLOBEX_PORTAL, times=None)
     try:
         assert _globex_webhook(daemon, "article_updated", stack.globex_ids[0]).status_code == 202
-        wait_for(lambda: any(r.status is None and GLOBEX_PORTAL in r.path for r in fake.requests), 20,
-                 "the worker to be held in the globex refresh")
+        wait_for(
+            lambda: any(r.status is None and GLOBEX_PORTAL in r.path for r in fake.requests),
+            20,
+            "the worker to be held in the globex refresh",
+        )
         ts = str(int(time.time()))
         first = _post_signed(daemon, body, ts, str(uuid.uuid4()))
         assert first.status_code == 202, first.text
@@ -271,12 +294,16 @@ def _slow_acme(fake: FakeChatwoot, seconds: float) -> None:
 
 def _globex_webhook(daemon: DaemonProcess, event: str, article_id: int) -> httpx.Response:
     """A signed globex webhook, answered within Chatwoot's 5 s or an httpx.TimeoutException."""
-    body = json.dumps({"event": event, "account": {"id": 2}, "portal": {"slug": GLOBEX_PORTAL},
-                       "article": {"id": article_id}}).encode()
+    body = json.dumps(
+        {"event": event, "account": {"id": 2}, "portal": {"slug": GLOBEX_PORTAL}, "article": {"id": article_id}}
+    ).encode()
     ts = str(int(time.time()))
-    headers = {"Content-Type": "application/json", "X-Chatwoot-Timestamp": ts,
-               "X-Chatwoot-Signature": sign(daemon.secrets.globex_webhook, ts, body),
-               "X-Chatwoot-Delivery": str(uuid.uuid4())}
+    headers = {
+        "Content-Type": "application/json",
+        "X-Chatwoot-Timestamp": ts,
+        "X-Chatwoot-Signature": sign(daemon.secrets.globex_webhook, ts, body),
+        "X-Chatwoot-Delivery": str(uuid.uuid4()),
+    }
     return daemon.http.post("/webhooks/globex", content=body, headers=headers, timeout=5)
 
 
@@ -319,13 +346,18 @@ def test_worker_skips_a_project_busy_in_a_slow_run_and_applies_another_tenant(
     """Issue 17 item 6: a project lock held by a run on a trickling source held the webhook worker, and another
     tenant's webhook waited as long. The worker now gives the busy project's item back and takes the next."""
     marker = f"globex {uuid.uuid4().hex[:8]} quokka zephyr lantern"
-    article = fake.add_article(GLOBEX_PORTAL, title=f"Article {marker.split()[1]}", status="published",
-                               content=f"{marker}.\n\nThis paragraph explains {marker} in plain words.")
+    article = fake.add_article(
+        GLOBEX_PORTAL,
+        title=f"Article {marker.split()[1]}",
+        status="published",
+        content=f"{marker}.\n\nThis paragraph explains {marker} in plain words.",
+    )
     _slow_acme(fake, 12)
     started = time.time()
     resync = threading.Thread(
-        target=lambda: daemon.http.post("/v1/resync", json={"tenant": "acme"}, headers=daemon.admin_headers(),
-                                        timeout=120),
+        target=lambda: daemon.http.post(
+            "/v1/resync", json={"tenant": "acme"}, headers=daemon.admin_headers(), timeout=120
+        ),
         daemon=True,
     )
     try:

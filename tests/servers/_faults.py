@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 
@@ -105,8 +106,9 @@ class FaultBook:
                     return fault
         return None
 
-    async def middleware(self, request: Any, call_next: Any, *, authorized: bool,
-                         refuse: Callable[[], Response]) -> Response:
+    async def middleware(
+        self, request: Any, call_next: Any, *, authorized: bool, refuse: Callable[[], Response]
+    ) -> Response:
         """Log the request, then answer it with its fault (status, delay, truncated body), `refuse()` when not
         authorized, or normally."""
         self.log(request.method, request.url.path, request.url.query)

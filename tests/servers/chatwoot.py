@@ -28,9 +28,10 @@ import re
 import threading
 import time
 import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
@@ -102,7 +103,7 @@ def iso_to_epoch(value: str) -> int:
     """Convert an ISO-8601 timestamp with offset to integer Unix seconds (Rails ``updated_at.to_i``)."""
     parsed = dt.datetime.fromisoformat(value)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return int(parsed.timestamp())
 
 
@@ -127,8 +128,13 @@ def rails_json(payload: Any) -> bytes:
     """Encode like ActiveSupport: UTF-8, compact, with ``< > &`` and U+2028/9 escaped as ``\\uXXXX``."""
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     # These characters can only occur inside JSON strings, so a plain replace is safe.
-    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(char, escaped)
     return text.encode("utf-8")
 
@@ -275,7 +281,7 @@ _HTML_502 = (
 )
 _HTML_ERROR_PAGE = (
     "<!DOCTYPE html>\n<html>\n<head>\n  <title>We're sorry, but something went wrong (500)</title>\n</head>\n"
-    "<body>\n  <div class=\"dialog\">\n    <h1>We're sorry, but something went wrong.</h1>\n  </div>\n"
+    '<body>\n  <div class="dialog">\n    <h1>We\'re sorry, but something went wrong.</h1>\n  </div>\n'
     "</body>\n</html>\n"
 )
 _HTML_404 = (
@@ -346,8 +352,14 @@ class FakeChatwoot:
     author of loaded articles) and an agent (token :data:`AGENT_TOKEN`, user id 2).
     """
 
-    def __init__(self, account_id: int = DEFAULT_ACCOUNT_ID, *, tie_order: TieOrder = "shuffle",
-                 seed: int = 0, with_default_tokens: bool = True) -> None:
+    def __init__(
+        self,
+        account_id: int = DEFAULT_ACCOUNT_ID,
+        *,
+        tie_order: TieOrder = "shuffle",
+        seed: int = 0,
+        with_default_tokens: bool = True,
+    ) -> None:
         """Create the fake; ``tie_order`` controls how ``updated_at`` ties are ordered per request."""
         self._lock = threading.RLock()
         self._state = _State()
@@ -421,24 +433,32 @@ class FakeChatwoot:
             self.snapshot()
             return user_id
 
-    def add_portal(self, account_id: int, slug: str, *, name: str | None = None,
-                   locales: list[str] | None = None, **fields_: Any) -> Portal:
+    def add_portal(
+        self, account_id: int, slug: str, *, name: str | None = None, locales: list[str] | None = None, **fields_: Any
+    ) -> Portal:
         """Create an empty portal (slug must be unique across the installation)."""
         with self._lock:
             portal = self._create_portal(account_id, slug, name=name, locales=locales, **fields_)
             self.snapshot()
             return portal
 
-    def _create_portal(self, account_id: int, slug: str, *, name: str | None = None,
-                       locales: list[str] | None = None, **fields_: Any) -> Portal:
+    def _create_portal(
+        self, account_id: int, slug: str, *, name: str | None = None, locales: list[str] | None = None, **fields_: Any
+    ) -> Portal:
         with self._lock:
             self._ensure_account(account_id)
             if self._find_portal(slug) is not None:
                 raise ValueError(f"portal slug already exists: {slug}")
             locales = list(locales or ["en"])
-            portal = Portal(id=self._state.next_portal_id, slug=slug, name=name or slug, account_id=account_id,
-                            locales=locales, default_locale="en" if "en" in locales else locales[0],
-                            page_title=name or slug)
+            portal = Portal(
+                id=self._state.next_portal_id,
+                slug=slug,
+                name=name or slug,
+                account_id=account_id,
+                locales=locales,
+                default_locale="en" if "en" in locales else locales[0],
+                page_title=name or slug,
+            )
             for key, value in fields_.items():
                 setattr(portal, key, value)
             self._state.next_portal_id += 1
@@ -455,8 +475,9 @@ class FakeChatwoot:
         data = json.loads(path.read_text(encoding="utf-8"))
         slug = portal_slug or path.stem
         with self._lock:
-            portal = self._create_portal(account_id, slug, name=data["portal"]["name"],
-                                     locales=list(data["portal"]["locales"]))
+            portal = self._create_portal(
+                account_id, slug, name=data["portal"]["name"], locales=list(data["portal"]["locales"])
+            )
             author_id = self._first_admin_id(account_id)
             category_ids = self._load_categories(portal, data["articles"])
             for record in data["articles"]:
@@ -479,12 +500,12 @@ class FakeChatwoot:
             used.add(new_id)
             mapping[cat["id"]] = new_id
             position = 10 * (len(mapping))
-            portal.categories[new_id] = Category(new_id, cat["name"], cat["slug"], cat["locale"],
-                                                 position=position)
+            portal.categories[new_id] = Category(new_id, cat["name"], cat["slug"], cat["locale"], position=position)
         return mapping
 
-    def _insert_corpus_article(self, portal: Portal, record: dict[str, Any], category_ids: dict[int, int],
-                               author_id: int | None) -> None:
+    def _insert_corpus_article(
+        self, portal: Portal, record: dict[str, Any], category_ids: dict[int, int], author_id: int | None
+    ) -> None:
         """Convert one corpus record into an :class:`Article` row."""
         article_id = int(record["id"])
         if self._find_article_anywhere(article_id) is not None:
@@ -492,12 +513,19 @@ class FakeChatwoot:
         updated_at = iso_to_epoch(record["updated_at"])
         category = record.get("category")
         portal.articles[article_id] = Article(
-            id=article_id, slug=record["slug"], title=record["title"], content=record["content"],
-            description=record.get("description"), status=record.get("status", "published"),
+            id=article_id,
+            slug=record["slug"],
+            title=record["title"],
+            content=record["content"],
+            description=record.get("description"),
+            status=record.get("status", "published"),
             locale=record.get("locale") or portal.default_locale,
             category_id=category_ids[category["id"]] if category else None,
-            position=record.get("position"), updated_at=updated_at, created_at=updated_at,
-            author_id=author_id, associated_article_id=record.get("associated_article_id"),
+            position=record.get("position"),
+            updated_at=updated_at,
+            created_at=updated_at,
+            author_id=author_id,
+            associated_article_id=record.get("associated_article_id"),
             # Deterministic, varied views; some null like never-viewed articles.
             views=None if article_id % 3 == 0 else (article_id * 7919) % 1000,
         )
@@ -565,12 +593,16 @@ class FakeChatwoot:
             category_id = fields_.pop("category_id", None)
             row = Article(
                 id=int(fields_.pop("id", self._next_article_id())),
-                slug=fields_.pop("slug", f"{now}-{parameterize(title)}"), title=title,
-                content=fields_.pop("content", ""), description=fields_.pop("description", None),
-                status=fields_.pop("status", "draft"), locale=fields_.pop("locale", target.default_locale),
+                slug=fields_.pop("slug", f"{now}-{parameterize(title)}"),
+                title=title,
+                content=fields_.pop("content", ""),
+                description=fields_.pop("description", None),
+                status=fields_.pop("status", "draft"),
+                locale=fields_.pop("locale", target.default_locale),
                 category_id=category_id,
                 position=fields_.pop("position", self._next_position(target, category_id)),
-                updated_at=now, created_at=now,
+                updated_at=now,
+                created_at=now,
                 author_id=fields_.pop("author_id", self._first_admin_id(target.account_id)),
             )
             self._apply_fields(target, row, fields_)
@@ -653,8 +685,11 @@ class FakeChatwoot:
     def published_ids(self, portal: str, locale: str | None = None) -> set[int]:
         """Ids of published articles (optionally of one locale): what a correct sync should hold."""
         with self._lock:
-            return {a.id for a in self.portal(portal).articles.values()
-                    if a.status == "published" and (locale is None or a.locale == locale)}
+            return {
+                a.id
+                for a in self.portal(portal).articles.values()
+                if a.status == "published" and (locale is None or a.locale == locale)
+            }
 
     def all_articles(self, portal: str) -> list[dict[str, Any]]:
         """Internal rows (incl. ``locale``, ``category_id``, ``author_id``) as dicts, sorted by id."""
@@ -674,8 +709,14 @@ class FakeChatwoot:
         with self._lock:
             self._faults.append(fault)
 
-    def fail(self, path_contains: str | None = None, page: int | None = None, status: int = 500,
-             times: int | None = 1, body: Any = None) -> None:
+    def fail(
+        self,
+        path_contains: str | None = None,
+        page: int | None = None,
+        status: int = 500,
+        times: int | None = 1,
+        body: Any = None,
+    ) -> None:
         """Answer matching requests with ``status`` instead of serving them.
 
         Default bodies are realistic: 429 ``Retry later`` (text, no ``Retry-After``), 401/403/404
@@ -683,28 +724,47 @@ class FakeChatwoot:
         articles list. ``times=None`` fails forever.
         """
         raw, content_type = _encode_body(body) if body is not None else _default_fault_body(status)
-        self._add_fault(_Fault("status", path_contains, page, times, status=status, body=raw,
-                               content_type=content_type))
+        self._add_fault(
+            _Fault("status", path_contains, page, times, status=status, body=raw, content_type=content_type)
+        )
 
-    def delay(self, seconds: float, path_contains: str | None = None, page: int | None = None,
-              times: int | None = 1) -> None:
+    def delay(
+        self, seconds: float, path_contains: str | None = None, page: int | None = None, times: int | None = 1
+    ) -> None:
         """Sleep ``seconds`` before serving matching requests (to trigger client timeouts)."""
         self._add_fault(_Fault("delay", path_contains, page, times, seconds=seconds))
 
-    def truncate(self, page: int | None = None, times: int | None = 1, path_contains: str | None = None,
-                 keep: float = 0.5) -> None:
+    def truncate(
+        self, page: int | None = None, times: int | None = 1, path_contains: str | None = None, keep: float = 0.5
+    ) -> None:
         """Serve matching requests with status 200 but only the first ``keep`` fraction of the JSON body."""
         self._add_fault(_Fault("truncate", path_contains, page, times, keep=keep))
 
-    def non_json(self, status: int = 200, page: int | None = None, times: int | None = 1,
-                 path_contains: str | None = None, body: str | None = None) -> None:
+    def non_json(
+        self,
+        status: int = 200,
+        page: int | None = None,
+        times: int | None = 1,
+        path_contains: str | None = None,
+        body: str | None = None,
+    ) -> None:
         """Answer matching requests with an HTML page (e.g. a proxy error page) and ``status``."""
         html = body if body is not None else (_HTML_502 if status == 502 else _HTML_ERROR_PAGE)
-        self._add_fault(_Fault("non_json", path_contains, page, times, status=status,
-                               body=html.encode("utf-8"), content_type="text/html; charset=utf-8"))
+        self._add_fault(
+            _Fault(
+                "non_json",
+                path_contains,
+                page,
+                times,
+                status=status,
+                body=html.encode("utf-8"),
+                content_type="text/html; charset=utf-8",
+            )
+        )
 
-    def on_page_read(self, callback: PageHook, portal: str | None = None, page: int | None = None,
-                     times: int | None = None) -> None:
+    def on_page_read(
+        self, callback: PageHook, portal: str | None = None, page: int | None = None, times: int | None = None
+    ) -> None:
         """Call ``callback(fake, portal_slug, page)`` after an articles list page is rendered.
 
         It runs before the response bytes leave the server, so the client cannot observe a
@@ -718,6 +778,7 @@ class FakeChatwoot:
 
         The article moves to the top of page 1, so the list shifts under a client that is paging.
         """
+
         def _edit(fake: FakeChatwoot, _portal: str, _page: int) -> None:
             fake.edit_article(portal, article_id, **fields_)
 
@@ -748,8 +809,11 @@ class FakeChatwoot:
 
     def _fire_page_hooks(self, portal: str, page: int) -> None:
         with self._lock:
-            due = [h for h in self._page_hooks
-                   if (h.portal is None or h.portal == portal) and (h.page is None or h.page == page)]
+            due = [
+                h
+                for h in self._page_hooks
+                if (h.portal is None or h.portal == portal) and (h.page is None or h.page == page)
+            ]
             for hook in due:
                 if hook.times is not None:
                     hook.times -= 1
@@ -785,17 +849,20 @@ class FakeChatwoot:
 
     # ----------------------------------------------------------------- rendering
 
-    def _render_portal(self, portal: Portal, articles: list[Article] | None = None,
-                       user_id: int | None = None) -> dict[str, Any]:
+    def _render_portal(
+        self, portal: Portal, articles: list[Article] | None = None, user_id: int | None = None
+    ) -> dict[str, Any]:
         """Portal partial (§2.3). ``articles=None`` mimics ``articles: []`` (index / nested use)."""
         allowed = []
         for code in portal.locales:
-            allowed.append({
-                "code": code,
-                "articles_count": sum(1 for a in portal.articles.values() if a.locale == code),
-                "categories_count": sum(1 for c in portal.categories.values() if c.locale == code),
-                "draft": code in portal.draft_locales,
-            })
+            allowed.append(
+                {
+                    "code": code,
+                    "articles_count": sum(1 for a in portal.articles.values() if a.locale == code),
+                    "categories_count": sum(1 for c in portal.categories.values() if c.locale == code),
+                    "draft": code in portal.draft_locales,
+                }
+            )
         rows = articles or []
         meta: dict[str, Any] = {"all_articles_count": len(rows)}
         if articles is None:
@@ -808,13 +875,24 @@ class FakeChatwoot:
         meta["categories_count"] = len(portal.categories)
         meta["default_locale"] = portal.default_locale
         return {
-            "id": portal.id, "color": portal.color, "custom_domain": portal.custom_domain,
-            "header_text": portal.header_text, "homepage_link": portal.homepage_link, "name": portal.name,
-            "page_title": portal.page_title, "slug": portal.slug, "archived": portal.archived,
+            "id": portal.id,
+            "color": portal.color,
+            "custom_domain": portal.custom_domain,
+            "header_text": portal.header_text,
+            "homepage_link": portal.homepage_link,
+            "name": portal.name,
+            "page_title": portal.page_title,
+            "slug": portal.slug,
+            "archived": portal.archived,
             "account_id": portal.account_id,
             "config": {
-                "allowed_locales": allowed, "default_locale": portal.default_locale, "layout": "classic",
-                "social_profiles": {}, "locale_translations": {}, "popular_content": {}, "analytics": {},
+                "allowed_locales": allowed,
+                "default_locale": portal.default_locale,
+                "layout": "classic",
+                "social_profiles": {},
+                "locale_translations": {},
+                "popular_content": {},
+                "analytics": {},
             },
             "meta": meta,
         }
@@ -836,14 +914,26 @@ class FakeChatwoot:
         category = portal.categories.get(category_id) if category_id is not None else None
         if category is None:
             return {"id": None, "name": None, "slug": None, "locale": None, "icon": None, "icon_color": None}
-        return {"id": category.id, "name": category.name, "slug": category.slug, "locale": category.locale,
-                "icon": category.icon, "icon_color": category.icon_color}
+        return {
+            "id": category.id,
+            "name": category.name,
+            "slug": category.slug,
+            "locale": category.locale,
+            "icon": category.icon,
+            "icon_color": category.icon_color,
+        }
 
     def _render_associated(self, portal: Portal, row: Article, portal_json: dict[str, Any]) -> dict[str, Any]:
         item: dict[str, Any] = {
-            "id": row.id, "category_id": row.category_id, "title": row.title, "content": row.content,
-            "description": row.description, "status": row.status, "account_id": portal.account_id,
-            "portal": portal_json, "views": row.views,
+            "id": row.id,
+            "category_id": row.category_id,
+            "title": row.title,
+            "content": row.content,
+            "description": row.description,
+            "status": row.status,
+            "account_id": portal.account_id,
+            "portal": portal_json,
+            "views": row.views,
         }
         author = self._render_author(portal, row.author_id)
         if author is not None:
@@ -853,26 +943,42 @@ class FakeChatwoot:
     def _render_article(self, portal: Portal, row: Article, portal_json: dict[str, Any]) -> dict[str, Any]:
         """Account-API article partial (§2.2), keys in upstream order."""
         item: dict[str, Any] = {
-            "id": row.id, "slug": row.slug, "title": row.title, "content": row.content,
-            "description": row.description, "status": row.status, "draft_title": row.draft_title,
-            "draft_content": row.draft_content, "position": row.position, "account_id": portal.account_id,
-            "updated_at": row.updated_at, "meta": copy.deepcopy(row.meta),
-            "category": self._render_category(portal, row.category_id), "views": row.views,
+            "id": row.id,
+            "slug": row.slug,
+            "title": row.title,
+            "content": row.content,
+            "description": row.description,
+            "status": row.status,
+            "draft_title": row.draft_title,
+            "draft_content": row.draft_content,
+            "position": row.position,
+            "account_id": portal.account_id,
+            "updated_at": row.updated_at,
+            "meta": copy.deepcopy(row.meta),
+            "category": self._render_category(portal, row.category_id),
+            "views": row.views,
         }
         author = self._render_author(portal, row.author_id)
         if author is not None:
             item["author"] = author
-        translations = sorted((a for a in portal.articles.values() if a.associated_article_id == row.id),
-                              key=lambda a: a.id)
+        translations = sorted(
+            (a for a in portal.articles.values() if a.associated_article_id == row.id), key=lambda a: a.id
+        )
         item["associated_articles"] = [self._render_associated(portal, a, portal_json) for a in translations]
         return item
 
     def _render_category_full(self, portal: Portal, category: Category) -> dict[str, Any]:
         """Category partial of the categories index (§2.4)."""
         return {
-            "id": category.id, "name": category.name, "slug": category.slug, "locale": category.locale,
-            "description": category.description, "position": category.position,
-            "account_id": portal.account_id, "icon": category.icon, "icon_color": category.icon_color,
+            "id": category.id,
+            "name": category.name,
+            "slug": category.slug,
+            "locale": category.locale,
+            "description": category.description,
+            "position": category.position,
+            "account_id": portal.account_id,
+            "icon": category.icon,
+            "icon_color": category.icon_color,
             "related_categories": [],
             "meta": {"articles_count": sum(1 for a in portal.articles.values() if a.category_id == category.id)},
         }
@@ -906,8 +1012,10 @@ class FakeChatwoot:
         with self._lock:
             account, _user = self.authenticate(token, account_id)
             portals = sorted(account.portals.values(), key=lambda p: p.id)
-            return {"payload": [self._render_portal(p) for p in portals],
-                    "meta": {"current_page": query.get("page", 1), "portals_count": len(portals)}}
+            return {
+                "payload": [self._render_portal(p) for p in portals],
+                "meta": {"current_page": query.get("page", 1), "portals_count": len(portals)},
+            }
 
     def api_portal(self, token: str | None, account_id: str, slug: str, query: dict[str, str]) -> dict[str, Any]:
         """``GET …/portals/{slug}``: bare portal object with real counts (``?locale=`` narrows them)."""
@@ -919,8 +1027,7 @@ class FakeChatwoot:
                 rows = [a for a in rows if a.locale == query["locale"]]
             return self._render_portal(portal, rows, user.id)
 
-    def api_categories(self, token: str | None, account_id: str, slug: str,
-                       query: dict[str, str]) -> dict[str, Any]:
+    def api_categories(self, token: str | None, account_id: str, slug: str, query: dict[str, str]) -> dict[str, Any]:
         """``GET …/portals/{slug}/categories[?locale=]`` (one page of up to 1000)."""
         with self._lock:
             account, _user = self.authenticate(token, account_id)
@@ -928,8 +1035,10 @@ class FakeChatwoot:
             locale = query.get("locale")
             rows = [c for c in portal.categories.values() if not locale or c.locale == locale]
             rows.sort(key=lambda c: (c.position is None, c.position or 0, c.id))
-            return {"payload": [self._render_category_full(portal, c) for c in rows],
-                    "meta": {"current_page": query.get("page", 1), "categories_count": len(rows)}}
+            return {
+                "payload": [self._render_category_full(portal, c) for c in rows],
+                "meta": {"current_page": query.get("page", 1), "categories_count": len(rows)},
+            }
 
     def api_article(self, token: str | None, account_id: str, slug: str, article_id: str) -> dict[str, Any]:
         """``GET …/articles/{id}``: administrator only; authorization is checked before the lookup."""
@@ -951,7 +1060,7 @@ class FakeChatwoot:
             rows = self._narrow(base, query)
             rows = self._order(rows, by_position=bool(query.get("category_slug")))
             page = effective_page(query)
-            page_rows = rows[(page - 1) * PER_PAGE: page * PER_PAGE]
+            page_rows = rows[(page - 1) * PER_PAGE : page * PER_PAGE]
             portal_json = self._render_portal(portal)
             meta = {
                 "all_articles_count": len(portal.articles),
@@ -961,8 +1070,10 @@ class FakeChatwoot:
                 "current_page": query.get("page", 1),
                 "mine_articles_count": sum(1 for a in base if a.author_id == user.id),
             }
-            return {"payload": [self._render_article(portal, a, portal_json) for a in page_rows],
-                    "meta": dict(sorted(meta.items()))}
+            return {
+                "payload": [self._render_article(portal, a, portal_json) for a in page_rows],
+                "meta": dict(sorted(meta.items())),
+            }
 
     def _base_filter(self, portal: Portal, query: dict[str, str]) -> list[Article]:
         rows = list(portal.articles.values())
@@ -970,13 +1081,19 @@ class FakeChatwoot:
             rows = [a for a in rows if a.locale == query["locale"]]
         if query.get("category_slug"):
             wanted = query["category_slug"]
-            rows = [a for a in rows if a.category_id in portal.categories
-                    and portal.categories[a.category_id].slug == wanted]
+            rows = [
+                a
+                for a in rows
+                if a.category_id in portal.categories and portal.categories[a.category_id].slug == wanted
+            ]
         if query.get("query"):
             # Stand-in for pg_search: every term must occur in title, description or content.
             terms = query["query"].lower().split()
-            rows = [a for a in rows
-                    if all(t in f"{a.title}\n{a.description or ''}\n{a.content or ''}".lower() for t in terms)]
+            rows = [
+                a
+                for a in rows
+                if all(t in f"{a.title}\n{a.description or ''}\n{a.content or ''}".lower() for t in terms)
+            ]
         return rows
 
     @staticmethod

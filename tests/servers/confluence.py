@@ -75,7 +75,7 @@ def shorten(markdown: str, max_chars: int | None) -> str:
 
 
 def _iso(epoch: int) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 @dataclass
@@ -113,17 +113,31 @@ class FakeConfluence:
             self.pages[key] = {}
             return space_id
 
-    def add_page(self, space: str, title: str, body: str, *, labels: list[str] | None = None,
-                 status: str = "current", updated: int | None = None) -> str:
+    def add_page(
+        self,
+        space: str,
+        title: str,
+        body: str,
+        *,
+        labels: list[str] | None = None,
+        status: str = "current",
+        updated: int | None = None,
+    ) -> str:
         with self._lock:
             self._next_id += 1
             page_id = str(self._next_id)
-            self.pages[space][page_id] = Page(page_id, title, body, updated=updated or self.clock, status=status,
-                                              labels=list(labels or []))
+            self.pages[space][page_id] = Page(
+                page_id, title, body, updated=updated or self.clock, status=status, labels=list(labels or [])
+            )
             return page_id
 
     def load_corpus(
-        self, space: str, path: Path, *, count: int | None = None, labels: list[str] | None = None,
+        self,
+        space: str,
+        path: Path,
+        *,
+        count: int | None = None,
+        labels: list[str] | None = None,
         max_chars: int | None = None,
     ) -> list[str]:
         """Pages from a corpus file's articles (cycled to `count` pages with numbered titles; bodies cut to about
@@ -139,7 +153,7 @@ class FakeConfluence:
             if index % 7 == 0:
                 body = (
                     '<ac:structured-macro ac:name="info"><ac:rich-text-body><p>Applies to every plan.</p>'
-                    '</ac:rich-text-body></ac:structured-macro>'
+                    "</ac:rich-text-body></ac:structured-macro>"
                     '<p><ac:image><ri:attachment ri:filename="screen.png"/></ac:image></p>' + body
                 )
             updated = self.clock - 86_400 * 60 + index * 3600  # an hour apart: a one-day poll window holds 24
@@ -191,11 +205,19 @@ class FakeConfluence:
             "authorId": "557058:abc",
             "ownerId": "557058:abc",
             "createdAt": _iso(page.updated - (page.version - 1) * 60),
-            "version": {"createdAt": _iso(page.updated), "message": "", "number": page.version, "minorEdit": False,
-                        "authorId": "557058:abc"},
+            "version": {
+                "createdAt": _iso(page.updated),
+                "message": "",
+                "number": page.version,
+                "minorEdit": False,
+                "authorId": "557058:abc",
+            },
             "body": {"storage": {"value": page.body, "representation": "storage"}} if body else {},
-            "_links": {"webui": f"/spaces/{space}/pages/{page.id}/{slug}",
-                       "editui": f"/pages/resumedraft.action?draftId={page.id}", "tinyui": f"/x/{page.id}"},
+            "_links": {
+                "webui": f"/spaces/{space}/pages/{page.id}/{slug}",
+                "editui": f"/pages/resumedraft.action?draftId={page.id}",
+                "tinyui": f"/x/{page.id}",
+            },
         }
 
 
@@ -232,7 +254,9 @@ def create_app(fake: FakeConfluence) -> FastAPI:
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
         return await fake.faults.middleware(
-            request, call_next, authorized=_authorized(request),
+            request,
+            call_next,
+            authorized=_authorized(request),
             refuse=lambda: JSONResponse({"code": 401, "message": "Unauthorized; scope does not match"}, 401),
         )
 
@@ -241,9 +265,17 @@ def create_app(fake: FakeConfluence) -> FastAPI:
         wanted = [k for k in keys.split(",") if k]
         with fake._lock:
             results = [
-                {"id": fake.spaces[k], "key": k, "name": f"Space {k}", "type": "global", "status": "current",
-                 "homepageId": None, "_links": {"webui": f"/spaces/{k}"}}
-                for k in wanted if k in fake.spaces
+                {
+                    "id": fake.spaces[k],
+                    "key": k,
+                    "name": f"Space {k}",
+                    "type": "global",
+                    "status": "current",
+                    "homepageId": None,
+                    "_links": {"webui": f"/spaces/{k}"},
+                }
+                for k in wanted
+                if k in fake.spaces
             ]
         return {"results": results, "_links": {"base": fake.base_url + base}}
 
@@ -257,8 +289,10 @@ def create_app(fake: FakeConfluence) -> FastAPI:
             limit = max(1, min(limit, _MAX_LIMIT))
             after = int(_uncursor(cursor)) if cursor else 0
             statuses = set(status.split(","))
-            pages = sorted((p for p in fake.pages[key].values() if p.status in statuses and int(p.id) > after),
-                           key=lambda p: int(p.id))
+            pages = sorted(
+                (p for p in fake.pages[key].values() if p.status in statuses and int(p.id) > after),
+                key=lambda p: int(p.id),
+            )
             chosen = pages[:limit]
             results = [fake.render_page(key, p, body=body_format == "storage") for p in chosen]
         links: dict[str, str] = {"base": fake.base_url + base}
@@ -304,31 +338,51 @@ def create_app(fake: FakeConfluence) -> FastAPI:
         if since_match:
             day = since_match.group(1).replace("/", "-")
             clock = since_match.group(2) or "00:00"
-            since = int(dt.datetime.fromisoformat(f"{day}T{clock}").replace(tzinfo=dt.timezone.utc).timestamp())
+            since = int(dt.datetime.fromisoformat(f"{day}T{clock}").replace(tzinfo=dt.UTC).timestamp())
         key = space_match.group(1)
         limit = max(0, min(limit, _SEARCH_MAX))
         with fake._lock:
-            pages = [p for p in fake.pages.get(key, {}).values() if p.status == "current"
-                     and (since is None or p.updated >= since)]
+            pages = [
+                p
+                for p in fake.pages.get(key, {}).values()
+                if p.status == "current" and (since is None or p.updated >= since)
+            ]
             pages.sort(key=lambda p: (-p.updated, int(p.id)))
             start = int(_uncursor(cursor)) if cursor else 0
             chosen = pages[start : start + limit]
             results = []
             for p in chosen:
                 rendered = fake.render_page(key, p, body=False)
-                results.append({
-                    "content": {"id": p.id, "type": "page", "status": p.status, "title": p.title,
-                                "version": {"number": p.version, "when": _iso(p.updated)},
-                                "_links": rendered["_links"]},
-                    "title": p.title, "excerpt": "", "url": rendered["_links"]["webui"],
-                    "lastModified": _iso(p.updated), "entityType": "content",
-                })
+                results.append(
+                    {
+                        "content": {
+                            "id": p.id,
+                            "type": "page",
+                            "status": p.status,
+                            "title": p.title,
+                            "version": {"number": p.version, "when": _iso(p.updated)},
+                            "_links": rendered["_links"],
+                        },
+                        "title": p.title,
+                        "excerpt": "",
+                        "url": rendered["_links"]["webui"],
+                        "lastModified": _iso(p.updated),
+                        "entityType": "content",
+                    }
+                )
         links = {"base": fake.base_url + base, "context": base}
         if start + limit < len(pages) and limit:
             query = urlencode({"cql": cql, "limit": limit, "cursor": _cursor(str(start + limit))})
             links["next"] = f"/rest/api/search?{query}"
-        return {"results": results, "start": start, "limit": limit, "size": len(results), "totalSize": len(pages),
-                "cqlQuery": cql, "_links": links}
+        return {
+            "results": results,
+            "start": start,
+            "limit": limit,
+            "size": len(results),
+            "totalSize": len(pages),
+            "cqlQuery": cql,
+            "_links": links,
+        }
 
     return app
 

@@ -30,21 +30,28 @@ from tests.servers._faults import Fault, FaultBook
 from tests.servers.confluence import shorten
 from tests.servers.threaded import ThreadedServer
 
-__all__ = ["TOKEN", "Fault", "FakeNotion", "NotionServer", "blocks_from_markdown", "rich"]
+__all__ = ["TOKEN", "FakeNotion", "Fault", "NotionServer", "blocks_from_markdown", "rich"]
 
 TOKEN = "secret_notion_integration_token_abc"
 NOTION_VERSION = "2022-06-28"
 _MAX_PAGE = 100
 
 
-def rich(text: str, *, bold: bool = False, italic: bool = False, code: bool = False,
-         href: str | None = None) -> dict[str, Any]:
+def rich(
+    text: str, *, bold: bool = False, italic: bool = False, code: bool = False, href: str | None = None
+) -> dict[str, Any]:
     """One rich_text item, as the API renders it."""
     return {
         "type": "text",
         "text": {"content": text, "link": {"url": href} if href else None},
-        "annotations": {"bold": bold, "italic": italic, "strikethrough": False, "underline": False, "code": code,
-                        "color": "default"},
+        "annotations": {
+            "bold": bold,
+            "italic": italic,
+            "strikethrough": False,
+            "underline": False,
+            "code": code,
+            "color": "default",
+        },
         "plain_text": text,
         "href": href,
     }
@@ -96,8 +103,16 @@ def blocks_from_markdown(markdown: str) -> list[dict[str, Any]]:
             while index < len(lines) and not lines[index].strip().startswith("```"):
                 code.append(lines[index])
                 index += 1
-            blocks.append({"type": "code", "code": {"rich_text": [rich("\n".join(code))], "language": fence.group(1)
-                                                    or "plain text", "caption": []}})
+            blocks.append(
+                {
+                    "type": "code",
+                    "code": {
+                        "rich_text": [rich("\n".join(code))],
+                        "language": fence.group(1) or "plain text",
+                        "caption": [],
+                    },
+                }
+            )
         elif heading:
             flush()
             level = min(3, len(heading.group(1)))
@@ -131,7 +146,7 @@ def _spec(kind: str, text: str, **extra: Any) -> dict[str, Any]:
 
 def _iso(epoch: int) -> str:
     minute = epoch - epoch % 60  # Notion keeps minutes only
-    return dt.datetime.fromtimestamp(minute, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:00.000Z")
+    return dt.datetime.fromtimestamp(minute, dt.UTC).strftime("%Y-%m-%dT%H:%M:00.000Z")
 
 
 @dataclass
@@ -174,8 +189,16 @@ class FakeNotion:
 
     # -- model ----------------------------------------------------------------------------------------
 
-    def add_page(self, title: str, body: list[dict[str, Any]] | None = None, *, parent: str | None = None,
-                 database: str | None = None, edited: int | None = None, shared: bool = True) -> str:
+    def add_page(
+        self,
+        title: str,
+        body: list[dict[str, Any]] | None = None,
+        *,
+        parent: str | None = None,
+        database: str | None = None,
+        edited: int | None = None,
+        shared: bool = True,
+    ) -> str:
         """A page under `parent` (a page id: a child_page block is appended there), a row of `database`, or
         at the workspace top level."""
         with self._lock:
@@ -199,23 +222,33 @@ class FakeNotion:
     def add_database(self, title: str, *, parent: str) -> str:
         with self._lock:
             database_id = self._new_id()
-            self.databases[database_id] = Database(database_id, {"type": "page_id", "page_id": parent}, title,
-                                                   self.clock)
-            self._add_block(parent, {"type": "child_database", "child_database": {"title": title}}, self.clock,
-                            block_id=database_id)
+            self.databases[database_id] = Database(
+                database_id, {"type": "page_id", "page_id": parent}, title, self.clock
+            )
+            self._add_block(
+                parent, {"type": "child_database", "child_database": {"title": title}}, self.clock, block_id=database_id
+            )
             return database_id
 
     def _add_block(self, parent: str, spec: dict[str, Any], when: int, block_id: str | None = None) -> str:
         block_id = block_id or self._new_id()
         kids = spec.get("children") or []
         body = {k: v for k, v in spec.items() if k != "children"}
-        parent_ref = ({"type": "page_id", "page_id": parent} if parent in self.pages
-                      else {"type": "block_id", "block_id": parent})
+        parent_ref = (
+            {"type": "page_id", "page_id": parent} if parent in self.pages else {"type": "block_id", "block_id": parent}
+        )
         self.blocks[block_id] = {
-            "object": "block", "id": block_id, "parent": parent_ref, "created_time": _iso(when),
-            "last_edited_time": _iso(when), "created_by": {"object": "user", "id": "u1"},
-            "last_edited_by": {"object": "user", "id": "u1"}, "has_children": bool(kids) or
-            body["type"] in ("child_page", "child_database"), "archived": False, "in_trash": False, **body,
+            "object": "block",
+            "id": block_id,
+            "parent": parent_ref,
+            "created_time": _iso(when),
+            "last_edited_time": _iso(when),
+            "created_by": {"object": "user", "id": "u1"},
+            "last_edited_by": {"object": "user", "id": "u1"},
+            "has_children": bool(kids) or body["type"] in ("child_page", "child_database"),
+            "archived": False,
+            "in_trash": False,
+            **body,
         }
         self.children.setdefault(parent, []).append(block_id)
         self.children.setdefault(block_id, [])
@@ -273,19 +306,35 @@ class FakeNotion:
     def render_page(self, page: Page) -> dict[str, Any]:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", page.title).strip("-")
         return {
-            "object": "page", "id": page.id, "created_time": _iso(page.edited), "last_edited_time": _iso(page.edited),
-            "created_by": {"object": "user", "id": "u1"}, "last_edited_by": {"object": "user", "id": "u1"},
-            "cover": None, "icon": None, "parent": page.parent, "archived": page.archived or page.in_trash,
+            "object": "page",
+            "id": page.id,
+            "created_time": _iso(page.edited),
+            "last_edited_time": _iso(page.edited),
+            "created_by": {"object": "user", "id": "u1"},
+            "last_edited_by": {"object": "user", "id": "u1"},
+            "cover": None,
+            "icon": None,
+            "parent": page.parent,
+            "archived": page.archived or page.in_trash,
             "in_trash": page.in_trash,
             "properties": {"title": {"id": "title", "type": "title", "title": [rich(page.title)]}},
-            "url": f"https://www.notion.so/{slug}-{page.id.replace('-', '')}", "public_url": None,
+            "url": f"https://www.notion.so/{slug}-{page.id.replace('-', '')}",
+            "public_url": None,
         }
 
     def render_database(self, database: Database) -> dict[str, Any]:
-        return {"object": "database", "id": database.id, "title": [rich(database.title)], "parent": database.parent,
-                "archived": database.archived, "in_trash": False, "last_edited_time": _iso(database.edited),
-                "properties": {"Name": {"id": "title", "name": "Name", "type": "title", "title": {}}},
-                "url": f"https://www.notion.so/{database.id.replace('-', '')}", "is_inline": False}
+        return {
+            "object": "database",
+            "id": database.id,
+            "title": [rich(database.title)],
+            "parent": database.parent,
+            "archived": database.archived,
+            "in_trash": False,
+            "last_edited_time": _iso(database.edited),
+            "properties": {"Name": {"id": "title", "name": "Name", "type": "title", "title": {}}},
+            "url": f"https://www.notion.so/{database.id.replace('-', '')}",
+            "is_inline": False,
+        }
 
 
 def _norm(value: str) -> str:
@@ -295,9 +344,16 @@ def _norm(value: str) -> str:
 
 
 def _not_found(kind: str, value: str) -> JSONResponse:
-    return JSONResponse({"object": "error", "status": 404, "code": "object_not_found",
-                         "message": f"Could not find {kind} with ID: {value}. Make sure the relevant pages and "
-                                    "databases are shared with your integration."}, 404)
+    return JSONResponse(
+        {
+            "object": "error",
+            "status": 404,
+            "code": "object_not_found",
+            "message": f"Could not find {kind} with ID: {value}. Make sure the relevant pages and "
+            "databases are shared with your integration.",
+        },
+        404,
+    )
 
 
 def _listing(items: list[dict[str, Any]], cursor: str | None, size: int, kind: str) -> dict[str, Any]:
@@ -308,8 +364,14 @@ def _listing(items: list[dict[str, Any]], cursor: str | None, size: int, kind: s
         start = ids.index(cursor) if cursor in ids else len(items)
     chosen = items[start : start + size]
     more = start + size < len(items)
-    return {"object": "list", "results": chosen, "next_cursor": items[start + size]["id"] if more else None,
-            "has_more": more, "type": kind, kind: {}}
+    return {
+        "object": "list",
+        "results": chosen,
+        "next_cursor": items[start + size]["id"] if more else None,
+        "has_more": more,
+        "type": kind,
+        kind: {},
+    }
 
 
 def create_app(fake: FakeNotion) -> FastAPI:
@@ -318,12 +380,22 @@ def create_app(fake: FakeNotion) -> FastAPI:
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
         if request.headers.get("notion-version") != NOTION_VERSION:
-            return JSONResponse({"object": "error", "status": 400, "code": "missing_version",
-                                 "message": "Notion-Version header failed validation"}, 400)
+            return JSONResponse(
+                {
+                    "object": "error",
+                    "status": 400,
+                    "code": "missing_version",
+                    "message": "Notion-Version header failed validation",
+                },
+                400,
+            )
         return await fake.faults.middleware(
-            request, call_next, authorized=request.headers.get("authorization") == f"Bearer {TOKEN}",
-            refuse=lambda: JSONResponse({"object": "error", "status": 401, "code": "unauthorized",
-                                         "message": "API token is invalid."}, 401),
+            request,
+            call_next,
+            authorized=request.headers.get("authorization") == f"Bearer {TOKEN}",
+            refuse=lambda: JSONResponse(
+                {"object": "error", "status": 401, "code": "unauthorized", "message": "API token is invalid."}, 401
+            ),
         )
 
     def visible_page(page_id: str) -> Page | None:
@@ -352,7 +424,7 @@ def create_app(fake: FakeNotion) -> FastAPI:
     def children(block_id: str, page_size: int = _MAX_PAGE, start_cursor: str | None = None) -> Any:
         with fake._lock:
             key = _norm(block_id)
-            if key in fake.pages and not fake.pages[key].shared or key not in fake.children:
+            if (key in fake.pages and not fake.pages[key].shared) or key not in fake.children:
                 return _not_found("block", block_id)
             items = [dict(fake.blocks[b]) for b in fake.children[key]]
             return _listing(items, start_cursor, page_size, "block")
@@ -364,8 +436,14 @@ def create_app(fake: FakeNotion) -> FastAPI:
             key = _norm(database_id)
             if key not in fake.databases:
                 return _not_found("database", database_id)
-            rows = sorted((p for p in fake.pages.values() if p.parent.get("database_id") == key
-                           and not (p.archived or p.in_trash)), key=lambda p: p.id)
+            rows = sorted(
+                (
+                    p
+                    for p in fake.pages.values()
+                    if p.parent.get("database_id") == key and not (p.archived or p.in_trash)
+                ),
+                key=lambda p: p.id,
+            )
             items = [fake.render_page(p) for p in rows]
             size = int(body.get("page_size") or _MAX_PAGE)
             return _listing(items, body.get("start_cursor"), size, "page_or_database")
@@ -374,25 +452,39 @@ def create_app(fake: FakeNotion) -> FastAPI:
     async def search(request: Request) -> Any:
         body = json.loads(await request.body() or b"{}")
         with fake._lock:
-            pages = sorted((p for p in fake.pages.values() if p.shared and not p.in_trash),
-                           key=lambda p: (-(p.edited - p.edited % 60), p.id))
+            pages = sorted(
+                (p for p in fake.pages.values() if p.shared and not p.in_trash),
+                key=lambda p: (-(p.edited - p.edited % 60), p.id),
+            )
             items = [fake.render_page(p) for p in pages]
-            return _listing(items, body.get("start_cursor"), int(body.get("page_size") or _MAX_PAGE),
-                            "page_or_database")
+            return _listing(
+                items, body.get("start_cursor"), int(body.get("page_size") or _MAX_PAGE), "page_or_database"
+            )
 
     return app
 
 
-def build_tree(fake: FakeNotion, corpus: Path, *, pages: int, sections: int = 10, database_rows: int = 0,
-               max_chars: int | None = None) -> str:
+def build_tree(
+    fake: FakeNotion,
+    corpus: Path,
+    *,
+    pages: int,
+    sections: int = 10,
+    database_rows: int = 0,
+    max_chars: int | None = None,
+) -> str:
     """A root page with `sections` section pages holding the corpus articles (cycled to `pages` pages in all,
     the root and sections included), optionally a child database of `database_rows` rows under the root.
     Returns the root's id."""
     articles = [a for a in json.loads(corpus.read_text(encoding="utf-8"))["articles"] if a.get("status") == "published"]
     old = fake.clock - 86_400 * 60
     root = fake.add_page("Knowledge base", [_spec("paragraph", "Everything the support team knows.")], edited=old)
-    section_ids = [fake.add_page(f"Section {i + 1}", [_spec("paragraph", f"Articles of section {i + 1}.")],
-                                 parent=root, edited=old) for i in range(sections)]
+    section_ids = [
+        fake.add_page(
+            f"Section {i + 1}", [_spec("paragraph", f"Articles of section {i + 1}.")], parent=root, edited=old
+        )
+        for i in range(sections)
+    ]
     database = fake.add_database("FAQ", parent=root) if database_rows else None
     remaining = pages - 1 - sections - database_rows
     for index in range(max(0, remaining) + database_rows):

@@ -61,8 +61,16 @@ class PostgresServer:
         if not self.data.exists():
             self._run(_bin("initdb") or "initdb", "-D", str(self.data), "-A", "trust", "-U", "kbsync", "--no-sync")
         self._run(
-            _bin("pg_ctl") or "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",
-            "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            _bin("pg_ctl") or "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
             "start",
         )
         if not self._database_exists():
@@ -73,8 +81,18 @@ class PostgresServer:
     def _database_exists(self) -> bool:
         psql = _bin("psql") or "psql"
         result = self._run(
-            psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "kbsync", "-d", "postgres", "-tAc",
-            "SELECT 1 FROM pg_database WHERE datname = 'kbsync'", check=False,
+            psql,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "kbsync",
+            "-d",
+            "postgres",
+            "-tAc",
+            "SELECT 1 FROM pg_database WHERE datname = 'kbsync'",
+            check=False,
         )
         return result.stdout.strip() == "1"
 

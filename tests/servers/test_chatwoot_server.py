@@ -22,12 +22,31 @@ from tests.servers.chatwoot import (
 CW = "chatwoot-docs"
 KB = "kanboard-docs"
 ARTICLE_KEYS = [
-    "id", "slug", "title", "content", "description", "status", "draft_title", "draft_content", "position",
-    "account_id", "updated_at", "meta", "category", "views", "author", "associated_articles",
+    "id",
+    "slug",
+    "title",
+    "content",
+    "description",
+    "status",
+    "draft_title",
+    "draft_content",
+    "position",
+    "account_id",
+    "updated_at",
+    "meta",
+    "category",
+    "views",
+    "author",
+    "associated_articles",
 ]
 META_KEYS = {
-    "all_articles_count", "archived_articles_count", "articles_count", "current_page",
-    "draft_articles_count", "mine_articles_count", "published_count",
+    "all_articles_count",
+    "archived_articles_count",
+    "articles_count",
+    "current_page",
+    "draft_articles_count",
+    "mine_articles_count",
+    "published_count",
 }
 
 
@@ -155,8 +174,18 @@ def test_associated_articles_partial(fake: FakeChatwoot, client: httpx.Client) -
     roots = [a for p in all_pages(client, KB, locale="en") for a in p if a["associated_articles"]]
     assert roots
     child = roots[0]["associated_articles"][0]
-    assert list(child) == ["id", "category_id", "title", "content", "description", "status", "account_id",
-                           "portal", "views", "author"]
+    assert list(child) == [
+        "id",
+        "category_id",
+        "title",
+        "content",
+        "description",
+        "status",
+        "account_id",
+        "portal",
+        "views",
+        "author",
+    ]
     assert child["portal"]["slug"] == KB
 
 
@@ -181,8 +210,10 @@ def test_show_article_is_admin_only(fake: FakeChatwoot, client: httpx.Client) ->
     agent = client.get(path, headers={"api_access_token": AGENT_TOKEN})
     assert (agent.status_code, agent.json()) == (401, {"error": "You are not authorized to do this action"})
     # An agent can still list.
-    assert client.get(f"/api/v1/accounts/1/portals/{CW}/articles",
-                      headers={"api_access_token": AGENT_TOKEN}).status_code == 200
+    assert (
+        client.get(f"/api/v1/accounts/1/portals/{CW}/articles", headers={"api_access_token": AGENT_TOKEN}).status_code
+        == 200
+    )
     assert client.get(f"/api/v1/accounts/1/portals/{CW}/articles/999999").status_code == 404
 
 
@@ -194,8 +225,9 @@ def test_portals_and_categories_shapes(fake: FakeChatwoot, client: httpx.Client)
     assert {loc["code"]: loc["articles_count"] for loc in kb["config"]["allowed_locales"]}["fr"] == 13
     show = client.get(f"/api/v1/accounts/1/portals/{KB}").json()
     assert show["meta"]["all_articles_count"] == 235 and show["meta"]["default_locale"] == "en"
-    assert client.get(f"/api/v1/accounts/1/portals/{KB}", params={"locale": "fr"}).json()["meta"][
-        "published_count"] == 13
+    assert (
+        client.get(f"/api/v1/accounts/1/portals/{KB}", params={"locale": "fr"}).json()["meta"]["published_count"] == 13
+    )
     cats = client.get(f"/api/v1/accounts/1/portals/{KB}/categories", params={"locale": "fr"}).json()
     assert cats["meta"]["categories_count"] == 2
     assert {"related_categories", "icon", "meta"} <= set(cats["payload"][0])

@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Literal
@@ -44,10 +45,26 @@ __all__ = ["DEFAULT_SLUGS", "DocsSite", "DocsSiteServer", "RequestRecord", "Site
 
 # Twenty articles with headings, tables, code blocks and lists.
 DEFAULT_SLUGS = (
-    "product", "keyboard-shortcuts", "live-chat-dark-mode", "sdk-setup", "identity-validation",
-    "custom-attributes", "canned-responses", "template-variables", "webhooks", "docusaurus",
-    "nextjs", "vue", "gatsby", "supported-features", "rate-limiting",
-    "android", "ios", "upgrade", "backup", "whatsapp-cloud",
+    "product",
+    "keyboard-shortcuts",
+    "live-chat-dark-mode",
+    "sdk-setup",
+    "identity-validation",
+    "custom-attributes",
+    "canned-responses",
+    "template-variables",
+    "webhooks",
+    "docusaurus",
+    "nextjs",
+    "vue",
+    "gatsby",
+    "supported-features",
+    "rate-limiting",
+    "android",
+    "ios",
+    "upgrade",
+    "backup",
+    "whatsapp-cloud",
 )
 FIRST_ARTICLE_REDIRECT = "/old/getting-started"
 MOVED_AWAY = "/moved-away"
@@ -173,15 +190,24 @@ class DocsSite:
         base_time = _epoch("2024-03-01T00:00:00+00:00")
         extras = [
             SitePage(FAQ, "Frequently asked questions", FAQ_MARKDOWN, base_time, kind="markdown"),
-            SitePage(FRENCH, "Introduction à Chatwoot", FRENCH_MARKDOWN, base_time, lang="fr-FR",
-                     canonical="https://docs.other.example/fr/intro"),
+            SitePage(
+                FRENCH,
+                "Introduction à Chatwoot",
+                FRENCH_MARKDOWN,
+                base_time,
+                lang="fr-FR",
+                canonical="https://docs.other.example/fr/intro",
+            ),
             SitePage(PRIVATE, "Internal notes", "Internal only: the staging password rotation schedule.", base_time),
             SitePage(DRAFT, "Work in progress", "A draft that is not ready for readers.", base_time),
             SitePage(PDF, "Guide", "%PDF-1.4 not a page", base_time, kind="pdf"),
         ]
         for page in extras:
             self._pages[page.path] = page
-        self._redirects = {FIRST_ARTICLE_REDIRECT: (301, self.first_article), MOVED_AWAY: (302, "alt:" + self.article_paths[-1])}
+        self._redirects = {
+            FIRST_ARTICLE_REDIRECT: (301, self.first_article),
+            MOVED_AWAY: (302, "alt:" + self.article_paths[-1]),
+        }
         self._controls = _Controls()
         self._requests: list[RequestRecord] = []
         self._baseline = copy.deepcopy(self._pages)
@@ -433,18 +459,18 @@ class DocsSite:
 
 
 def _epoch(value: str) -> int:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp())
 
 
 def _iso(epoch: int) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def _not_modified(headers: dict[str, str], etag: str, updated: int) -> bool:

@@ -3,8 +3,8 @@ scripts."""
 
 from __future__ import annotations
 
-from itertools import pairwise
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -38,8 +38,11 @@ def test_every_corpus_chunk_fits_the_budget(counter: TokenCounter, budget: int) 
 
 
 def test_breadcrumb_prefix_and_heading(counter: TokenCounter) -> None:
-    body = "# Reset your password\n\nIntro text.\n\n## Email\n\n" + "Email words here. " * 60 + "\n\n### Link expired\n\n" + (
-        "The link is valid for one hour. " * 30
+    body = (
+        "# Reset your password\n\nIntro text.\n\n## Email\n\n"
+        + "Email words here. " * 60
+        + "\n\n### Link expired\n\n"
+        + ("The link is valid for one hour. " * 30)
     )
     chunks = Chunker(counter, 128).split("d", "Reset your password", body)
     assert chunks[0].text.startswith("Reset your password\n\n")
@@ -120,9 +123,9 @@ def test_chatwoot_markdown_is_normalised() -> None:
         "<!--cw-colwidths:120,80-->\n"
         "| a | b |\n|---|---|\n| 1 | 2 |\n\n"
         "Click ![Reset dialog](https://chat.acme.com/blob/reset.png?cw_image_width=480px) then "
-        "[open settings](https://chat.acme.com/app/settings \"Settings\") and see ^1^.\n\n"
+        '[open settings](https://chat.acme.com/app/settings "Settings") and see ^1^.\n\n'
         "https://www.youtube.com/watch?v=abc123XYZ\n\n"
-        "<div class=\"note\">raw html block</div>\n\n"
+        '<div class="note">raw html block</div>\n\n'
         "Keep `<body>` in code and <b>bold</b> text.\n"
     )
     texts = [b.text for b in parse_blocks(markdown)]
@@ -184,7 +187,7 @@ def test_a_split_table_with_a_padded_rule_row_keeps_every_row_once(counter: Toke
     that no query with k <= 100 returns all of) and its rows were scattered in 8-word-piece fragments."""
     names = ["Name".ljust(40), "Type".ljust(70), "Default Value".ljust(60)]
     rule = "| " + " | ".join("-" * len(n) for n in names) + " |"
-    rows = [f"| `env.VARIABLE_{i}` | Sets option number {i} of the install. | `\"value-{i}\"` |" for i in range(40)]
+    rows = [f'| `env.VARIABLE_{i}` | Sets option number {i} of the install. | `"value-{i}"` |' for i in range(40)]
     table = "\n".join(["| " + " | ".join(names) + " |", rule, *rows])
     chunks = Chunker(counter, 192).split("d", "Deploy with Helm", f"## Environment Variables\n\n{table}")
     texts = [c.text for c in chunks]

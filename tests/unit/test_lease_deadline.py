@@ -49,8 +49,10 @@ def test_a_lease_taken_over_while_away_is_lost(tmp_path: Path) -> None:
         blocker.execute("BEGIN EXCLUSIVE")
         assert _until(lambda: not keeper.held(), 5)
         # Another replica takes the expired lease (written here on the blocking connection).
-        blocker.execute("UPDATE leases SET owner = 'replica-b', expires_at = ? WHERE name = ?",
-                        (time.time() + 60, "project:acme/alpha"))
+        blocker.execute(
+            "UPDATE leases SET owner = 'replica-b', expires_at = ? WHERE name = ?",
+            (time.time() + 60, "project:acme/alpha"),
+        )
         blocker.execute("COMMIT")
         assert _until(keeper.lost.is_set, 15)
         assert not keeper.held()

@@ -16,7 +16,9 @@ def test_no_class_defines_a_method_twice() -> None:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ClassDef):
                 names = Counter(
-                    item.name for item in node.body if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    item.name
+                    for item in node.body
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
                     and not any(isinstance(d, ast.Attribute) and d.attr == "setter" for d in item.decorator_list)
                     and not any(isinstance(d, ast.Name) and d.id == "overload" for d in item.decorator_list)
                 )

@@ -25,8 +25,9 @@ def queue(tmp_path: Path) -> Iterator[Queue]:
 
 
 def _enqueue(queue: Queue, delivery: str | None, fingerprint: str | None = FINGERPRINT):  # type: ignore[no-untyped-def]
-    return queue.enqueue("acme", ["alpha"], "chatwoot:acme-help", "article_updated", {"article_id": 7}, delivery,
-                         fingerprint=fingerprint)
+    return queue.enqueue(
+        "acme", ["alpha"], "chatwoot:acme-help", "article_updated", {"article_id": 7}, delivery, fingerprint=fingerprint
+    )
 
 
 def test_a_replay_while_the_first_item_waits_is_a_duplicate(queue: Queue) -> None:

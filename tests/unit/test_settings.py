@@ -41,7 +41,7 @@ def test_defaults_and_relative_paths(write_settings, tmp_path: Path) -> None:
         ('[[tenants]]\nid = "Acme Corp"\n', "tenants[0].id", "pattern"),
         ("[chunking]\nmax_tokens = 300\n", "chunking.max_tokens", "256"),
         ("[chunking]\nmax_token = 100\n", "chunking.max_token", "unknown key"),
-        ('surprise = 1\n', "surprise", "unknown key"),
+        ("surprise = 1\n", "surprise", "unknown key"),
         ('[chroma]\nmode = "cloud"\n', "chroma.mode", "embedded"),
         ('[server]\nport = "eighty"\n', "server.port", "integer"),
         ('[state]\nurl = "postgresql://kb:hunter2@db/kb"\n', "state.url", "password"),

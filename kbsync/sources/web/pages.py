@@ -92,7 +92,7 @@ def parse_head(html: str) -> _HeadParser:
     try:
         parser.feed(html[:500_000])
         parser.close()
-    except Exception:  # noqa: BLE001 - html.parser raises assorted errors on broken markup; keep what was read
+    except Exception:
         pass
     return parser
 
@@ -124,7 +124,7 @@ def extract(html: str, source_id: str, url: str) -> tuple[str, str]:
     """`html_to_markdown`, its failures (trafilatura and lxml on hostile markup) translated into our tree."""
     try:
         return html_to_markdown(html)
-    except Exception as exc:  # noqa: BLE001 - the boundary where the extraction library enters
+    except Exception as exc:
         message = f"content extraction failed: {type(exc).__name__}: {exc}"
         raise SourceRejected(message, source=source_id, url=url) from exc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from xml.etree import ElementTree
 
 __all__ = ["Sitemap", "SitemapEntry", "parse_sitemap"]
@@ -80,5 +80,5 @@ def _parse_lastmod(value: str) -> int:
     except ValueError:
         return 0
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return max(0, int(parsed.timestamp()))
