@@ -122,7 +122,7 @@ class ChunkingSettings(_Section):
 
 class RetrievalSettings(_Section):
     # Weight of the lexical leg in the fused per-document score (0 = dense only); chosen by bench/retrieval.py.
-    lexical_weight: float = Field(default=0.5, ge=0.0, le=1.0)
+    lexical_weight: float = Field(default=0.4, ge=0.0, le=1.0)
     # Chunks each leg returns before grouping per document.
     candidates: int = Field(default=100, ge=10, le=500)
 
