@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, corpus_articles, model_dir
 from bench._daemon import BenchDaemon, free_port, percentile, settings_head
 from kbsync.lexical import LexicalIndex
+from kbsync.records import ChunkRecord
 from kbsync.state import State
-from kbsync.store import MAX_RECORDS_PER_WRITE, ChunkRecord, Store, collection_name
+from kbsync.store import MAX_RECORDS_PER_WRITE, Store, collection_name
 
 TENANT, PROJECT = "bench", "query"
 CHUNKS_PER_DOC = 5

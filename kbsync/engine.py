@@ -36,12 +36,13 @@ from kbsync.lexical import LexicalIndex, converge_lexical
 from kbsync.locking import try_lock
 from kbsync.memory import release_free_memory
 from kbsync.metadata import chunk_metadata
+from kbsync.records import ChunkRecord, IndexedDoc, ProjectIndex
 from kbsync.retrieval import Group, RankedHit, Retrieval
 from kbsync.runs import Progress, ProjectKey, RunReport
 from kbsync.settings import ProjectSettings, Settings, TenantSettings
 from kbsync.sources import ChangesObserver, Document, ListingObserver, Polling, Source, newest_per_id
 from kbsync.state import State, Watermark
-from kbsync.store import ChunkRecord, IndexedDoc, ProjectIndex, Store, check_storable
+from kbsync.store import Store, check_storable
 from kbsync.webhooks import WebhookEvent
 
 __all__ = ["Engine"]

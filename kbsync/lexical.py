@@ -24,7 +24,8 @@ from sqlalchemy.dialects import postgresql
 from kbsync.retrieval import LexicalHit
 
 if TYPE_CHECKING:
-    from kbsync.store import ProjectIndex, Store
+    from kbsync.records import ProjectIndex
+    from kbsync.store import Store
 from kbsync.errors import StateError
 from kbsync.state import State, db_errors
 

@@ -31,7 +31,8 @@ import numpy as np
 import structlog
 
 from kbsync.errors import RebuildFailed, StoreError
-from kbsync.store import ChunkRecord, Store
+from kbsync.records import ChunkRecord
+from kbsync.store import Store
 
 if TYPE_CHECKING:
     from kbsync.settings import Settings

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from kbsync.chunking import doc_id_of
-from kbsync.store import QueryHit
+from kbsync.records import QueryHit
 
 __all__ = ["Group", "LexicalHit", "LexicalSearch", "RankedHit", "Retrieval", "fuse", "minmax"]
 

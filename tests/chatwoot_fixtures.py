@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 
 from kbsync.engine import Engine
+from kbsync.records import ProjectIndex
 from kbsync.runs import ProjectKey, RunReport
 from kbsync.settings import load_settings
 from kbsync.sources.chatwoot import ChatwootClientOptions
-from kbsync.store import ProjectIndex
 from kbsync.wiring import open_engine
 from tests.servers.chatwoot import AGENT_TOKEN, ChatwootServer, FakeChatwoot, corpus_path
 

@@ -27,7 +27,8 @@ from kbsync import reachability
 from kbsync.cli import app
 from kbsync.embedding import MODEL_NAME
 from kbsync.errors import RebuildFailed
-from kbsync.store import ChromaTarget, ChunkRecord, Store
+from kbsync.records import ChunkRecord
+from kbsync.store import ChromaTarget, Store
 from tests.servers.chroma import ChromaServer
 from tests.store_faults import fail_nth
 
