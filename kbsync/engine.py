@@ -28,6 +28,7 @@ import structlog
 
 from kbsync import reachability
 from kbsync.chunking import Chunk, Chunker
+from kbsync.counts import forget_counts, record_counts
 from kbsync.deletion_guard import check_deletes
 from kbsync.embedding import Embedder
 from kbsync.errors import Interrupted, KbsyncError, SourceError, UnknownProject
@@ -202,9 +203,11 @@ class Engine:
                 if index.complete:
                     report.chunks_total = index.chunk_count
                     self.state.set_locales(key.tenant, key.project, index.locales())
-                self._record_counts(key, index, report)
+                record_counts(self.state, self.store_for(key), key, index, report)
             except Interrupted as exc:
-                self._record_counts(key, index, report)  # what was applied before the stop is counted
+                record_counts(
+                    self.state, self.store_for(key), key, index, report
+                )  # what was applied before the stop is counted
                 report.interrupted = True
                 report.errors.append(str(exc))
                 log.warning("run.interrupted")
@@ -212,7 +215,7 @@ class Engine:
                 report.add_error(exc)
                 report.failed_sources = report.sources
                 log.error("run.failed", error=str(exc))
-                self._forget_counts(key)  # a write may have failed midway: recounted by status or the next run
+                forget_counts(self.state, key)  # a write may have failed midway: recounted by status or the next run
             finally:
                 report.seconds = round(time.monotonic() - started, 3)
                 try:
@@ -226,30 +229,6 @@ class Engine:
         for observer in self._observers:
             observer(report)
         return report
-
-    def _record_counts(self, key: ProjectKey, index: ProjectIndex, report: RunReport) -> None:
-        """Keep the project's document and chunk counts in the state database, for `status`: exact from a whole
-        index, else the last counts moved by what this run added and deleted (a poll that changed nothing
-        writes nothing). Counts are informational: failing to record them never fails the run."""
-        try:
-            if index.complete:
-                self.state.set_counts(key.tenant, key.project, (len(index.docs), index.chunk_count))
-                return
-            if not (report.docs_added or report.docs_deleted or report.chunks_written or report.chunks_deleted):
-                return
-            held = self.state.counts(key.tenant, key.project)
-            docs = None if held is None else held[0] + report.docs_added - report.docs_deleted
-            chunks = self.store_for(key).count(key.collection)  # Chroma counts without reading metadata
-            self.state.set_counts(key.tenant, key.project, None if docs is None else (docs, chunks))
-        except KbsyncError as exc:
-            log.warning("counts.not_recorded", error=str(exc))
-            self._forget_counts(key)
-
-    def _forget_counts(self, key: ProjectKey) -> None:
-        try:
-            self.state.set_counts(key.tenant, key.project, None)
-        except KbsyncError as exc:
-            log.warning("counts.not_forgotten", error=str(exc))
 
     def reconcile(
         self,
@@ -542,7 +521,7 @@ class Engine:
         """Every chunk just written must come back from a query with its own vector (chroma-core/chroma#7758)."""
         options = reachability.Options.of(self.settings)
         outcome = reachability.verify_written(self.store_for(key), key.collection, records, options)
-        _add_outcome(report, outcome)
+        outcome.add_to(report)
         if outcome.error:
             report.warnings.append(outcome.error)
 
@@ -553,7 +532,7 @@ class Engine:
         def work(_sources: list[Source], _index: ProjectIndex, report: RunReport) -> None:
             options = reachability.Options.of(self.settings, repair=repair)
             outcome = reachability.audit(self.store_for(key), key.collection, options)
-            _add_outcome(report, outcome)
+            outcome.add_to(report)
             report.chunks_total = outcome.checked
             if outcome.error:
                 report.errors.append(outcome.error)
@@ -643,11 +622,3 @@ class Engine:
             weight=weight,
             lexical_hits=lexical,
         )
-
-
-def _add_outcome(report: RunReport, outcome: reachability.Outcome) -> None:
-    report.chunks_checked += outcome.checked
-    report.chunks_unreachable += len(outcome.unreachable)
-    report.chunks_repaired += outcome.repaired
-    report.collections_rebuilt += int(outcome.rebuilt)
-    report.check_seconds = round(report.check_seconds + outcome.seconds, 3)

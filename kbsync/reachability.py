@@ -35,6 +35,7 @@ from kbsync.records import ChunkRecord
 from kbsync.store import Store
 
 if TYPE_CHECKING:
+    from kbsync.runs import RunReport
     from kbsync.settings import Settings
 
 __all__ = ["RECHECK_K", "TWIN_DISTANCE", "Options", "Outcome", "audit", "find_unreachable", "rebuild", "verify_written"]
@@ -71,6 +72,14 @@ class Outcome:
     remaining: int = 0
     seconds: float = 0.0
     error: str | None = None
+
+    def add_to(self, report: RunReport) -> None:
+        """Count this check in a run's report."""
+        report.chunks_checked += self.checked
+        report.chunks_unreachable += len(self.unreachable)
+        report.chunks_repaired += self.repaired
+        report.collections_rebuilt += int(self.rebuilt)
+        report.check_seconds = round(report.check_seconds + self.seconds, 3)
 
     @property
     def repaired(self) -> int:
