@@ -61,16 +61,9 @@ def settings(state_dir: Path, port: int, chatwoot_url: str) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--edits", type=int, default=300, help="measured edits (after --warmup unmeasured ones)")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--articles", type=int, default=20, help="articles in the portal (edited round-robin)")
-    parser.add_argument("--poll-ms", type=float, default=10.0, help="pause between two /v1/query polls")
-    parser.add_argument("--timeout", type=float, default=10.0, help="an edit not queryable after this is a miss")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args()
-
+def bench_portal(count: int) -> tuple[dict[str, str], dict[str, str], FakeChatwoot, dict[int, str]]:
+    """Fresh tokens, the environment that hands them to the daemon, and a Chatwoot portal of `count` short English
+    corpus articles published an hour ago (article id -> content)."""
     tokens = {name: f"{name.lower()}-{secrets.token_hex(8)}" for name in ("API", "WEBHOOK", "QUERY", "ADMIN")}
     env = {
         "BENCH_CHATWOOT_TOKEN": tokens["API"],
@@ -82,13 +75,27 @@ def main() -> None:
     fake.add_token(1, tokens["API"], role="agent")
     fake.add_portal(1, PORTAL)
     english = [a for a in corpus_articles("chatwoot-docs") if a["locale"] == "en" and len(a["content"]) < 4000]
-    base = {}
     start = fake.now() - 3600
-    for n, article in enumerate(english[: args.articles]):
-        article_id = fake.add_article(
-            PORTAL, title=article["title"], content=article["content"], status="published", updated_at=start + n
-        )
-        base[article_id] = article["content"]
+    contents = {
+        fake.add_article(PORTAL, title=a["title"], content=a["content"], status="published", updated_at=start + n): a[
+            "content"
+        ]
+        for n, a in enumerate(english[:count])
+    }
+    return tokens, env, fake, contents
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--edits", type=int, default=300, help="measured edits (after --warmup unmeasured ones)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--articles", type=int, default=20, help="articles in the portal (edited round-robin)")
+    parser.add_argument("--poll-ms", type=float, default=10.0, help="pause between two /v1/query polls")
+    parser.add_argument("--timeout", type=float, default=10.0, help="an edit not queryable after this is a miss")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+
+    tokens, env, fake, base = bench_portal(args.articles)
     ids = list(base)
     blocks = [
         " ".join(block.split())

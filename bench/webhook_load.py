@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -36,11 +35,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, corpus_articles
+from bench._common import REPO
 from bench._daemon import BenchDaemon, free_port, percentile
-from bench.webhook_latency import PORTAL, settings
+from bench.webhook_latency import PORTAL, bench_portal, settings
 from kbsync.http import sign
-from tests.servers.chatwoot import ChatwootServer, FakeChatwoot
+from tests.servers.chatwoot import ChatwootServer
 from tests.servers.chroma import ChromaServer
 
 QUESTIONS = (
@@ -132,22 +131,8 @@ class _Daemon(BenchDaemon):
 def _measure(
     label: str, code: Path, folder: Path, args: argparse.Namespace, chroma: ChromaServer | None = None
 ) -> dict[str, Any]:
-    tokens = {name: f"{name.lower()}-{secrets.token_hex(8)}" for name in ("API", "WEBHOOK", "QUERY", "ADMIN")}
-    env = {
-        "BENCH_CHATWOOT_TOKEN": tokens["API"],
-        "BENCH_WEBHOOK_SECRET": tokens["WEBHOOK"],
-        "BENCH_QUERY_TOKEN": tokens["QUERY"],
-        "KBSYNC_ADMIN_TOKEN": tokens["ADMIN"],
-    }
-    fake = FakeChatwoot(with_default_tokens=False, tie_order="stable")
-    fake.add_token(1, tokens["API"], role="agent")
-    fake.add_portal(1, PORTAL)
-    english = [a for a in corpus_articles("chatwoot-docs") if a["locale"] == "en" and len(a["content"]) < 4000]
-    start = fake.now() - 3600
-    ids = [
-        fake.add_article(PORTAL, title=a["title"], content=a["content"], status="published", updated_at=start + n)
-        for n, a in enumerate(english[: args.articles])
-    ]
+    tokens, env, fake, contents = bench_portal(args.articles)
+    ids = list(contents)
     gap = args.gap_ms / 1000
     with ChatwootServer(fake) as chatwoot:
         port = free_port()
