@@ -205,15 +205,19 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise HTTPException(503, str(exc)) from None
         return {"results": [h.as_result() for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
+    def named_projects(tenant: str | None, project: str | None) -> list[ProjectKey]:
+        """The projects an admin call names (all when it names none); 404 for one that is not configured."""
+        try:
+            return ctx.engine.projects(tenant, project)
+        except UnknownProject as exc:
+            raise HTTPException(404, str(exc)) from None
+
     @app.post("/v1/resync", dependencies=[Depends(admin)], status_code=202, openapi_extra=_schema(ResyncBody))
     async def resync(request: Request) -> JSONResponse:
         """Full reconcile of every project (or the ones named), like `kbsync resync`, run by the scheduler: 202 at
         once, or with `wait` 200 and the reports when done (awaited without holding a thread)."""
         body: ResyncBody = await read_body(request, ResyncBody, empty_ok=True)
-        try:
-            keys = ctx.engine.projects(body.tenant, body.project)
-        except UnknownProject as exc:
-            raise HTTPException(404, str(exc)) from None
+        keys = named_projects(body.tenant, body.project)
         if ctx.submit_resync is None:
             return _error(503, "resync is not available in this process")
         future = ctx.submit_resync(keys, body)
@@ -231,10 +235,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """Query every chunk with its own vector, like `kbsync audit`, run by the scheduler; answers with the
         reports when done (awaited without holding a thread)."""
         body: AuditBody = await read_body(request, AuditBody, empty_ok=True)
-        try:
-            keys = ctx.engine.projects(body.tenant, body.project)
-        except UnknownProject as exc:
-            raise HTTPException(404, str(exc)) from None
+        keys = named_projects(body.tenant, body.project)
         if ctx.submit_audit is None:
             return _error(503, "audit is not available in this process")
         try:
